@@ -1,0 +1,1 @@
+//! kcheck's Jepsen-style harness: fault injection, workloads, histories and checkers.

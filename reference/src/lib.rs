@@ -1,0 +1,1 @@
+//! kcheck's reference Kafka broker: sans-IO protocol cores with thin tokio adapters.

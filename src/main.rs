@@ -1,0 +1,60 @@
+//! `kcheck`: model-check Kafka's protocols, replay counterexamples, run the reference broker
+//! cluster and the Jepsen-style harness.
+
+mod models_cli;
+
+use clap::{Arg, ArgAction, Command};
+use std::process::ExitCode;
+
+/// Exit codes shared by every subcommand: 0 all good, 1 a property or check failed, 2 the
+/// input was wrong or the result is unknown.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_VIOLATION: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+fn cli() -> Command {
+    Command::new("kcheck")
+        .about("Model-checked verification suite and reference implementation of Kafka's replication and control-plane protocols")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(models_cli::models_command())
+        .subcommand(models_cli::check_command())
+        .subcommand(models_cli::explore_command())
+        .subcommand(models_cli::replay_command())
+        .subcommand(models_cli::bench_command())
+        .arg(
+            Arg::new("quiet")
+                .long("quiet")
+                .short('q')
+                .global(true)
+                .action(ArgAction::SetTrue)
+                .help("No progress output"),
+        )
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(message) = models_cli::unknown_model_in(&args) {
+        eprintln!("kcheck: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let matches = match cli().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let quiet = matches.get_flag("quiet");
+    let code = match matches.subcommand() {
+        Some(("models", m)) => models_cli::run_models(m),
+        Some(("check", m)) => models_cli::run_check(m, quiet),
+        Some(("explore", m)) => models_cli::run_explore(m),
+        Some(("replay", m)) => models_cli::run_replay(m),
+        Some(("bench", m)) => models_cli::run_bench(m, quiet),
+        _ => unreachable!("clap requires a known subcommand"),
+    };
+    ExitCode::from(code)
+}
