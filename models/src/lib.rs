@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod property;
+pub mod replication;
 
 pub mod trace;
 
@@ -12,12 +13,16 @@ pub use property::{Property, PropertyKind};
 pub use trace::Trace;
 
 /// Every model kcheck knows, in the order `kcheck models` lists them.
-pub static CATALOG: &[&dyn ModelDef] = &[];
+pub static CATALOG: &[&dyn ModelDef] = &[&Entry::<replication::Replication>::NEW];
 
 /// Look a model up by name, with an error that lists the known ones.
 pub fn find(name: &str) -> Result<&'static dyn ModelDef, String> {
-    CATALOG.iter().copied().find(|m| m.name() == name).ok_or_else(|| {
-        let known: Vec<&str> = CATALOG.iter().map(|m| m.name()).collect();
-        format!("unknown model '{name}' (known: {})", known.join(", "))
-    })
+    CATALOG
+        .iter()
+        .copied()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = CATALOG.iter().map(|m| m.name()).collect();
+            format!("unknown model '{name}' (known: {})", known.join(", "))
+        })
 }
