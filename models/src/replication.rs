@@ -17,6 +17,7 @@
 //! Reassignment (`crate::reassignment`) reuses these types and actions.
 
 use crate::catalog::{Bound, BugFlag, Config, KcheckModel};
+use crate::compact::InlineVec;
 use crate::property::Property;
 use serde::{Deserialize, Serialize};
 use stateright::Model;
@@ -28,6 +29,11 @@ pub type Offset = u8;
 
 /// The most brokers a partition state can name (bit sets are `u8`).
 pub const MAX_BROKERS: usize = 4;
+/// The longest log a replica can hold (the `records` bound's maximum is below it, and the
+/// acks=all purgatory is a `u8` bit set over offsets).
+pub const MAX_RECORDS: usize = 8;
+/// The most leader epochs a leader-epoch cache can hold (the `epochs` bound's maximum).
+pub const MAX_EPOCHS: usize = 8;
 
 /// A set of broker ids (ISR, ELR, replica set) as a bit set.
 #[derive(Clone, Copy, Default, Hash, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -90,15 +96,15 @@ pub struct PartitionState {
 }
 
 /// What one broker owns for its replica of the partition.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Replica {
     pub alive: bool,
     /// `log[o]` is the leader epoch that wrote the record at offset `o`: within one epoch a
     /// single leader appends each offset once, so (offset, epoch) names a record.
-    pub log: Vec<LeaderEpoch>,
+    pub log: InlineVec<LeaderEpoch, MAX_RECORDS>,
     pub hw: Offset,
     /// The leader-epoch checkpoint: (epoch, start offset) pairs, ascending.
-    pub epoch_cache: Vec<(LeaderEpoch, Offset)>,
+    pub epoch_cache: InlineVec<(LeaderEpoch, Offset), MAX_EPOCHS>,
     /// The leader epoch of the last LeaderAndIsr / partition change this broker applied; 0
     /// after a restart until it applies one (and, as a follower, truncates).
     pub applied_leader_epoch: LeaderEpoch,
@@ -113,9 +119,9 @@ impl Replica {
     fn new() -> Self {
         Replica {
             alive: true,
-            log: Vec::new(),
+            log: InlineVec::new(),
             hw: 0,
-            epoch_cache: Vec::new(),
+            epoch_cache: InlineVec::new(),
             applied_leader_epoch: 0,
             unclean_shutdown: false,
         }
@@ -181,7 +187,7 @@ pub enum Acks {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct State {
     pub partition: PartitionState,
-    pub replicas: Vec<Replica>,
+    pub replicas: InlineVec<Replica, MAX_BROKERS>,
     /// The leader's view of each follower's LEO (its last fetch offset), reset on election.
     pub follower_leo: [Offset; MAX_BROKERS],
     pub alter_in_flight: Option<AlterPartition>,
@@ -189,9 +195,9 @@ pub struct State {
     pub pending_acks: u8,
     /// Acknowledged records as (offset, epoch): acks=all with the ISR at min.insync.replicas,
     /// and acks=1 ones when the producer relies on them (`acks-1`).
-    pub acked: Vec<(Offset, LeaderEpoch)>,
+    pub acked: InlineVec<(Offset, LeaderEpoch), MAX_RECORDS>,
     /// What a consumer reading up to the leader's HW has read, by offset.
-    pub consumed: Vec<LeaderEpoch>,
+    pub consumed: InlineVec<LeaderEpoch, MAX_RECORDS>,
     pub produced: u8,
     pub crashes: u8,
 }
@@ -381,7 +387,8 @@ impl Replication {
 
     /// The initial state: broker 0 leads epoch 1 with every replica in sync and empty logs.
     pub fn initial_state(&self, replicas: BrokerSet, leader: BrokerId) -> State {
-        let mut brokers: Vec<Replica> = (0..self.brokers).map(|_| Replica::new()).collect();
+        let mut brokers: InlineVec<Replica, MAX_BROKERS> =
+            (0..self.brokers).map(|_| Replica::new()).collect();
         for b in replicas.iter() {
             brokers[b as usize].applied_leader_epoch = 1;
         }
@@ -398,8 +405,8 @@ impl Replication {
             follower_leo: [0; MAX_BROKERS],
             alter_in_flight: None,
             pending_acks: 0,
-            acked: Vec::new(),
-            consumed: Vec::new(),
+            acked: InlineVec::new(),
+            consumed: InlineVec::new(),
             produced: 0,
             crashes: 0,
         }
