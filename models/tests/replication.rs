@@ -238,7 +238,7 @@ fn invariants_reject_hand_made_bad_states() {
         "b2 in the ISR but not a replica"
     );
     let mut s = m.initial_state(replication::BrokerSet::all(3), 0);
-    s.replicas[1].log = vec![1];
+    s.replicas[1].log = [1u8].as_slice().into();
     s.replicas[1].hw = 2;
     assert!(!replication::replica_state_well_formed(&s), "HW above LEO");
 }
