@@ -177,3 +177,35 @@ fn explore_refuses_a_busy_port() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot listen on"));
 }
+
+#[test]
+fn explore_serves_the_model_on_loopback() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kcheck"))
+        .args(["explore", "replication", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /.states/0 HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s.read_to_string(&mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        body.contains("producer sends m0@e1 (acks=all) to leader b0"),
+        "{body}"
+    );
+}

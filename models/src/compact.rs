@@ -15,7 +15,10 @@ pub struct InlineVec<T: Copy + Default, const N: usize> {
 
 impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
     pub fn new() -> Self {
-        InlineVec { len: 0, items: [T::default(); N] }
+        InlineVec {
+            len: 0,
+            items: [T::default(); N],
+        }
     }
 
     /// Append; panics when full, which in a model means a bound was set larger than the
