@@ -4,5 +4,10 @@
 //! - [`log`]: durable segmented partition log with recovery
 //! - [`partition`]: sans-IO partition replica state (LEO, HW, ISR, leader epoch)
 pub mod batch;
+pub mod broker;
+pub mod cli;
+pub mod group;
 pub mod log;
+pub mod offsets;
 pub mod partition;
+pub mod server;
