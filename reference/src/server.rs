@@ -54,7 +54,7 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::Heartbeat => (0, 4),
         ApiKey::LeaveGroup => (0, 4),
         ApiKey::SyncGroup => (0, 5),
-        ApiKey::ApiVersions => (0, 3),
+        ApiKey::ApiVersions => (0, 4),
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
         _ => return None,
