@@ -6,7 +6,6 @@ pub mod compact;
 pub mod engine;
 pub mod property;
 pub mod replication;
-
 pub mod trace;
 
 pub use catalog::{Bound, BugFlag, Config, Entry, KcheckModel, ModelDef, Report};
