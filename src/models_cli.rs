@@ -4,7 +4,7 @@ use crate::{EXIT_OK, EXIT_USAGE, EXIT_VIOLATION};
 use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
 use indicatif::{ProgressBar, ProgressStyle};
 use kcheck_models::catalog::PropertyResult;
-use kcheck_models::engine::{CheckOptions, Progress};
+use kcheck_models::engine::{CheckOptions, Progress, Stop};
 use kcheck_models::{ModelDef, Report, Trace, CATALOG};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -80,6 +80,12 @@ fn checker_args(cmd: Command) -> Command {
             .value_name("N")
             .value_parser(value_parser!(u64).range(1..))
             .help("Stop after this many unique states (the result is then unknown)"),
+    )
+    .arg(
+        Arg::new("continue")
+            .long("continue")
+            .action(ArgAction::SetTrue)
+            .help("Keep exploring after a violation until every property is decided"),
     )
     .arg(json_arg())
 }
@@ -209,6 +215,9 @@ fn check_options(m: &ArgMatches) -> CheckOptions {
     }
     options.symmetry = !m.get_flag("no-symmetry");
     options.max_states = m.get_one::<u64>("max-states").map(|n| *n as usize);
+    if m.get_flag("continue") {
+        options.stop = Stop::AllDecided;
+    }
     options
 }
 
@@ -369,6 +378,17 @@ pub fn run_check(m: &ArgMatches, quiet: bool) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let mut options = options;
+    if !sub.get_flag("continue") && !config.bugs.is_empty() {
+        // With bug flags, look for the counterexamples they are documented to produce.
+        let targets = model
+            .bug_flags()
+            .iter()
+            .filter(|b| config.has_bug(b.name))
+            .map(|b| b.violates.to_string())
+            .collect();
+        options.stop = Stop::AllOf(targets);
+    }
     let json = sub.get_flag("json");
     if !json {
         println!(
@@ -563,7 +583,7 @@ pub fn run_bench(m: &ArgMatches, quiet: bool) -> u8 {
             .collect()
     };
     let mut options = CheckOptions {
-        run_to_completion: true,
+        stop: Stop::Never,
         ..CheckOptions::default()
     };
     if let Some(t) = m.get_one::<u16>("threads") {

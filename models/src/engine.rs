@@ -65,9 +65,22 @@ pub struct CheckOptions {
     pub symmetry: bool,
     /// Stop (incomplete) after this many unique states.
     pub max_states: Option<usize>,
-    /// Keep exploring after every safety property has a counterexample (needed for full state
-    /// counts; off by default like TLC, which stops at the first violation).
-    pub run_to_completion: bool,
+    /// When to stop before the state space is exhausted.
+    pub stop: Stop,
+}
+
+/// When a check may stop early. It always stops at the end of a BFS level, so every
+/// counterexample found is a shortest one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Once some `always` property is violated (TLC's default).
+    FirstViolation,
+    /// Once each named property has a discovery (e.g. the ones the active bug flags violate).
+    AllOf(Vec<String>),
+    /// Once every `always` and `sometimes` property is decided (AG EF needs the whole graph).
+    AllDecided,
+    /// Never: explore every reachable state (benchmarks, state counts).
+    Never,
 }
 
 impl Default for CheckOptions {
@@ -76,7 +89,7 @@ impl Default for CheckOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             symmetry: true,
             max_states: None,
-            run_to_completion: false,
+            stop: Stop::FirstViolation,
         }
     }
 }
@@ -251,10 +264,22 @@ where
             }
         });
         while !frontier.is_empty() {
-            if !options.run_to_completion
-                && !needs_graph
-                && open_safety.load(Ordering::Acquire) == 0
-            {
+            let found = |i: usize| discoveries[i].lock().unwrap().is_some();
+            let stop = match &options.stop {
+                Stop::Never => false,
+                Stop::FirstViolation => properties
+                    .iter()
+                    .enumerate()
+                    .any(|(i, p)| matches!(p.kind, PropertyKind::Always(_)) && found(i)),
+                Stop::AllOf(names) => names.iter().all(|name| {
+                    properties
+                        .iter()
+                        .position(|p| p.name == name)
+                        .is_some_and(found)
+                }),
+                Stop::AllDecided => !needs_graph && open_safety.load(Ordering::Acquire) == 0,
+            };
+            if stop {
                 break;
             }
             if options

@@ -149,6 +149,18 @@ impl Replica {
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
         self.epoch_cache.last().map(|(e, _)| *e)
     }
+    /// The leader's answer to OffsetsForLeaderEpoch(`requested`) (Kafka's `endOffsetFor`): the
+    /// largest epoch it has at or below `requested` (or `requested` itself when it has none
+    /// that old) and where that epoch ends; `None` is UNDEFINED_EPOCH_OFFSET.
+    pub fn offset_for_leader_epoch(&self, requested: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        if self.latest_epoch() == Some(requested) {
+            return Some((requested, self.leo()));
+        }
+        let higher = self.epoch_cache.iter().find(|(e, _)| *e > requested)?;
+        let floor = self.epoch_cache.iter().rev().find(|(e, _)| *e <= requested);
+        Some((floor.map_or(requested, |(e, _)| *e), higher.1))
+    }
+
     /// The end offset of `epoch` in this replica: the start of the next higher epoch, or the
     /// LEO when `epoch` is the latest.
     fn end_offset_of(&self, epoch: LeaderEpoch) -> Offset {
@@ -256,6 +268,7 @@ pub enum ReplicationBug {
     LastReplicaStanding,
     ElectWithoutIsrReset,
     NoBrokerEpochCheck,
+    SingleRoundEpochLookup,
 }
 
 impl ReplicationBug {
@@ -268,9 +281,11 @@ impl ReplicationBug {
             ReplicationBug::LastReplicaStanding => "last-replica-standing",
             ReplicationBug::ElectWithoutIsrReset => "elect-without-isr-reset",
             ReplicationBug::NoBrokerEpochCheck => "no-broker-epoch-check",
+            ReplicationBug::SingleRoundEpochLookup => "single-round-epoch-lookup",
         }
     }
-    pub const ALL: [ReplicationBug; 7] = [
+    pub const ALL: [ReplicationBug; 8] = [
+        ReplicationBug::SingleRoundEpochLookup,
         ReplicationBug::NoBrokerEpochCheck,
         ReplicationBug::TruncateToHw,
         ReplicationBug::SingleEpochLookup,
@@ -317,6 +332,12 @@ static BUG_FLAGS: &[BugFlag] = &[
         meaning: "ISR expansion trusts a fetch from a follower's previous incarnation",
         source: "KIP-903, KAFKA-14139",
         violates: "no-committed-data-loss",
+    },
+    BugFlag {
+        name: "single-round-epoch-lookup",
+        meaning: "KIP-279 truncation in one round: the follower never asks again",
+        source: "mutation of KIP-279 (kcheck's first model had it; release bounds found it)",
+        violates: "replica-log-consistency",
     },
     BugFlag {
         name: "elect-without-isr-reset",
@@ -514,21 +535,38 @@ impl Replication {
             // follower's, even when it never had the follower's epoch.
             return leader.end_offset_of(epoch).min(follower.leo());
         }
-        // KIP-279: the leader answers with the largest epoch it has at or below the
-        // follower's and that epoch's end offset; the follower also bounds the truncation by
-        // its own end of that epoch.
-        match leader.epoch_cache.iter().rev().find(|(e, _)| *e <= epoch) {
-            Some(&(common, _)) => leader
-                .end_offset_of(common)
-                .min(follower.end_offset_of(common))
-                .min(follower.leo()),
-            // The leader has nothing that old: the follower's whole log diverges.
-            None => leader
-                .epoch_cache
-                .first()
-                .map_or(0, |(_, start)| *start)
-                .min(follower.leo()),
+        // KIP-279: each round the follower asks for its latest epoch; the leader answers with
+        // the largest epoch it has at or below it and that epoch's end offset. A follower
+        // that does not have the answered epoch truncates to the end of its own largest epoch
+        // below it and asks again; otherwise it truncates to the smaller end offset and is
+        // done. Every round but the last removes an epoch, so this ends within MAX_EPOCHS.
+        // (A single round is not enough: kcheck's release bounds found the 17-step
+        // divergence where the answered epoch is one the follower never had.)
+        let mut f = *follower;
+        for _ in 0..=MAX_EPOCHS {
+            let Some(epoch) = f.latest_epoch() else {
+                return 0;
+            };
+            let Some((leader_epoch, leader_end)) = leader.offset_for_leader_epoch(epoch) else {
+                // UNDEFINED_EPOCH: the leader knows nothing that new; fall back to the HW.
+                return f.hw.min(f.leo());
+            };
+            match f.epoch_cache.iter().rev().find(|(e, _)| *e <= leader_epoch) {
+                // The follower tracked no epoch that old: Kafka falls back to the HW.
+                None => return f.hw.min(f.leo()),
+                Some(&(own_epoch, _))
+                    if own_epoch != leader_epoch
+                        && !self.has(ReplicationBug::SingleRoundEpochLookup) =>
+                {
+                    let end = f.end_offset_of(own_epoch);
+                    f.truncate_to(end);
+                }
+                Some(&(own_epoch, _)) => {
+                    return f.end_offset_of(own_epoch).min(leader_end).min(f.leo());
+                }
+            }
         }
+        unreachable!("each OffsetsForLeaderEpoch round removes an epoch from the follower")
     }
 
     fn elect(&self, s: &mut State, b: BrokerId) {

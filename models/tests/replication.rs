@@ -266,3 +266,19 @@ fn random_walks_find_a_bug() {
     let found = (0..2000u64).any(|seed| model().random_walk(&cfg, seed, 200).is_err());
     assert!(found);
 }
+
+#[test]
+fn single_round_epoch_lookup_diverges_at_release_bounds() {
+    // The 17-step divergence needs three records, four leader epochs and three crashes: the
+    // follower holds an epoch the leader never had and must ask a second time.
+    let flag = "single-round-epoch-lookup";
+    let cfg = model().config_with(&[flag.to_string()], &[], true).unwrap();
+    let options = CheckOptions {
+        stop: engine::Stop::AllOf(vec!["replica-log-consistency".into()]),
+        ..CheckOptions::default()
+    };
+    let report = model().check(&cfg, &options, &|_| {});
+    let r = report.result("replica-log-consistency").unwrap();
+    assert_eq!(r.status, "violated");
+    assert_eq!(r.trace.as_ref().unwrap().steps.len(), 17);
+}
