@@ -429,13 +429,13 @@ fn search(ops: &[LogOp], deadline: Instant) -> Search {
             };
         }
         steps += 1;
-        if steps % 4096 == 0 && Instant::now() >= deadline {
+        if steps & 4095 == 0 && Instant::now() >= deadline {
             return Search {
                 configurations: cache.len(),
                 outcome: Outcome::TimedOut,
             };
         }
-        let is_call = entry != NIL && entry % 2 == 0;
+        let is_call = entry != NIL && entry & 1 == 0;
         if is_call {
             let op = entry / 2;
             let call = &ops[op as usize].call;
@@ -476,7 +476,7 @@ fn search(ops: &[LogOp], deadline: Instant) -> Search {
             }
         } else {
             // A return (or the end): the op returning here was not linearized in time.
-            if entry != NIL && best.map_or(true, |b| stack.len() > b.0) {
+            if entry != NIL && !matches!(best, Some(b) if stack.len() <= b.0) {
                 let node = stack.last().map_or(NIL, |s| s.3);
                 best = Some((stack.len(), node, entry / 2));
             }
