@@ -202,9 +202,13 @@ struct Events {
 const NIL: u32 = u32::MAX;
 
 impl Events {
-    fn new(ops: &[LogOp]) -> Events {
+    /// Only ops under `Rule::Model` are events; indeterminate produces are tried just in time.
+    fn new(ops: &[LogOp], rule: &[Rule]) -> Events {
         let mut evs: Vec<(usize, u32)> = Vec::with_capacity(ops.len() * 2);
         for (i, op) in ops.iter().enumerate() {
+            if !matches!(rule[i], Rule::Model) {
+                continue;
+            }
             evs.push((op.call_pos, 2 * i as u32));
             if let Some(r) = op.ret_pos {
                 evs.push((r, 2 * i as u32 + 1));
@@ -387,6 +391,156 @@ struct Search {
     outcome: Outcome,
 }
 
+/// Where the search continues after undoing a step.
+#[derive(Clone, Copy)]
+enum Resume {
+    /// After this op's call event in the event list.
+    Main,
+    /// At candidate `index + 1` of the indeterminate candidates before return event `ret`.
+    Extra { ret: u32, index: usize },
+}
+
+struct Frame {
+    op: u32,
+    prev_state: u32,
+    appended: bool,
+    node: u32,
+    resume: Resume,
+}
+
+/// Record appended to the model for unread indeterminate produces: they are interchangeable.
+const FILLER: u64 = u64::MAX;
+
+/// The mutable state of one search.
+struct Walk<'a> {
+    ops: &'a [LogOp],
+    zobrist: Vec<u128>,
+    needs_of: Vec<Option<u64>>,
+    needs: Needs,
+    events: Events,
+    done: Vec<bool>,
+    /// Unlinearized unread indeterminate produces by call position.
+    fillers: std::collections::BTreeSet<(usize, u32)>,
+    rule: Vec<Rule>,
+    trie: LogTrie,
+    cache: HashSet<(u128, u32)>,
+    log: Vec<u64>,
+    state: u32,
+    fingerprint: u128,
+    stack: Vec<Frame>,
+    nodes: Vec<(u32, u32)>,
+    remaining_required: usize,
+}
+
+impl Walk<'_> {
+    /// Linearizes `op` now if the model allows it and the configuration is new.
+    fn try_lift(&mut self, op: u32, resume: Resume) -> bool {
+        let o = &self.ops[op as usize];
+        if illegal_reason(&o.call, &self.log).is_some() {
+            return false;
+        }
+        let (new_state, record) = match (o.call.clone(), self.rule[op as usize]) {
+            (LogCall::Produce { .. }, Rule::Filler) => {
+                (self.trie.child(self.state, FILLER), Some(FILLER))
+            }
+            (LogCall::Produce { value, .. }, _) => {
+                (self.trie.child(self.state, value), Some(value))
+            }
+            (LogCall::Read { .. }, _) => (self.state, None),
+        };
+        let fp = self.fingerprint ^ self.zobrist[op as usize];
+        if !self.cache.insert((fp, new_state)) {
+            return false;
+        }
+        let parent = self.stack.last().map_or(NIL, |f| f.node);
+        self.nodes.push((op, parent));
+        self.stack.push(Frame {
+            op,
+            prev_state: self.state,
+            appended: record.is_some(),
+            node: self.nodes.len() as u32 - 1,
+            resume,
+        });
+        if let Some(r) = record {
+            self.log.push(r);
+        }
+        self.state = new_state;
+        self.fingerprint = fp;
+        self.needs.remove(self.needs_of[op as usize]);
+        self.done[op as usize] = true;
+        match self.rule[op as usize] {
+            Rule::Model => {
+                self.events.unlink(2 * op);
+                if o.ret_pos.is_some() {
+                    self.events.unlink(2 * op + 1);
+                    self.remaining_required -= 1;
+                }
+            }
+            Rule::Filler => {
+                self.fillers.remove(&(o.call_pos, op));
+            }
+            Rule::PinnedAt(_) => {}
+        }
+        true
+    }
+
+    /// Undoes the last step; returns it.
+    fn undo(&mut self) -> Option<Frame> {
+        let f = self.stack.pop()?;
+        let op = f.op;
+        if f.appended {
+            self.log.pop();
+        }
+        self.state = f.prev_state;
+        self.fingerprint ^= self.zobrist[op as usize];
+        self.needs.add(self.needs_of[op as usize]);
+        self.done[op as usize] = false;
+        let o = &self.ops[op as usize];
+        match self.rule[op as usize] {
+            Rule::Model => {
+                if o.ret_pos.is_some() {
+                    self.events.relink(2 * op + 1);
+                    self.remaining_required += 1;
+                }
+                self.events.relink(2 * op);
+            }
+            Rule::Filler => {
+                self.fillers.insert((o.call_pos, op));
+            }
+            Rule::PinnedAt(_) => {}
+        }
+        Some(f)
+    }
+}
+
+/// Indeterminate produces that may take effect now, before the return at history position
+/// `ret_pos`: those pinned at the current HW, then the earliest-invoked filler if the HW is a
+/// gap that a later op needs filled (any filler would do; the earliest is available whenever
+/// a later one is, so trying it alone loses no linearization).
+fn extra_candidates(
+    w: &Walk<'_>,
+    pinned_at: &HashMap<u64, Vec<u32>>,
+    claimed: &HashSet<u64>,
+    ret_pos: usize,
+) -> Vec<u32> {
+    let hw = w.log.len() as u64;
+    let mut out: Vec<u32> = pinned_at
+        .get(&hw)
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|&op| !w.done[op as usize] && w.ops[op as usize].call_pos < ret_pos)
+        .collect();
+    if !claimed.contains(&hw) && w.needs.beyond(hw) {
+        if let Some(&(pos, op)) = w.fillers.first() {
+            if pos < ret_pos {
+                out.push(op);
+            }
+        }
+    }
+    out
+}
+
 /// Wing & Gong's search with Lowe's cache over one partition's ops.
 fn search(ops: &[LogOp], deadline: Instant) -> Search {
     let n = ops.len();
@@ -394,7 +548,6 @@ fn search(ops: &[LogOp], deadline: Instant) -> Search {
     let zobrist: Vec<u128> = (0..n)
         .map(|_| (u128::from(splitmix(&mut seed)) << 64) | u128::from(splitmix(&mut seed)))
         .collect();
-    let mut events = Events::new(ops);
     let rule = rules(ops);
     let claimed = claimed_offsets(ops);
     let needs_of: Vec<Option<u64>> = ops
@@ -405,103 +558,100 @@ fn search(ops: &[LogOp], deadline: Instant) -> Search {
     for &n in &needs_of {
         needs.add(n);
     }
-    let mut remaining_required = ops.iter().filter(|o| o.ret_pos.is_some()).count();
-    let mut trie = LogTrie {
-        children: HashMap::new(),
-        next: 0,
+    let mut pinned_at: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut fillers = std::collections::BTreeSet::new();
+    for (i, r) in rule.iter().enumerate() {
+        match *r {
+            Rule::PinnedAt(o) => pinned_at.entry(o).or_default().push(i as u32),
+            Rule::Filler => {
+                fillers.insert((ops[i].call_pos, i as u32));
+            }
+            Rule::Model => {}
+        }
+    }
+    let mut w = Walk {
+        ops,
+        zobrist,
+        needs_of,
+        needs,
+        events: Events::new(ops, &rule),
+        done: vec![false; n],
+        fillers,
+        rule,
+        trie: LogTrie {
+            children: HashMap::new(),
+            next: 0,
+        },
+        cache: HashSet::new(),
+        log: Vec::new(),
+        state: 0,
+        fingerprint: 0,
+        stack: Vec::new(),
+        nodes: Vec::new(),
+        remaining_required: ops.iter().filter(|o| o.ret_pos.is_some()).count(),
     };
-    let mut cache: HashSet<(u128, u32)> = HashSet::new();
-    let mut log: Vec<u64> = Vec::new();
-    let mut state: u32 = 0;
-    let mut fingerprint: u128 = 0;
-    // Stack of (op, state before, appended?, prefix node).
-    let mut stack: Vec<(u32, u32, bool, u32)> = Vec::new();
-    // Persistent prefix list: node = (op, parent); lets us keep the deepest prefix in O(1).
-    let mut nodes: Vec<(u32, u32)> = Vec::new();
-    let mut best: Option<(usize, u32, u32)> = None; // (depth, node or NIL, blocker op)
-    let mut entry = events.head;
+    // (depth, prefix node or NIL, blocker op) of the deepest dead end.
+    let mut best: Option<(usize, u32, u32)> = None;
+    // The cursor: an event of the main list, or the indeterminate candidates before a return.
+    let mut entry = w.events.head;
+    let mut extra: Option<(u32, usize)> = None;
     let mut steps: u64 = 0;
     loop {
-        if remaining_required == 0 {
+        if w.remaining_required == 0 {
             return Search {
-                configurations: cache.len(),
+                configurations: w.cache.len(),
                 outcome: Outcome::Linearizable,
             };
         }
         steps += 1;
         if steps & 4095 == 0 && Instant::now() >= deadline {
             return Search {
-                configurations: cache.len(),
+                configurations: w.cache.len(),
                 outcome: Outcome::TimedOut,
             };
         }
-        let is_call = entry != NIL && entry & 1 == 0;
-        if is_call {
+        if extra.is_none() && entry != NIL && entry & 1 == 0 {
             let op = entry / 2;
-            let call = &ops[op as usize].call;
-            let mut advanced = false;
-            let hw = log.len() as u64;
-            let timely = match rule[op as usize] {
-                Rule::Model => true,
-                Rule::PinnedAt(o) => o == hw,
-                Rule::Filler => !claimed.contains(&hw) && needs.beyond(hw),
+            entry = if w.try_lift(op, Resume::Main) {
+                w.events.head
+            } else {
+                w.events.next[entry as usize]
             };
-            if timely && illegal_reason(call, &log).is_none() {
-                let (new_state, appended) = match call {
-                    LogCall::Produce { value, .. } => (trie.child(state, *value), true),
-                    LogCall::Read { .. } => (state, false),
-                };
-                let fp = fingerprint ^ zobrist[op as usize];
-                if cache.insert((fp, new_state)) {
-                    let parent = stack.last().map_or(NIL, |s| s.3);
-                    nodes.push((op, parent));
-                    stack.push((op, state, appended, nodes.len() as u32 - 1));
-                    if let LogCall::Produce { value, .. } = call {
-                        log.push(*value);
-                    }
-                    state = new_state;
-                    fingerprint = fp;
-                    needs.remove(needs_of[op as usize]);
-                    events.unlink(2 * op);
-                    if ops[op as usize].ret_pos.is_some() {
-                        events.unlink(2 * op + 1);
-                        remaining_required -= 1;
-                    }
-                    entry = events.head;
-                    advanced = true;
-                }
+            continue;
+        }
+        // At a return: the op returning here must already be linearized. First try the
+        // indeterminate produces that could make room for it.
+        let (ret, start) = extra.take().unwrap_or((entry, 0));
+        if ret != NIL {
+            let ret_pos = ops[(ret / 2) as usize].ret_pos.unwrap_or(usize::MAX);
+            let cands = extra_candidates(&w, &pinned_at, &claimed, ret_pos);
+            let lifted = cands
+                .iter()
+                .enumerate()
+                .skip(start)
+                .any(|(index, &op)| w.try_lift(op, Resume::Extra { ret, index }));
+            if lifted {
+                entry = w.events.head;
+                continue;
             }
-            if !advanced {
-                entry = events.next[entry as usize];
+            if !matches!(best, Some(b) if w.stack.len() <= b.0) {
+                let node = w.stack.last().map_or(NIL, |f| f.node);
+                best = Some((w.stack.len(), node, ret / 2));
             }
-        } else {
-            // A return (or the end): the op returning here was not linearized in time.
-            if entry != NIL && !matches!(best, Some(b) if stack.len() <= b.0) {
-                let node = stack.last().map_or(NIL, |s| s.3);
-                best = Some((stack.len(), node, entry / 2));
-            }
-            let Some((op, prev_state, appended, _)) = stack.pop() else {
-                let (_, node, blocker) = best.unwrap_or((0, NIL, 0));
-                return Search {
-                    configurations: cache.len(),
-                    outcome: Outcome::Not {
-                        prefix: unwind(&nodes, node),
-                        blocker,
-                    },
-                };
+        }
+        let Some(frame) = w.undo() else {
+            let (_, node, blocker) = best.unwrap_or((0, NIL, 0));
+            return Search {
+                configurations: w.cache.len(),
+                outcome: Outcome::Not {
+                    prefix: unwind(&w.nodes, node),
+                    blocker,
+                },
             };
-            if appended {
-                log.pop();
-            }
-            state = prev_state;
-            fingerprint ^= zobrist[op as usize];
-            needs.add(needs_of[op as usize]);
-            if ops[op as usize].ret_pos.is_some() {
-                events.relink(2 * op + 1);
-                remaining_required += 1;
-            }
-            events.relink(2 * op);
-            entry = events.next[2 * op as usize];
+        };
+        match frame.resume {
+            Resume::Main => entry = w.events.next[2 * frame.op as usize],
+            Resume::Extra { ret, index } => extra = Some((ret, index + 1)),
         }
     }
 }

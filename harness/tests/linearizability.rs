@@ -354,3 +354,92 @@ fn log_ops_drop_failed_produces_and_unfinished_reads() {
     );
     assert_eq!(ops[&0][0].complete, None);
 }
+
+/// Brute force: is there an order of all acknowledged ops and some of the indeterminate ones
+/// that respects real time and the log's sequential specification?
+fn oracle(ops: &[kcheck_harness::linear::LogOp]) -> bool {
+    use kcheck_harness::linear::LogCall;
+    fn go(ops: &[kcheck_harness::linear::LogOp], used: &mut Vec<bool>, log: &mut Vec<u64>) -> bool {
+        let required_left = ops
+            .iter()
+            .zip(used.iter())
+            .any(|(o, u)| !u && o.complete.is_some());
+        if !required_left {
+            return true;
+        }
+        for i in 0..ops.len() {
+            if used[i] {
+                continue;
+            }
+            // i may go next only if no unused op returned before i was invoked.
+            let blocked = ops
+                .iter()
+                .zip(used.iter())
+                .any(|(o, u)| !u && o.complete.is_some_and(|c| c < ops[i].invoke));
+            if blocked {
+                continue;
+            }
+            let hw = log.len() as u64;
+            let ok = match ops[i].call {
+                LogCall::Produce { offset, .. } => !matches!(offset, Some(o) if o != hw),
+                LogCall::Read { offset, value } => log.get(offset as usize).copied() == value,
+            };
+            if !ok {
+                continue;
+            }
+            used[i] = true;
+            if let LogCall::Produce { value, .. } = ops[i].call {
+                log.push(value);
+            }
+            let found = go(ops, used, log);
+            if matches!(ops[i].call, LogCall::Produce { .. }) {
+                log.pop();
+            }
+            used[i] = false;
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    go(ops, &mut vec![false; ops.len()], &mut Vec::new())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// The search (with its just-in-time handling of indeterminate produces) agrees with brute
+    /// force on small histories, valid ones and randomly corrupted ones.
+    #[test]
+    fn search_agrees_with_brute_force(
+        seed in any::<u64>(),
+        ops in 1usize..8,
+        concurrency in 1usize..4,
+        corrupt in proptest::collection::vec((0usize..16, 0u64..4, proptest::option::of(0u64..6)), 0..3),
+    ) {
+        let h = log_history(&SimConfig { seed, ops, concurrency, partitions: 1, crash: 0.4, fail: 0.1, nemesis: false });
+        let mut raw = h.ops.clone();
+        for (at, offset, value) in corrupt {
+            let oks: Vec<usize> = (0..raw.len()).filter(|&i| raw[i].kind == OpType::Ok).collect();
+            if oks.is_empty() { break; }
+            let i = oks[at % oks.len()];
+            match &mut raw[i].value {
+                OpValue::Read(r) => { r.offset = offset; r.value = value; }
+                OpValue::Produce(p) => p.offset = Some(offset),
+                _ => {}
+            }
+        }
+        // Reads keep the invocation's offset in step with the completion's.
+        for i in 0..raw.len() {
+            if let (OpType::Ok, OpValue::Read(r)) = (raw[i].kind, raw[i].value.clone()) {
+                let inv = h.pair[i].expect("paired");
+                if let OpValue::Read(ri) = &mut raw[inv].value { ri.offset = r.offset; }
+            }
+        }
+        let h = History::from_ops(raw).expect("same shape");
+        let parts = log_ops(&h);
+        let expected = parts.get(&0).is_none() || oracle(&parts[&0]);
+        let got = lin(&h).verdict;
+        prop_assert_eq!(got == Verdict::Valid, expected, "{:?}", h.ops);
+    }
+}
