@@ -38,6 +38,9 @@ fn a_valid_run_folder_exits_0_and_writes_results_and_edn() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
             .unwrap();
     assert_eq!(results["verdict"], "valid");
+    assert!(std::fs::read_to_string(dir.path().join("report.html"))
+        .unwrap()
+        .contains("<svg"));
     assert!(std::fs::read_to_string(dir.path().join("history.edn"))
         .unwrap()
         .starts_with("{:index 0"));

@@ -1,7 +1,7 @@
 //! `kcheck analyze <RUN_DIR | history.jsonl> [--json] [--edn] [--time-limit SECS]`.
 //!
-//! Reads a history, runs the checkers, writes `results.json` beside it (and `history.edn` with
-//! `--edn`), prints a summary and exits 0 (valid), 1 (anomaly found) or 2 (unknown, or the
+//! Reads a history, runs the checkers, writes `results.json` and `report.html` beside it (and
+//! `history.edn` with `--edn`), prints a summary and exits 0 (valid), 1 (anomaly found) or 2 (unknown, or the
 //! input or harness failed), with a last line that says which.
 
 use crate::analyze::{analyze, Options, Results};
@@ -118,6 +118,10 @@ pub fn run_analyze(m: &ArgMatches) -> u8 {
     let out = dir.join("results.json");
     if let Err(e) = std::fs::write(&out, format!("{json}\n")) {
         return fail(format!("cannot write {}: {e}", out.display()));
+    }
+    let report = dir.join("report.html");
+    if let Err(e) = std::fs::write(&report, crate::report::html(&history, &results)) {
+        return fail(format!("cannot write {}: {e}", report.display()));
     }
     if m.get_flag("json") {
         println!("{json}");

@@ -3,7 +3,7 @@
 //! What stands alone (no cluster needed): the history format (`history`, `edn`), the checkers
 //! (`linear` for the `log` workload, `queue` for Kafka queue anomalies), `analyze` which runs
 //! them, simulated executions of an in-memory log (`sim`) used by soundness tests and
-//! benchmarks, and the `kcheck analyze` command (`cli`).
+//! benchmarks, the HTML report (`report`) and the `kcheck analyze` command (`cli`).
 
 pub mod analyze;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod edn;
 pub mod history;
 pub mod linear;
 pub mod queue;
+pub mod report;
 pub mod sim;
 
 use serde::Serialize;

@@ -145,3 +145,59 @@ fn edn_export_uses_jepsen_keywords() {
         r#"{:index 0, :time 0, :type :info, :process :nemesis, :f "start partition", :value {2 nil, :n1 "a\"b"}, :error "x"}"#
     );
 }
+
+#[test]
+fn report_links_anomalies_to_operations_and_shades_nemesis_periods() {
+    use kcheck_harness::analyze::{analyze, Options};
+    use kcheck_harness::report::{html, nemesis_periods};
+    let h = queue_history(&SimConfig {
+        ops: 400,
+        ..SimConfig::default()
+    });
+    assert!(!nemesis_periods(&h).is_empty());
+    // Turn an acknowledged send that was read into a failed one: a G1a.
+    let mut ops = h.ops.clone();
+    let read: std::collections::HashSet<(u64, u64)> = ops
+        .iter()
+        .flat_map(|o| o.mops().to_vec())
+        .filter_map(|m| match m {
+            Mop::Polled(p) => Some(
+                p.into_iter()
+                    .flat_map(|(k, rs)| rs.into_iter().map(move |r| (k, r.1)))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let i = ops
+        .iter()
+        .position(|o| {
+            o.kind == OpType::Ok
+                && o.mops()
+                    .iter()
+                    .filter_map(Mop::send)
+                    .any(|kv| read.contains(&kv))
+        })
+        .unwrap();
+    ops[i].kind = OpType::Fail;
+    let bad = History::from_ops(ops).unwrap();
+    let r = analyze(&bad, &Options::default());
+    let page = html(&bad, &r);
+    assert!(page.contains("G1a"));
+    let idx = bad.ops[i].index;
+    assert!(
+        page.contains(&format!("<a href=\"#op-{idx}\">{idx}</a>")),
+        "anomaly links to its op"
+    );
+    assert!(
+        page.contains(&format!("<tr id=\"op-{idx}\">")),
+        "the op is in the table"
+    );
+    assert!(
+        page.contains("class=\"nemesis\""),
+        "nemesis periods are shaded"
+    );
+    let ok = html(&h, &analyze(&h, &Options::default()));
+    assert!(ok.contains("Valid") && ok.contains("none"));
+}
