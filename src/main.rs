@@ -23,6 +23,7 @@ fn cli() -> Command {
         .subcommand(models_cli::explore_command())
         .subcommand(models_cli::replay_command())
         .subcommand(models_cli::bench_command())
+        .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .arg(
             Arg::new("quiet")
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Some(("explore", m)) => models_cli::run_explore(m),
         Some(("replay", m)) => models_cli::run_replay(m),
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
+        Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         _ => unreachable!("clap requires a known subcommand"),
     };

@@ -1,1 +1,51 @@
 //! kcheck's Jepsen-style harness: fault injection, workloads, histories and checkers.
+//!
+//! What stands alone (no cluster needed): the history format (`history`, `edn`), the checkers
+//! (`linear` for the `log` workload, `queue` for Kafka queue anomalies), `analyze` which runs
+//! them, simulated executions of an in-memory log (`sim`) used by soundness tests and
+//! benchmarks, the HTML report (`report`) and the `kcheck analyze` command (`cli`).
+
+pub mod analyze;
+pub mod cli;
+pub mod edn;
+pub mod history;
+pub mod linear;
+pub mod queue;
+pub mod report;
+pub mod sim;
+
+use serde::Serialize;
+
+/// The outcome of a check. Jepsen's `:valid?` is true, false or `:unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    /// The checker gave up (time limit): nothing is known.
+    Unknown,
+}
+
+impl Verdict {
+    /// Invalid if any part is invalid, else unknown if any part is unknown, else valid.
+    pub fn combine(parts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        let mut out = Verdict::Valid;
+        for v in parts {
+            match v {
+                Verdict::Invalid => return Verdict::Invalid,
+                Verdict::Unknown => out = Verdict::Unknown,
+                Verdict::Valid => {}
+            }
+        }
+        out
+    }
+
+    /// kcheck's exit codes: 0 valid, 1 anomaly, 2 unknown.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Valid => 0,
+            Verdict::Invalid => 1,
+            Verdict::Unknown => 2,
+        }
+    }
+}
