@@ -177,18 +177,12 @@ pub fn bench_command() -> Command {
 /// clap's own message for an unknown subcommand does not list the models: say it ourselves.
 pub fn unknown_model_in(args: &[String]) -> Option<String> {
     let (cmd, model) = (args.get(1)?, args.get(2)?);
-    let takes_model = matches!(cmd.as_str(), "check" | "explore" | "bench");
+    let takes_model = matches!(cmd.as_str(), "check" | "explore");
     if !takes_model || model.starts_with('-') || model == "help" {
         return None;
     }
     if cmd == "check" && model == ALL {
         return None;
-    }
-    if cmd == "bench" {
-        return args[2..]
-            .iter()
-            .filter(|a| !a.starts_with('-'))
-            .find_map(|m| kcheck_models::find(m).err());
     }
     kcheck_models::find(model).err()
 }
@@ -577,10 +571,13 @@ pub fn run_bench(m: &ArgMatches, quiet: bool) -> u8 {
     let models: Vec<&dyn ModelDef> = if names.is_empty() {
         CATALOG.to_vec()
     } else {
-        names
-            .iter()
-            .map(|n| kcheck_models::find(n).expect("validated in main"))
-            .collect()
+        match names.iter().map(|n| kcheck_models::find(n)).collect() {
+            Ok(models) => models,
+            Err(e) => {
+                eprintln!("kcheck: {e}");
+                return EXIT_USAGE;
+            }
+        }
     };
     let mut options = CheckOptions {
         stop: Stop::Never,

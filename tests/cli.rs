@@ -209,3 +209,17 @@ fn explore_serves_the_model_on_loopback() {
         "{body}"
     );
 }
+
+#[test]
+fn bench_prints_figures_and_rejects_unknown_models() {
+    let o = kcheck(&["bench", "nope", "--threads", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown model 'nope'"));
+    let o = kcheck(&["bench", "replication", "--threads", "2", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let row = &v[0];
+    assert_eq!(row["model"], "replication");
+    assert!(row["unique_states"].as_u64().unwrap() > 1_000_000);
+    assert!(row["states_per_second"].as_f64().unwrap() > 0.0);
+}
