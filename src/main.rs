@@ -24,6 +24,7 @@ fn cli() -> Command {
         .subcommand(models_cli::replay_command())
         .subcommand(models_cli::bench_command())
         .subcommand(kcheck_reference::cli::broker_command())
+        .subcommand(kcheck_reference::cli::bench_broker_command())
         .arg(
             Arg::new("quiet")
                 .long("quiet")
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         Some(("replay", m)) => models_cli::run_replay(m),
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
+        Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
         _ => unreachable!("clap requires a known subcommand"),
     };
     ExitCode::from(code)

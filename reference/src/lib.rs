@@ -5,6 +5,7 @@
 //! - [`partition`]: sans-IO partition replica state (LEO, HW, ISR, leader epoch)
 pub mod alloc_guard;
 pub mod batch;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -118,6 +118,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
+    serve_listener(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (the benchmark binds port 0 and keeps the address).
+pub async fn serve_listener(
+    listener: TcpListener,
+    config: BrokerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let flush = config.flush;
     let broker = tokio::task::block_in_place(|| Broker::open(config))?;
@@ -156,9 +165,7 @@ pub async fn serve(
         _ = accept => {}
         _ = shutdown => {}
     }
-    let b = shared.lock();
     tracing::info!("shutting down: flushing and checkpointing");
-    drop(b);
     let mut b = shared.lock();
     b.flush_all();
     b.checkpoint_all();
