@@ -124,14 +124,23 @@ fn bad_frames_close_the_connection_and_the_broker_survives() {
         .unwrap();
     assert_closed(&mut c);
     alive(&broker.addr);
-    let log = broker.stderr();
-    for needle in [
+    // The broker logs after closing the socket, so give the last line a moment to land.
+    let needles = [
         "exceeds the limit",
         "truncated frame",
         "unknown API key 9999",
         "unsupported version 99",
         "malformed Metadata",
-    ] {
+    ];
+    let mut log = broker.stderr();
+    for _ in 0..100 {
+        if needles.iter().all(|n| log.contains(n)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = broker.stderr();
+    }
+    for needle in needles {
         assert!(
             log.contains(needle),
             "missing log line {needle:?} in:\n{log}"

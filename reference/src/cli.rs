@@ -186,3 +186,42 @@ pub fn run_bench_broker(m: &ArgMatches) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_policies_parse() {
+        let v = |a: &[&str]| parse_flush(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(v(&["always"]), Ok(FlushPolicy::Always));
+        assert_eq!(v(&["never"]), Ok(FlushPolicy::Never));
+        assert_eq!(v(&["interval-ms", "50"]), Ok(FlushPolicy::IntervalMs(50)));
+        assert!(v(&["interval-ms", "x"]).is_err());
+        assert!(v(&["sometimes"]).is_err());
+    }
+
+    #[test]
+    fn broker_args() {
+        let m = broker_command()
+            .try_get_matches_from([
+                "broker",
+                "--node-id",
+                "3",
+                "--flush",
+                "interval-ms",
+                "20",
+                "--auto-create-topics",
+            ])
+            .unwrap();
+        let c = broker_config(&m).unwrap();
+        assert_eq!(
+            (c.node_id, c.flush, c.auto_create_topics),
+            (3, FlushPolicy::IntervalMs(20), true)
+        );
+        let m = broker_command()
+            .try_get_matches_from(["broker", "--listen", "nowhere"])
+            .unwrap();
+        assert!(broker_config(&m).is_err());
+    }
+}

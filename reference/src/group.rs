@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(c.state("g"), Some((GroupState::PreparingRebalance, 2, 1)));
         let j = join_result(&c.join(1600, 7, join(&a.member_id)), 7);
         assert_eq!((j.generation_id, j.members.len()), (3, 1));
-        let (codes, _) = c.leave(1700, "g", &[a.member_id.clone()]);
+        let (codes, _) = c.leave(1700, "g", std::slice::from_ref(&a.member_id));
         assert_eq!(codes, vec![0]);
         assert_eq!(c.state("g").map(|s| s.0), Some(GroupState::Empty));
     }

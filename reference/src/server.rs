@@ -188,7 +188,11 @@ fn spawn_timers(shared: Arc<Shared>, flush: FlushPolicy) {
         loop {
             tick.tick().await;
             let s = s.clone();
-            let _ = tokio::task::spawn_blocking(move || s.lock().checkpoint_all()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let snapshot = s.lock().checkpoint_snapshot();
+                crate::broker::write_checkpoints(snapshot);
+            })
+            .await;
         }
     });
     if let FlushPolicy::IntervalMs(ms) = flush {
@@ -197,7 +201,16 @@ fn spawn_timers(shared: Arc<Shared>, flush: FlushPolicy) {
             loop {
                 tick.tick().await;
                 let s = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || s.lock().flush_all()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let handles = s.lock().begin_flush_all();
+                    for (topic, p, file, upto) in handles {
+                        match file.sync_data() {
+                            Ok(()) => s.lock().complete_flush(&topic, p, upto),
+                            Err(e) => tracing::error!(topic, partition = p, error = %e, "periodic flush failed"),
+                        }
+                    }
+                })
+                .await;
             }
         });
     }
