@@ -12,7 +12,6 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,48 +107,30 @@ pub async fn bench_produce(
                 .with_records(Some(Bytes::from(records)))])]);
     let (mut rd, mut wr) = stream.into_split();
     let permits = Arc::new(Semaphore::new(cfg.in_flight));
-    let sent: Arc<std::sync::Mutex<VecDeque<Instant>>> = Arc::default();
+    // The writer tells the reader when each request went out; responses arrive in order.
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(cfg.seconds);
     let writer = {
-        let (permits, sent) = (permits.clone(), sent.clone());
+        let permits = permits.clone();
         let frame = frame_request(ApiKey::Produce, PRODUCE_VERSION, 1, &produce)?;
         tokio::spawn(async move {
-            let mut n = 0usize;
             while Instant::now() < until {
                 let Ok(p) = permits.acquire().await else {
                     break;
                 };
                 p.forget();
-                sent.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(Instant::now());
-                if wr.write_all(&frame).await.is_err() {
+                let t0 = Instant::now();
+                if wr.write_all(&frame).await.is_err() || sent_tx.send(t0).is_err() {
                     break;
                 }
-                n += 1;
             }
-            n
         })
     };
     let mut latencies = Vec::new();
     let mut received = 0usize;
-    loop {
-        let writer_done = writer.is_finished();
-        let outstanding = sent.lock().unwrap_or_else(|e| e.into_inner()).len();
-        if writer_done && outstanding == 0 {
-            break;
-        }
-        if outstanding == 0 {
-            tokio::time::sleep(Duration::from_micros(50)).await;
-            continue;
-        }
+    while let Some(t0) = sent_rx.recv().await {
         let frame = read_frame_split(&mut rd).await?;
-        let t0 = sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
-            .unwrap_or(start);
         latencies.push(t0.elapsed().as_micros() as u64);
         permits.add_permits(1);
         let (_, mut body) = response_body(frame, ProduceResponse::header_version(PRODUCE_VERSION))?;
