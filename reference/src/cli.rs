@@ -121,8 +121,19 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
             return 1;
         }
     };
+    // Clean shutdown (flush + checkpoints) on Ctrl-C or SIGTERM, as Kafka's controlled shutdown.
     let res = rt.block_on(crate::server::serve(cfg, async {
-        let _ = tokio::signal::ctrl_c().await;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }));
     match res {
         Ok(()) => 0,

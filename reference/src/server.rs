@@ -129,7 +129,7 @@ pub async fn serve_listener(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let flush = config.flush;
-    let broker = tokio::task::block_in_place(|| Broker::open(config))?;
+    let broker = Broker::open(config)?;
     let shared = Arc::new(Shared {
         broker: Mutex::new(broker),
         appended: Notify::new(),
