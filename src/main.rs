@@ -25,6 +25,7 @@ fn cli() -> Command {
         .subcommand(models_cli::bench_command())
         .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_reference::cli::broker_command())
+        .subcommand(kcheck_reference::cli::bench_broker_command())
         .arg(
             Arg::new("quiet")
                 .long("quiet")
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
+        Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
         _ => unreachable!("clap requires a known subcommand"),
     };
     ExitCode::from(code)

@@ -268,7 +268,26 @@ impl Broker {
         }
     }
 
-    /// Periodic flush (`--flush interval-ms N`).
+    /// Handles to fsync for a periodic flush, taken under the lock (see [`PartitionLog::begin_flush`]).
+    pub fn begin_flush_all(&self) -> Vec<(String, i32, std::fs::File, i64)> {
+        let mut out = Vec::new();
+        for (name, t) in &self.topics {
+            for (p, r) in t.partitions.iter().enumerate() {
+                if let Some((f, upto)) = r.log.begin_flush() {
+                    out.push((name.clone(), p as i32, f, upto));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn complete_flush(&mut self, topic: &str, p: i32, upto: i64) {
+        if let Ok(r) = self.replica_mut(topic, p) {
+            r.log.complete_flush(upto);
+        }
+    }
+
+    /// Flush everything now, under the lock (shutdown).
     pub fn flush_all(&mut self) {
         for t in self.topics.values_mut() {
             for r in &mut t.partitions {
@@ -281,19 +300,47 @@ impl Broker {
 
     /// Writes recovery point and HW checkpoints (Kafka does this on timers, too).
     pub fn checkpoint_all(&self) {
-        for t in self.topics.values() {
-            for r in &t.partitions {
-                let res = r
-                    .log
-                    .checkpoint_recovery_point()
-                    .and_then(|_| r.log.checkpoint_hw(r.state.high_watermark));
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "checkpoint failed");
-                }
-            }
+        write_checkpoints(self.checkpoint_snapshot());
+    }
+
+    /// The values to checkpoint, taken under the broker lock; [`write_checkpoints`] does the
+    /// file IO (with fsyncs) after the lock is released so produce latency does not pay it.
+    pub fn checkpoint_snapshot(&self) -> Vec<(PathBuf, i64, Option<i64>)> {
+        let mut out: Vec<_> = self
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .map(|r| {
+                (
+                    r.log.dir().to_path_buf(),
+                    r.log.recovery_point(),
+                    Some(r.state.high_watermark),
+                )
+            })
+            .collect();
+        let o = self.offsets.log();
+        out.push((o.dir().to_path_buf(), o.recovery_point(), None));
+        out
+    }
+}
+
+/// Writes `recovery-point-offset-checkpoint` and `replication-offset-checkpoint` files. A
+/// partition deleted meanwhile is skipped.
+pub fn write_checkpoints(snapshot: Vec<(PathBuf, i64, Option<i64>)>) {
+    use crate::log::{write_checkpoint, HW_FILE, RECOVERY_POINT_FILE};
+    for (dir, recovery_point, hw) in snapshot {
+        if !dir.exists() {
+            continue;
         }
-        if let Err(e) = self.offsets.checkpoint() {
-            tracing::error!(error = %e, "offsets checkpoint failed");
+        let mut res = write_checkpoint(
+            &dir.join(RECOVERY_POINT_FILE),
+            &[recovery_point.to_string()],
+        );
+        if let Some(hw) = hw {
+            res = res.and_then(|_| write_checkpoint(&dir.join(HW_FILE), &[hw.to_string()]));
+        }
+        if let Err(e) = res {
+            tracing::warn!(dir = %dir.display(), error = %e, "checkpoint failed");
         }
     }
 }

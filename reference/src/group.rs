@@ -154,8 +154,17 @@ impl GroupCoordinator {
         member.session_timeout_ms = req.session_timeout_ms;
         member.rebalance_timeout_ms = req.rebalance_timeout_ms;
         member.last_heartbeat_ms = now;
-        member.pending_join = Some(id);
         let mut out = Vec::new();
+        // A member re-sending JoinGroup (e.g. after reconnecting) supersedes its older request.
+        if let Some(old) = member.pending_join.replace(id) {
+            out.push(Reply::Join(
+                old,
+                JoinResult {
+                    error: code::REBALANCE_IN_PROGRESS,
+                    ..Default::default()
+                },
+            ));
+        }
         if g.state != GroupState::PreparingRebalance {
             prepare_rebalance(g, now, &mut out);
         }
@@ -492,9 +501,32 @@ mod tests {
         assert_eq!(c.state("g"), Some((GroupState::PreparingRebalance, 2, 1)));
         let j = join_result(&c.join(1600, 7, join(&a.member_id)), 7);
         assert_eq!((j.generation_id, j.members.len()), (3, 1));
-        let (codes, _) = c.leave(1700, "g", &[a.member_id.clone()]);
+        let (codes, _) = c.leave(1700, "g", std::slice::from_ref(&a.member_id));
         assert_eq!(codes, vec![0]);
         assert_eq!(c.state("g").map(|s| s.0), Some(GroupState::Empty));
+    }
+
+    #[test]
+    fn repeated_join_supersedes_the_pending_one() {
+        let mut c = GroupCoordinator::new();
+        let a = join_result(&c.join(0, 1, join("")), 1);
+        c.sync(2, "g", &a.member_id, 1, vec![]);
+        assert!(c.join(5, 3, join("")).is_empty(), "B waits for A to rejoin");
+        let b_id = format!("c-{}", 2);
+        let r = c.join(6, 4, join(&b_id));
+        assert_eq!(
+            join_result(&r, 3).error,
+            code::REBALANCE_IN_PROGRESS,
+            "B's first request is answered, not leaked"
+        );
+        let r = c.join(7, 5, join(&a.member_id));
+        assert_eq!(
+            (
+                join_result(&r, 4).generation_id,
+                join_result(&r, 5).generation_id
+            ),
+            (2, 2)
+        );
     }
 
     #[test]

@@ -3,11 +3,22 @@
 //! - [`batch`]: record batch v2 header parsing, CRC-32C validation, offset assignment
 //! - [`log`]: durable segmented partition log with recovery
 //! - [`partition`]: sans-IO partition replica state (LEO, HW, ISR, leader epoch)
+pub mod alloc_guard;
 pub mod batch;
+pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod group;
 pub mod log;
 pub mod offsets;
 pub mod partition;
 pub mod server;
+
+/// Re-exported so tests and tools build requests with the same codec version.
+pub use kafka_protocol;
+
+/// Every binary linking the broker gets the allocation-bomb guard (see [`alloc_guard`]):
+/// a malformed request must never abort the process.
+#[global_allocator]
+static GLOBAL: alloc_guard::NoReserveHuge = alloc_guard::NoReserveHuge;

@@ -469,6 +469,25 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// First half of a flush that runs outside the broker lock: a handle on the active
+    /// segment and the LEO it will make durable. None when nothing is unflushed.
+    pub fn begin_flush(&self) -> Option<(File, i64)> {
+        if !self.unflushed {
+            return None;
+        }
+        let seg = self.segments.last().expect("always one segment");
+        seg.file.try_clone().ok().map(|f| (f, self.leo))
+    }
+
+    /// Second half: the data below `upto` is fsynced. (A segment roll in between fsyncs the
+    /// rolled segment itself, so `upto` is durable either way.)
+    pub fn complete_flush(&mut self, upto: i64) {
+        self.recovery_point = self.recovery_point.max(upto);
+        if self.leo == upto {
+            self.unflushed = false;
+        }
+    }
+
     pub fn checkpoint_recovery_point(&self) -> Result<(), LogError> {
         write_checkpoint(
             &self.dir.join(RECOVERY_POINT_FILE),
@@ -611,6 +630,22 @@ mod tests {
         assert_eq!((log.log_end_offset(), rep.truncated), (17, None));
         assert_eq!(log.epochs().entries, vec![(0, 0), (3, 15)]);
         assert_eq!(log.epochs().end_offset_for(1, 17), Some((0, 15)));
+    }
+
+    #[test]
+    fn split_flush_advances_recovery_point() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(d.path(), LogConfig::default()).unwrap();
+        assert!(log.begin_flush().is_none());
+        append_n(&mut log, &[2, 3], 0);
+        let (f, upto) = log.begin_flush().unwrap();
+        append_n(&mut log, &[1], 0);
+        f.sync_data().unwrap();
+        log.complete_flush(upto);
+        assert_eq!((log.recovery_point(), upto), (5, 5));
+        assert!(log.begin_flush().is_some(), "offset 5 is still unflushed");
+        log.flush().unwrap();
+        assert_eq!(log.recovery_point(), 6);
     }
 
     #[test]

@@ -189,8 +189,8 @@ impl OffsetStore {
         Ok(())
     }
 
-    pub fn checkpoint(&self) -> Result<(), LogError> {
-        self.log.checkpoint_recovery_point()
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
     }
 
     /// Forget the offsets of a deleted topic (in memory; the log keeps history).

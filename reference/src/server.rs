@@ -118,9 +118,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
+    serve_listener(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (the benchmark binds port 0 and keeps the address).
+pub async fn serve_listener(
+    listener: TcpListener,
+    config: BrokerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let flush = config.flush;
-    let broker = tokio::task::block_in_place(|| Broker::open(config))?;
+    let broker = Broker::open(config)?;
     let shared = Arc::new(Shared {
         broker: Mutex::new(broker),
         appended: Notify::new(),
@@ -156,9 +165,7 @@ pub async fn serve(
         _ = accept => {}
         _ = shutdown => {}
     }
-    let b = shared.lock();
     tracing::info!("shutting down: flushing and checkpointing");
-    drop(b);
     let mut b = shared.lock();
     b.flush_all();
     b.checkpoint_all();
@@ -181,7 +188,11 @@ fn spawn_timers(shared: Arc<Shared>, flush: FlushPolicy) {
         loop {
             tick.tick().await;
             let s = s.clone();
-            let _ = tokio::task::spawn_blocking(move || s.lock().checkpoint_all()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let snapshot = s.lock().checkpoint_snapshot();
+                crate::broker::write_checkpoints(snapshot);
+            })
+            .await;
         }
     });
     if let FlushPolicy::IntervalMs(ms) = flush {
@@ -190,7 +201,16 @@ fn spawn_timers(shared: Arc<Shared>, flush: FlushPolicy) {
             loop {
                 tick.tick().await;
                 let s = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || s.lock().flush_all()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let handles = s.lock().begin_flush_all();
+                    for (topic, p, file, upto) in handles {
+                        match file.sync_data() {
+                            Ok(()) => s.lock().complete_flush(&topic, p, upto),
+                            Err(e) => tracing::error!(topic, partition = p, error = %e, "periodic flush failed"),
+                        }
+                    }
+                })
+                .await;
             }
         });
     }
@@ -996,4 +1016,105 @@ pub fn response_body(mut frame: Bytes, header_version: i16) -> anyhow::Result<(i
     let h = ResponseHeader::decode(&mut frame, header_version)?;
     let _ = frame.remaining();
     Ok((h.correlation_id, frame))
+}
+
+/// Decodes a whole request frame with the same codecs the connection loop uses, dropping the
+/// typed body (a pure function for the decoder property tests).
+pub fn decode_request(frame: Bytes) -> Result<RequestHeader, Close> {
+    let mut f = match decode_frame(frame)? {
+        Err(_) => return close("ApiVersions with unsupported version"),
+        Ok(f) => f,
+    };
+    let f = &mut f;
+    match f.key {
+        ApiKey::ApiVersions => decode::<ApiVersionsRequest>(f).map(drop),
+        ApiKey::Metadata => decode::<MetadataRequest>(f).map(drop),
+        ApiKey::CreateTopics => decode::<CreateTopicsRequest>(f).map(drop),
+        ApiKey::DeleteTopics => decode::<DeleteTopicsRequest>(f).map(drop),
+        ApiKey::Produce => decode::<ProduceRequest>(f).map(drop),
+        ApiKey::Fetch => decode::<FetchRequest>(f).map(drop),
+        ApiKey::ListOffsets => decode::<ListOffsetsRequest>(f).map(drop),
+        ApiKey::FindCoordinator => decode::<FindCoordinatorRequest>(f).map(drop),
+        ApiKey::OffsetCommit => decode::<OffsetCommitRequest>(f).map(drop),
+        ApiKey::OffsetFetch => decode::<OffsetFetchRequest>(f).map(drop),
+        ApiKey::JoinGroup => decode::<JoinGroupRequest>(f).map(drop),
+        ApiKey::SyncGroup => decode::<SyncGroupRequest>(f).map(drop),
+        ApiKey::Heartbeat => decode::<HeartbeatRequest>(f).map(drop),
+        ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(f).map(drop),
+        other => close(format!("API {other:?} is not implemented")),
+    }?;
+    Ok(f.header.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Vec<u8>> {
+        let produce = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(100)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(s("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_records(Some(crate::batch::build(0, 2, 3, 0).into()))])]);
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![
+                kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(Bytes::from_static(b"md")),
+            ]);
+        let strip = |v: Vec<u8>| v[4..].to_vec();
+        vec![
+            strip(frame_request(ApiKey::Produce, 9, 1, &produce).unwrap()),
+            strip(frame_request(ApiKey::Produce, 3, 1, &produce).unwrap()),
+            strip(
+                frame_request(
+                    ApiKey::Metadata,
+                    12,
+                    2,
+                    &MetadataRequest::default().with_topics(None),
+                )
+                .unwrap(),
+            ),
+            strip(frame_request(ApiKey::JoinGroup, 7, 3, &join).unwrap()),
+            strip(frame_request(ApiKey::Fetch, 12, 4, &FetchRequest::default()).unwrap()),
+            strip(
+                frame_request(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default()).unwrap(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn valid_requests_decode() {
+        for frame in samples() {
+            let h = decode_request(Bytes::from(frame)).map_err(|c| c.0).unwrap();
+            assert!(h.correlation_id > 0);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Arbitrary bytes never panic the request decoder.
+        #[test]
+        fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_request(Bytes::from(bytes));
+        }
+
+        /// Valid requests with random byte corruption and truncation never panic it either
+        /// (this is where huge array counts come from; see `alloc_guard`).
+        #[test]
+        fn mutated_requests_never_panic(which in 0usize..6, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..5),
+                                        cut in any::<usize>()) {
+            let mut f = samples()[which].clone();
+            for (at, x) in flips { let n = f.len(); f[at % n] ^= x; }
+            let keep = f.len() - cut % (f.len() / 2 + 1);
+            f.truncate(keep);
+            let _ = decode_request(Bytes::from(f));
+        }
+    }
 }

@@ -37,6 +37,7 @@ impl Broker {
         while Instant::now() < deadline {
             line.clear();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.wait();
                 let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
                 panic!("broker exited before listening; stderr:\n{log}");
             }
@@ -51,6 +52,8 @@ impl Broker {
                 };
             }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("broker did not report its address");
     }
 
