@@ -138,7 +138,7 @@ async fn accept_loop(
         if faults.borrow().forward.mode == Mode::Refuse
             || faults.borrow().backward.mode == Mode::Refuse
         {
-            let _ = client.set_linger(Some(Duration::ZERO));
+            let _ = client.set_zero_linger(); // RST, like REJECT
             drop(client);
             continue;
         }
