@@ -10,6 +10,7 @@ pub mod cli;
 pub mod edn;
 pub mod history;
 pub mod linear;
+pub mod plots;
 pub mod proxy;
 pub mod queue;
 pub mod report;
