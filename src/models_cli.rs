@@ -21,10 +21,7 @@ pub fn models_command() -> Command {
 }
 
 fn json_arg() -> Arg {
-    Arg::new("json")
-        .long("json")
-        .action(ArgAction::SetTrue)
-        .help("Machine-readable JSON output")
+    Arg::new("json").long("json").action(ArgAction::SetTrue).help("Machine-readable JSON output")
 }
 
 /// The arguments every per-model subcommand of `check` and `explore` takes.
@@ -35,10 +32,7 @@ fn model_args(cmd: Command, model: &dyn ModelDef) -> Command {
             .long("bug")
             .value_name("NAME")
             .action(ArgAction::Append)
-            .help(format!(
-                "Switch on a historical bug flag (known: {})",
-                flags.join(", ")
-            )),
+            .help(format!("Switch on a historical bug flag (known: {})", flags.join(", "))),
     );
     for b in model.bounds() {
         cmd = cmd.arg(
@@ -101,17 +95,13 @@ pub fn check_command() -> Command {
         ));
     for m in CATALOG {
         let sub = model_args(Command::new(m.name()).about(m.about()), *m);
-        cmd = cmd.subcommand(
-            checker_args(sub).arg(
-                Arg::new("trace-out")
-                    .long("trace-out")
-                    .value_name("FILE")
-                    .value_parser(value_parser!(PathBuf))
-                    .help(
-                        "Write the counterexample as JSON (for `kcheck replay` and specs/traces/)",
-                    ),
-            ),
-        );
+        cmd = cmd.subcommand(checker_args(sub).arg(
+            Arg::new("trace-out")
+                .long("trace-out")
+                .value_name("FILE")
+                .value_parser(value_parser!(PathBuf))
+                .help("Write the counterexample as JSON (for `kcheck replay` and specs/traces/)"),
+        ));
     }
     cmd
 }
@@ -137,9 +127,7 @@ pub fn explore_command() -> Command {
 
 pub fn replay_command() -> Command {
     Command::new("replay")
-        .about(
-            "Re-run a recorded trace in its model and report the invariant its last state violates",
-        )
+        .about("Re-run a recorded trace in its model and report the invariant its last state violates")
         .arg(
             Arg::new("trace")
                 .required(true)
@@ -188,12 +176,7 @@ pub fn unknown_model_in(args: &[String]) -> Option<String> {
 }
 
 fn model_config(model: &dyn ModelDef, m: &ArgMatches) -> Result<kcheck_models::Config, String> {
-    let bugs: Vec<String> = m
-        .get_many::<String>("bug")
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+    let bugs: Vec<String> = m.get_many::<String>("bug").into_iter().flatten().cloned().collect();
     let bounds: Vec<(String, u32)> = model
         .bounds()
         .iter()
@@ -235,10 +218,7 @@ pub fn run_models(m: &ArgMatches) -> u8 {
         println!("{} — {}", model.name(), model.about());
         println!("  bounds (default / release):");
         for b in model.bounds() {
-            println!(
-                "    --{:<22} {:>3} / {:<3} {}",
-                b.name, b.default, b.release, b.meaning
-            );
+            println!("    --{:<22} {:>3} / {:<3} {}", b.name, b.default, b.release, b.meaning);
         }
         println!("  properties:");
         for (name, kind, meaning) in model.properties() {
@@ -246,10 +226,7 @@ pub fn run_models(m: &ArgMatches) -> u8 {
         }
         println!("  bug flags:");
         for b in model.bug_flags() {
-            println!(
-                "    {:<24} {} [{}; violates {}]",
-                b.name, b.meaning, b.source, b.violates
-            );
+            println!("    {:<24} {} [{}; violates {}]", b.name, b.meaning, b.source, b.violates);
         }
         println!();
     }
@@ -278,12 +255,7 @@ fn progress_message(p: &Progress) -> String {
     )
 }
 
-fn run_one(
-    model: &dyn ModelDef,
-    config: &kcheck_models::Config,
-    options: &CheckOptions,
-    quiet: bool,
-) -> Report {
+fn run_one(model: &dyn ModelDef, config: &kcheck_models::Config, options: &CheckOptions, quiet: bool) -> Report {
     let bar = progress_bar(quiet, model.name());
     let report = model.check(config, options, &|p| {
         if let Some(bar) = &bar {
@@ -297,16 +269,8 @@ fn run_one(
 }
 
 fn describe_config(config: &kcheck_models::Config) -> String {
-    let bounds: Vec<String> = config
-        .bounds
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let bugs = if config.bugs.is_empty() {
-        "none".to_string()
-    } else {
-        config.bugs.join(", ")
-    };
+    let bounds: Vec<String> = config.bounds.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let bugs = if config.bugs.is_empty() { "none".to_string() } else { config.bugs.join(", ") };
     format!("bug flags: {bugs}; bounds: {}", bounds.join(" "))
 }
 
@@ -319,18 +283,10 @@ fn print_summary(report: &Report) {
         report.max_depth,
         report.seconds,
         report.states_per_second,
-        if report.complete {
-            ""
-        } else {
-            " (search stopped early)"
-        }
+        if report.complete { "" } else { " (search stopped early)" }
     );
     for r in &report.results {
-        let depth = r
-            .trace
-            .as_ref()
-            .map(|t| format!(" ({} steps)", t.steps.len()))
-            .unwrap_or_default();
+        let depth = r.trace.as_ref().map(|t| format!(" ({} steps)", t.steps.len())).unwrap_or_default();
         println!("  {:<12} {:<30} {}{depth}", r.status, r.name, r.meaning);
     }
 }
@@ -344,15 +300,8 @@ fn headline_trace<'a>(model: &dyn ModelDef, report: &'a Report) -> Option<&'a Pr
         .filter(|b| report.config.has_bug(b.name))
         .map(|b| b.violates)
         .collect();
-    let failed = || {
-        report
-            .results
-            .iter()
-            .filter(|r| r.failed && r.trace.is_some())
-    };
-    failed()
-        .find(|r| expected.contains(&r.name))
-        .or_else(|| failed().next())
+    let failed = || report.results.iter().filter(|r| r.failed && r.trace.is_some());
+    failed().find(|r| expected.contains(&r.name)).or_else(|| failed().next())
 }
 
 pub fn run_check(m: &ArgMatches, quiet: bool) -> u8 {
@@ -395,12 +344,7 @@ pub fn run_check(m: &ArgMatches, quiet: bool) -> u8 {
         print_summary(&report);
         if let Some(r) = headline {
             let trace = r.trace.as_ref().expect("trace");
-            println!(
-                "\n{} of {} ({} steps):",
-                trace.kind,
-                r.name,
-                trace.steps.len()
-            );
+            println!("\n{} of {} ({} steps):", trace.kind, r.name, trace.steps.len());
             print!("{}", trace.render());
         }
     }
@@ -408,11 +352,7 @@ pub fn run_check(m: &ArgMatches, quiet: bool) -> u8 {
 }
 
 fn verdict_code(report: &Report) -> u8 {
-    if report
-        .results
-        .iter()
-        .any(|r| r.status == "violated" || r.status == "unreachable")
-    {
+    if report.results.iter().any(|r| r.status == "violated" || r.status == "unreachable") {
         EXIT_VIOLATION
     } else if report.failed() {
         if !report.complete {
@@ -430,9 +370,7 @@ fn run_check_all(m: &ArgMatches, options: &CheckOptions, quiet: bool) -> u8 {
     let mut worst = EXIT_OK;
     let mut reports = Vec::new();
     for model in CATALOG {
-        let config = model
-            .config_with(&[], &[], release)
-            .expect("declared bounds are valid");
+        let config = model.config_with(&[], &[], release).expect("declared bounds are valid");
         if !json {
             println!("checking {} ({})", model.name(), describe_config(&config));
         }
@@ -450,11 +388,7 @@ fn run_check_all(m: &ArgMatches, options: &CheckOptions, quiet: bool) -> u8 {
     if json {
         println!("{}", serde_json::to_string_pretty(&reports).expect("JSON"));
     } else {
-        let failed: Vec<&str> = reports
-            .iter()
-            .filter(|r| r.failed())
-            .map(|r| r.model)
-            .collect();
+        let failed: Vec<&str> = reports.iter().filter(|r| r.failed()).map(|r| r.model).collect();
         if failed.is_empty() {
             println!("every property of every model holds");
         } else {
@@ -475,11 +409,7 @@ pub fn run_explore(m: &ArgMatches) -> u8 {
         }
     };
     let addr = *sub.get_one::<SocketAddr>("listen").expect("has a default");
-    println!(
-        "Explorer for {} ({}) at http://{addr}/",
-        model.name(),
-        describe_config(&config)
-    );
+    println!("Explorer for {} ({}) at http://{addr}/", model.name(), describe_config(&config));
     match model.explore(&config, addr) {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -490,8 +420,8 @@ pub fn run_explore(m: &ArgMatches) -> u8 {
 }
 
 pub fn read_trace(path: &std::path::Path) -> Result<Trace, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a kcheck trace: {e}", path.display()))
 }
@@ -526,10 +456,7 @@ pub fn run_replay(m: &ArgMatches) -> u8 {
             "replaying {} ({}): {} steps, each a legal action",
             model.name(),
             describe_config(&model.config(&trace.bugs, &[]).unwrap_or_else(|_| {
-                kcheck_models::Config {
-                    bugs: trace.bugs.clone(),
-                    bounds: trace.bounds.clone(),
-                }
+                kcheck_models::Config { bugs: trace.bugs.clone(), bounds: trace.bounds.clone() }
             })),
             report.steps
         );
@@ -548,34 +475,19 @@ pub fn run_replay(m: &ArgMatches) -> u8 {
 }
 
 pub fn run_bench(m: &ArgMatches, quiet: bool) -> u8 {
-    let names: Vec<String> = m
-        .get_many::<String>("models")
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+    let names: Vec<String> = m.get_many::<String>("models").into_iter().flatten().cloned().collect();
     let models: Vec<&dyn ModelDef> = if names.is_empty() {
         CATALOG.to_vec()
     } else {
-        names
-            .iter()
-            .map(|n| kcheck_models::find(n).expect("validated in main"))
-            .collect()
+        names.iter().map(|n| kcheck_models::find(n).expect("validated in main")).collect()
     };
-    let mut options = CheckOptions {
-        run_to_completion: true,
-        ..CheckOptions::default()
-    };
+    let mut options = CheckOptions { run_to_completion: true, ..CheckOptions::default() };
     if let Some(t) = m.get_one::<u16>("threads") {
         options.threads = *t as usize;
     }
     let json = m.get_flag("json");
     let mut rows = Vec::new();
-    let levels: &[bool] = if m.get_flag("release") {
-        &[false, true]
-    } else {
-        &[false]
-    };
+    let levels: &[bool] = if m.get_flag("release") { &[false, true] } else { &[false] };
     if !json {
         println!(
             "{:<18} {:<8} {:>12} {:>12} {:>6} {:>9} {:>12}  bounds",
@@ -584,17 +496,12 @@ pub fn run_bench(m: &ArgMatches, quiet: bool) -> u8 {
     }
     for model in models {
         for &release in levels {
-            let config = model
-                .config_with(&[], &[], release)
-                .expect("declared bounds are valid");
+            let config = model.config_with(&[], &[], release).expect("declared bounds are valid");
             let report = run_one(model, &config, &options, quiet || json);
             let level = if release { "release" } else { "default" };
             if !json {
-                let bounds: Vec<String> = config
-                    .bounds
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
+                let bounds: Vec<String> =
+                    config.bounds.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
                     "{:<18} {:<8} {:>12} {:>12} {:>6} {:>9.2} {:>12.0}  {}",
                     model.name(),
