@@ -1,6 +1,7 @@
 //! `kcheck analyze <RUN_DIR | history.jsonl> [--json] [--edn] [--time-limit SECS]`.
 //!
-//! Reads a history, runs the checkers, writes `results.json` and `report.html` beside it (and
+//! Reads a history, runs the checkers, writes `results.json`, `report.html`,
+//! `latency.svg` and `throughput.svg` beside it (and
 //! `history.edn` with `--edn`), prints a summary and exits 0 (valid), 1 (anomaly found) or 2 (unknown, or the
 //! input or harness failed), with a last line that says which.
 
@@ -122,6 +123,16 @@ pub fn run_analyze(m: &ArgMatches) -> u8 {
     let report = dir.join("report.html");
     if let Err(e) = std::fs::write(&report, crate::report::html(&history, &results)) {
         return fail(format!("cannot write {}: {e}", report.display()));
+    }
+    for (name, svg) in [
+        ("latency.svg", crate::plots::latency_svg(&history)),
+        ("throughput.svg", crate::plots::throughput_svg(&history)),
+    ] {
+        let path = dir.join(name);
+        let written = svg.and_then(|s| std::fs::write(&path, s).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
     }
     if m.get_flag("json") {
         println!("{json}");

@@ -3,13 +3,15 @@
 //! What stands alone (no cluster needed): the history format (`history`, `edn`), the checkers
 //! (`linear` for the `log` workload, `queue` for Kafka queue anomalies), `analyze` which runs
 //! them, simulated executions of an in-memory log (`sim`) used by soundness tests and
-//! benchmarks, the HTML report (`report`) and the `kcheck analyze` command (`cli`).
+//! benchmarks, the HTML report (`report`), the fault-injecting TCP proxy (`proxy`) and the `kcheck analyze` command (`cli`).
 
 pub mod analyze;
 pub mod cli;
 pub mod edn;
 pub mod history;
 pub mod linear;
+pub mod plots;
+pub mod proxy;
 pub mod queue;
 pub mod report;
 pub mod sim;

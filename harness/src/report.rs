@@ -188,6 +188,7 @@ pub fn html(h: &History, r: &Results) -> String {
         }
         out.push_str("</table>");
     }
+    out.push_str("<h2>Latency and throughput</h2><p>Shaded: nemesis active. Latency: green ok, red fail, orange indeterminate; lines p50 (blue), p95, p99, max (black).</p><img src=\"latency.svg\"><img src=\"throughput.svg\">");
     out.push_str("<h2>Timeline</h2><p>One lane per process; green ok, red fail, orange indeterminate; shaded: nemesis active.</p>");
     timeline(h, &mut out);
     let refs = referenced(r);

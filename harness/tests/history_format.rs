@@ -201,3 +201,23 @@ fn report_links_anomalies_to_operations_and_shades_nemesis_periods() {
     let ok = html(&h, &analyze(&h, &Options::default()));
     assert!(ok.contains("Valid") && ok.contains("none"));
 }
+
+#[test]
+fn plots_are_svg_with_points_lines_and_shaded_faults() {
+    use kcheck_harness::plots::{latencies, latency_svg, throughput_svg};
+    let h = log_history(&SimConfig {
+        ops: 400,
+        ..SimConfig::default()
+    });
+    assert!(!latencies(&h).is_empty());
+    let lat = latency_svg(&h).unwrap();
+    assert!(
+        lat.starts_with("<svg") && lat.contains("<circle") && lat.contains("<polyline"),
+        "{}",
+        &lat[..200.min(lat.len())]
+    );
+    let rate = throughput_svg(&h).unwrap();
+    assert!(rate.starts_with("<svg") && rate.contains("<polyline"));
+    // Nemesis periods are drawn as translucent rectangles.
+    assert!(lat.contains("opacity=\"0.5\"") || lat.contains("fill-opacity=\"0.5\""));
+}

@@ -1,0 +1,169 @@
+//! The fault-injecting proxy, on 127.0.0.1: traffic passes when healed; `Drop` black-holes it
+//! (one way or both), `Refuse` resets connections, delay and loss add latency; healing
+//! restores service.
+
+use kcheck_harness::proxy::{Direction, LinkFaults, Mode, Proxy};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// An upstream that echoes, and reports every chunk it receives.
+async fn echo() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                for _ in 0..1024 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let _ = tx.send(buf[..n].to_vec());
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `msg` and waits up to `wait` for the echo; `None` if nothing (or EOF) came back.
+async fn round_trip(s: &mut TcpStream, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    s.write_all(msg).await.ok()?;
+    let mut buf = vec![0u8; msg.len()];
+    match timeout(wait, s.read_exact(&mut buf)).await {
+        Ok(Ok(_)) => Some(buf),
+        _ => None,
+    }
+}
+
+const WAIT: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn healed_link_forwards_both_ways() {
+    let (up, _) = echo().await;
+    let p = Proxy::start(up, 1).await.unwrap();
+    assert!(p.local_addr.ip().is_loopback());
+    let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+    assert_eq!(
+        round_trip(&mut s, b"hello", WAIT).await.as_deref(),
+        Some(&b"hello"[..])
+    );
+    p.shutdown();
+}
+
+#[tokio::test]
+async fn drop_black_holes_traffic_until_healed() {
+    let (up, mut seen) = echo().await;
+    let p = Proxy::start(up, 2).await.unwrap();
+    let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+    assert!(round_trip(&mut s, b"a", WAIT).await.is_some());
+    let _ = seen.recv().await;
+    p.set(LinkFaults::both(Mode::Drop));
+    assert_eq!(round_trip(&mut s, b"b", WAIT).await, None, "partitioned");
+    assert!(seen.try_recv().is_err(), "upstream got nothing");
+    p.set(LinkFaults::healed());
+    let mut s2 = TcpStream::connect(p.local_addr).await.unwrap();
+    assert_eq!(
+        round_trip(&mut s2, b"c", WAIT).await.as_deref(),
+        Some(&b"c"[..])
+    );
+    p.shutdown();
+}
+
+#[tokio::test]
+async fn one_way_partition_delivers_requests_but_not_responses() {
+    let (up, mut seen) = echo().await;
+    let p = Proxy::start(up, 3).await.unwrap();
+    p.set(LinkFaults {
+        backward: Direction {
+            mode: Mode::Drop,
+            ..Direction::default()
+        },
+        ..LinkFaults::healed()
+    });
+    let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+    assert_eq!(round_trip(&mut s, b"req", WAIT).await, None);
+    let got = timeout(WAIT, seen.recv()).await.unwrap().unwrap();
+    assert_eq!(got, b"req", "the request crossed the link");
+    p.shutdown();
+}
+
+#[tokio::test]
+async fn refuse_resets_open_and_new_connections() {
+    let (up, _) = echo().await;
+    let p = Proxy::start(up, 4).await.unwrap();
+    let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+    assert!(round_trip(&mut s, b"x", WAIT).await.is_some());
+    p.set(LinkFaults::both(Mode::Refuse));
+    assert_eq!(
+        round_trip(&mut s, b"y", WAIT).await,
+        None,
+        "open connection cut"
+    );
+    let mut buf = [0u8; 1];
+    if let Ok(mut s2) = TcpStream::connect(p.local_addr).await {
+        let r = timeout(WAIT, s2.read(&mut buf))
+            .await
+            .expect("closed at once, not hanging");
+        assert!(matches!(r, Ok(0) | Err(_)));
+    }
+    p.shutdown();
+}
+
+#[tokio::test]
+async fn delay_and_loss_add_latency_without_losing_bytes() {
+    let (up, _) = echo().await;
+    let p = Proxy::start(up, 5).await.unwrap();
+    let slow = Direction {
+        delay: Duration::from_millis(60),
+        ..Direction::default()
+    };
+    p.set(LinkFaults {
+        forward: slow,
+        backward: Direction::default(),
+    });
+    let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        round_trip(&mut s, b"d", Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(&b"d"[..])
+    );
+    assert!(t.elapsed() >= Duration::from_millis(60));
+    let lossy = Direction {
+        loss: 1.0,
+        rto: Duration::from_millis(80),
+        ..Direction::default()
+    };
+    p.set(LinkFaults {
+        forward: lossy,
+        backward: Direction::default(),
+    });
+    let t = Instant::now();
+    assert_eq!(
+        round_trip(&mut s, b"e", Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(&b"e"[..])
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(80),
+        "a lost segment costs an RTO"
+    );
+    p.shutdown();
+}
