@@ -140,7 +140,10 @@ pub trait ModelDef: Sync {
         release: bool,
     ) -> Result<Config, String> {
         let known_bugs: Vec<&str> = self.bug_flags().iter().map(|b| b.name).collect();
-        let mut cfg = Config { bugs: Vec::new(), bounds: BTreeMap::new() };
+        let mut cfg = Config {
+            bugs: Vec::new(),
+            bounds: BTreeMap::new(),
+        };
         for bug in bugs {
             if !known_bugs.contains(&bug.as_str()) {
                 return Err(format!(
@@ -155,7 +158,10 @@ pub trait ModelDef: Sync {
         }
         cfg.bugs.sort();
         for b in self.bounds() {
-            cfg.bounds.insert(b.name.to_string(), if release { b.release } else { b.default });
+            cfg.bounds.insert(
+                b.name.to_string(),
+                if release { b.release } else { b.default },
+            );
         }
         for (name, value) in bounds {
             let Some(b) = self.bounds().iter().find(|b| b.name == name) else {
@@ -258,7 +264,10 @@ impl<M: KcheckModel> ModelDef for Entry<M> {
         M::bug_flags()
     }
     fn properties(&self) -> Vec<(&'static str, &'static str, &'static str)> {
-        M::named_properties().iter().map(|p| (p.name, p.kind_name(), p.meaning)).collect()
+        M::named_properties()
+            .iter()
+            .map(|p| (p.name, p.kind_name(), p.meaning))
+            .collect()
     }
 
     fn check(
@@ -279,12 +288,14 @@ impl<M: KcheckModel> ModelDef for Entry<M> {
                 let (status, trace) = match &verdict {
                     Verdict::Holds if sometimes => ("unreachable", None),
                     Verdict::Holds => ("holds", None),
-                    Verdict::Violated(path) => {
-                        ("violated", Some(to_trace(&model, config, p.name, "counterexample", path)))
-                    }
-                    Verdict::Reached(path) => {
-                        ("reached", Some(to_trace(&model, config, p.name, "example", path)))
-                    }
+                    Verdict::Violated(path) => (
+                        "violated",
+                        Some(to_trace(&model, config, p.name, "counterexample", path)),
+                    ),
+                    Verdict::Reached(path) => (
+                        "reached",
+                        Some(to_trace(&model, config, p.name, "example", path)),
+                    ),
                     Verdict::Unknown => ("unknown", None),
                 };
                 PropertyResult {
@@ -365,13 +376,16 @@ impl<M: KcheckModel> ModelDef for Entry<M> {
                 _ => None,
             })
             .collect();
-        Ok(ReplayReport { steps: trace.steps.len(), violated, rendered })
+        Ok(ReplayReport {
+            steps: trace.steps.len(),
+            violated,
+            rendered,
+        })
     }
 
     fn explore(&self, config: &Config, addr: SocketAddr) -> Result<(), String> {
         // tiny_http panics on a busy port: find out first and say so.
-        std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let builder = stateright::Model::checker(Explored(M::from_config(config)));
         let _server = builder.serve(addr);
         loop {
@@ -382,14 +396,17 @@ impl<M: KcheckModel> ModelDef for Entry<M> {
     fn random_walk(&self, config: &Config, seed: u64, steps: usize) -> Result<usize, Trace> {
         let model = M::from_config(config);
         let properties = M::named_properties();
-        engine::random_walk(&model, &properties, seed, steps).map_err(|(name, path)| {
-            to_trace(&model, config, name, "counterexample", &path)
-        })
+        engine::random_walk(&model, &properties, seed, steps)
+            .map_err(|(name, path)| to_trace(&model, config, name, "counterexample", &path))
     }
 }
 
 fn indent(lines: &[String]) -> String {
-    lines.iter().map(|l| format!("       {l}")).collect::<Vec<_>>().join("\n")
+    lines
+        .iter()
+        .map(|l| format!("       {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A model as stateright's Explorer sees it: kcheck's descriptions for actions and states, and
@@ -414,7 +431,10 @@ impl<M: KcheckModel> Model for Explored<M> {
     fn format_step(&self, last: &Self::State, action: Self::Action) -> Option<String> {
         let description = self.0.describe_action(last, &action);
         let next = self.0.next_state(last, action)?;
-        Some(format!("{description}\n\n{}", self.0.describe_state(&next).join("\n")))
+        Some(format!(
+            "{description}\n\n{}",
+            self.0.describe_state(&next).join("\n")
+        ))
     }
     fn properties(&self) -> Vec<stateright::Property<Self>> {
         // Explorer wants `fn(&Explored<M>, ..)` pointers, which cannot capture kcheck's
@@ -432,7 +452,11 @@ impl<M: KcheckModel> Model for Explored<M> {
                     PropertyKind::Sometimes(_) => stateright::Expectation::Sometimes,
                     PropertyKind::AlwaysCanReach { .. } => return None,
                 };
-                Some(stateright::Property { expectation, name: p.name, condition })
+                Some(stateright::Property {
+                    expectation,
+                    name: p.name,
+                    condition,
+                })
             })
             .collect()
     }

@@ -160,7 +160,10 @@ pub struct Outcome<S, A> {
 
 impl<S, A> Outcome<S, A> {
     pub fn verdict(&self, name: &str) -> Option<&Verdict<S, A>> {
-        self.verdicts.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.verdicts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -194,8 +197,10 @@ where
         .iter()
         .any(|p| matches!(p.kind, PropertyKind::AlwaysCanReach { .. }));
     // Edges by actions that `via` accepts, and goal states, per AlwaysCanReach property.
-    let graphs: Vec<Mutex<(Vec<(Fingerprint, Fingerprint)>, Vec<Fingerprint>)>> =
-        properties.iter().map(|_| Mutex::new(Default::default())).collect();
+    let graphs: Vec<Mutex<(Vec<(Fingerprint, Fingerprint)>, Vec<Fingerprint>)>> = properties
+        .iter()
+        .map(|_| Mutex::new(Default::default()))
+        .collect();
     let generated = AtomicUsize::new(0);
     let unique = AtomicUsize::new(0);
     let depth = AtomicUsize::new(0);
@@ -339,7 +344,10 @@ where
                         })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("checker worker panicked")).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("checker worker panicked"))
+                    .collect()
             });
             frontier = next.into_iter().flatten().collect();
         }
@@ -388,7 +396,11 @@ where
             (p.name, verdict)
         })
         .collect();
-    Outcome { progress, complete, verdicts }
+    Outcome {
+        progress,
+        complete,
+        verdicts,
+    }
 }
 
 /// Insert a newly discovered fingerprint with its parent; false (and no change: the first
@@ -476,7 +488,10 @@ where
         .into_iter()
         .find(|s| fingerprint(&canon(s)) == chain[0])
         .expect("an initial state has the path's first fingerprint");
-    let mut path = Path { init, steps: Vec::new() };
+    let mut path = Path {
+        init,
+        steps: Vec::new(),
+    };
     let mut actions = Vec::new();
     for want in &chain[1..] {
         let here = path.last_state().clone();
@@ -518,7 +533,10 @@ where
         ((z ^ (z >> 31)) % n as u64) as usize
     };
     let inits = model.init_states();
-    let mut path = Path { init: inits[next_rand(inits.len())].clone(), steps: Vec::new() };
+    let mut path = Path {
+        init: inits[next_rand(inits.len())].clone(),
+        steps: Vec::new(),
+    };
     let violated = |s: &M::State| {
         properties.iter().find_map(|p| match p.kind {
             PropertyKind::Always(holds) if !holds(model, s) => Some(p.name),

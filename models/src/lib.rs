@@ -17,8 +17,12 @@ pub static CATALOG: &[&dyn ModelDef] = &[&Entry::<replication::Replication>::NEW
 
 /// Look a model up by name, with an error that lists the known ones.
 pub fn find(name: &str) -> Result<&'static dyn ModelDef, String> {
-    CATALOG.iter().copied().find(|m| m.name() == name).ok_or_else(|| {
-        let known: Vec<&str> = CATALOG.iter().map(|m| m.name()).collect();
-        format!("unknown model '{name}' (known: {})", known.join(", "))
-    })
+    CATALOG
+        .iter()
+        .copied()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = CATALOG.iter().map(|m| m.name()).collect();
+            format!("unknown model '{name}' (known: {})", known.join(", "))
+        })
 }

@@ -13,7 +13,10 @@ pub enum PropertyKind<M: Model> {
     /// From every reachable state, a goal state is reachable using only actions `via` accepts
     /// (CTL `AG EF goal`, typically "once faults stop, the protocol can still finish"). This is
     /// the liveness stateright's bounded BFS can decide exactly; fairness is not assumed.
-    AlwaysCanReach { goal: fn(&M, &M::State) -> bool, via: fn(&M::Action) -> bool },
+    AlwaysCanReach {
+        goal: fn(&M, &M::State) -> bool,
+        via: fn(&M::Action) -> bool,
+    },
 }
 
 impl<M: Model> Clone for PropertyKind<M> {
@@ -21,9 +24,10 @@ impl<M: Model> Clone for PropertyKind<M> {
         match self {
             PropertyKind::Always(f) => PropertyKind::Always(*f),
             PropertyKind::Sometimes(f) => PropertyKind::Sometimes(*f),
-            PropertyKind::AlwaysCanReach { goal, via } => {
-                PropertyKind::AlwaysCanReach { goal: *goal, via: *via }
-            }
+            PropertyKind::AlwaysCanReach { goal, via } => PropertyKind::AlwaysCanReach {
+                goal: *goal,
+                via: *via,
+            },
         }
     }
 }
@@ -37,7 +41,11 @@ pub struct Property<M: Model> {
 
 impl<M: Model> Clone for Property<M> {
     fn clone(&self) -> Self {
-        Property { name: self.name, meaning: self.meaning, kind: self.kind.clone() }
+        Property {
+            name: self.name,
+            meaning: self.meaning,
+            kind: self.kind.clone(),
+        }
     }
 }
 
@@ -47,7 +55,11 @@ impl<M: Model> Property<M> {
         meaning: &'static str,
         holds: fn(&M, &M::State) -> bool,
     ) -> Self {
-        Property { name, meaning, kind: PropertyKind::Always(holds) }
+        Property {
+            name,
+            meaning,
+            kind: PropertyKind::Always(holds),
+        }
     }
 
     pub fn sometimes(
@@ -55,7 +67,11 @@ impl<M: Model> Property<M> {
         meaning: &'static str,
         reached: fn(&M, &M::State) -> bool,
     ) -> Self {
-        Property { name, meaning, kind: PropertyKind::Sometimes(reached) }
+        Property {
+            name,
+            meaning,
+            kind: PropertyKind::Sometimes(reached),
+        }
     }
 
     pub fn always_can_reach(
@@ -64,7 +80,11 @@ impl<M: Model> Property<M> {
         goal: fn(&M, &M::State) -> bool,
         via: fn(&M::Action) -> bool,
     ) -> Self {
-        Property { name, meaning, kind: PropertyKind::AlwaysCanReach { goal, via } }
+        Property {
+            name,
+            meaning,
+            kind: PropertyKind::AlwaysCanReach { goal, via },
+        }
     }
 
     pub fn kind_name(&self) -> &'static str {
