@@ -3,6 +3,7 @@
 //! - [`batch`]: record batch v2 header parsing, CRC-32C validation, offset assignment
 //! - [`log`]: durable segmented partition log with recovery
 //! - [`partition`]: sans-IO partition replica state (LEO, HW, ISR, leader epoch)
+//! - [`metadata`]: `__cluster_metadata` records and the metadata image brokers build from them
 pub mod alloc_guard;
 pub mod batch;
 pub mod bench;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod group;
 pub mod log;
+pub mod metadata;
 pub mod offsets;
 pub mod partition;
 pub mod server;
