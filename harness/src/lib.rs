@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod cli;
 pub mod edn;
 pub mod history;
+pub mod lazyfs;
 pub mod linear;
 pub mod plots;
 pub mod proxy;
