@@ -11,6 +11,7 @@ pub mod edn;
 pub mod history;
 pub mod lazyfs;
 pub mod linear;
+pub mod nemesis;
 pub mod plots;
 pub mod proxy;
 pub mod queue;
