@@ -26,6 +26,7 @@ fn cli() -> Command {
         .subcommand(models_cli::bench_command())
         .subcommand(gate::gate_command())
         .subcommand(kcheck_harness::cli::analyze_command())
+        .subcommand(kcheck_harness::test_cli::test_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
         .arg(
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
         Some(("gate", m)) => gate::run_gate(m, quiet),
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
+        Some(("test", m)) => kcheck_harness::test_cli::run_test(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
         _ => unreachable!("clap requires a known subcommand"),
