@@ -141,7 +141,7 @@ fn bad_arguments_are_refused_with_exit_2() {
             "unknown nemesis 'meteor' (known: kill, pause",
         ),
         (
-            &["--time-limit", "-3"][..],
+            &["--time-limit=-3"][..],
             "--time-limit must be a positive number",
         ),
         (
