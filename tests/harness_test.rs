@@ -141,8 +141,8 @@ fn bad_arguments_are_refused_with_exit_2() {
             "unknown nemesis 'meteor' (known: kill, pause",
         ),
         (
-            &["--time-limit=-3"][..],
-            "--time-limit must be a positive number",
+            &["--nemesis-interval=-3"][..],
+            "--nemesis-interval must be a positive number",
         ),
         (
             &["--nemesis", "partition"][..],
