@@ -141,8 +141,8 @@ fn bad_arguments_are_refused_with_exit_2() {
             "unknown nemesis 'meteor' (known: kill, pause",
         ),
         (
-            &["--nemesis-interval=-3"][..],
-            "--nemesis-interval must be a positive number",
+            &["--partitions=0"][..],
+            "--concurrency, --rate and the partition count must be positive",
         ),
         (
             &["--nemesis", "partition"][..],
