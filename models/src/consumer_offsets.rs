@@ -296,7 +296,7 @@ static BUG_FLAGS: &[BugFlag] = &[
     BugFlag {
         name: "no-generation-fencing",
         meaning: "OffsetCommit without the UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION checks: zombies commit",
-        source: "KIP-62 (zombies after max.poll.interval.ms), KAFKA-2687; GroupCoordinator commit checks",
+        source: "GroupCoordinator OffsetCommit checks (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION); KIP-62 (max.poll.interval.ms zombies)",
         violates: "no-zombie-commit",
     },
     BugFlag {
