@@ -846,7 +846,7 @@ impl KcheckModel for ConsumerOffsets {
             ),
             Property::sometimes(
                 "all-committed-after-rebalance",
-                "non-vacuity: every produced record is committed, in a generation after a zombie was fenced",
+                "non-vacuity: every produced record is committed, at generation 2 or later, after a live session expired",
                 |m: &ConsumerOffsets, s: &State| {
                     s.expiries > 0
                         && s.coordinator.generation >= 2
