@@ -350,7 +350,7 @@ static BOUNDS: &[Bound] = &[
         name: "expiries",
         meaning: "sessions of live consumers that expire (zombies)",
         default: 1,
-        release: 2,
+        release: 1,
         min: 0,
         max: 4,
     },
@@ -499,9 +499,9 @@ impl ConsumerOffsets {
         let g = &s.coordinator;
         let key = |m: usize| {
             let id = m as MemberId;
-            let owns: Vec<bool> = (0..self.partitions)
-                .map(|p| g.assignment[p].contains(id))
-                .collect();
+            let owns = (0..self.partitions).fold(0u8, |acc, p| {
+                acc | (u8::from(g.assignment[p].contains(id)) << p)
+            });
             (
                 s.consumers[m],
                 g.members.contains(id),
