@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod compact;
+pub mod consumer_offsets;
 pub mod engine;
 pub mod property;
 pub mod replication;
@@ -13,7 +14,10 @@ pub use property::{Property, PropertyKind};
 pub use trace::Trace;
 
 /// Every model kcheck knows, in the order `kcheck models` lists them.
-pub static CATALOG: &[&dyn ModelDef] = &[&Entry::<replication::Replication>::NEW];
+pub static CATALOG: &[&dyn ModelDef] = &[
+    &Entry::<replication::Replication>::NEW,
+    &Entry::<consumer_offsets::ConsumerOffsets>::NEW,
+];
 
 /// Look a model up by name, with an error that lists the known ones.
 pub fn find(name: &str) -> Result<&'static dyn ModelDef, String> {
