@@ -61,7 +61,11 @@ pub enum ReassignmentAction {
     /// replaces the running one. `leader` is the leader after the partition change (a new one
     /// only when a replacing request drops the current leader, an adding replica of the
     /// previous target).
-    Reassign { target: BrokerSet, leader: BrokerId },
+    Reassign {
+        #[serde(with = "broker_list")]
+        target: BrokerSet,
+        leader: BrokerId,
+    },
     /// AlterPartitionReassignments with a null target: revert to the origin replicas.
     Cancel { leader: BrokerId },
     /// The controller's completion partition change: replicas := target, ISR minus the
@@ -69,6 +73,29 @@ pub enum ReassignmentAction {
     /// bumped. In Kafka it rides on the AlterPartition that adds the last adding replica (or on
     /// the request itself when nothing is added); the model lets it happen any time after.
     CompleteReassignment { leader: BrokerId },
+}
+
+/// A broker set in traces as the list of broker ids an admin would write (`[1, 2, 3]`).
+mod broker_list {
+    use crate::replication::{BrokerId, BrokerSet, MAX_BROKERS};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(set: &BrokerSet, ser: S) -> Result<S::Ok, S::Error> {
+        set.iter().collect::<Vec<BrokerId>>().serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<BrokerSet, D::Error> {
+        let ids = Vec::<BrokerId>::deserialize(de)?;
+        ids.into_iter().try_fold(BrokerSet::default(), |set, b| {
+            if (b as usize) < MAX_BROKERS {
+                Ok(set.with(b))
+            } else {
+                Err(serde::de::Error::custom(format!(
+                    "broker id {b} is out of range (brokers are 0..{MAX_BROKERS})"
+                )))
+            }
+        })
+    }
 }
 
 /// The bugs this model can switch on.
@@ -663,6 +690,15 @@ impl KcheckModel for Reassignment {
                         && !s.replication.acked.is_empty()
                         && p.leader.is_some_and(|l| !s.origin.contains(l))
                         && replication::no_committed_data_loss(&s.replication)
+                },
+            ),
+            Property::sometimes(
+                "completes-after-crash",
+                "non-vacuity: a reassignment completes, with a record acknowledged, after a broker crashed",
+                |_, s: &State| {
+                    s.just_completed
+                        && s.replication.crashes >= 1
+                        && !s.replication.acked.is_empty()
                 },
             ),
             Property::sometimes(
