@@ -6,6 +6,7 @@ pub mod compact;
 pub mod consumer_offsets;
 pub mod engine;
 pub mod property;
+pub mod reassignment;
 pub mod replication;
 pub mod trace;
 
@@ -16,6 +17,7 @@ pub use trace::Trace;
 /// Every model kcheck knows, in the order `kcheck models` lists them.
 pub static CATALOG: &[&dyn ModelDef] = &[
     &Entry::<replication::Replication>::NEW,
+    &Entry::<reassignment::Reassignment>::NEW,
     &Entry::<consumer_offsets::ConsumerOffsets>::NEW,
 ];
 
