@@ -155,3 +155,42 @@ fn bad_arguments_are_refused_with_exit_2() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_queue_workload_finds_the_lost_writes_and_passes_a_durable_broker() {
+    if !lazyfs_usable() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let lossy = kcheck_test(
+        store.path(),
+        &[
+            "--workload",
+            "queue",
+            "--nemesis",
+            "lose-unsynced",
+            "--flush",
+            "never",
+        ],
+    );
+    let out = String::from_utf8_lossy(&lossy.stdout);
+    assert_eq!(lossy.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("inconsistent-offsets") || out.contains("lost-write"),
+        "a rewritten offset or a lost write is reported: {out}"
+    );
+    let durable = kcheck_test(
+        store.path(),
+        &[
+            "--workload",
+            "queue",
+            "--nemesis",
+            "lose-unsynced,kill",
+            "--flush",
+            "always",
+        ],
+    );
+    let out = String::from_utf8_lossy(&durable.stdout);
+    assert_eq!(durable.status.code(), Some(0), "{out}");
+    assert!(out.contains("workloads: queue"), "{out}");
+}

@@ -5,7 +5,7 @@
 //! invoke operations and record their outcome), the *nemesis* (faults on a schedule), and the
 //! *checker* ([`crate::analyze`]), which reads only the history.
 
-use crate::history::{OpType, OpValue, Process, Produce, Read, Recorder};
+use crate::history::{Mop, OpType, OpValue, Process, Produce, Read, Recorder};
 use crate::kafka::{KafkaClient, Outcome};
 use crate::nemesis::grudge::NodeId;
 use crate::sim::Rng;
@@ -87,6 +87,18 @@ impl NemesisKind {
 pub enum Workload {
     /// Every partition a linearizable log: `produce` returns an offset, `read` at an offset.
     Log,
+    /// Jepsen's Kafka queue: keyed sends, consumers that assign partitions and poll them,
+    /// checked for lost writes, duplicates, skips and the rest of `jepsen.tests.kafka`.
+    Queue,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Log => "log",
+            Workload::Queue => "queue",
+        }
+    }
 }
 
 /// Everything that defines a run; written to `test.json` in the run's folder.
@@ -186,9 +198,11 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let dir = config
-        .store
-        .join(format!("log-seed{}-{stamp}", config.seed));
+    let dir = config.store.join(format!(
+        "{}-seed{}-{stamp}",
+        config.workload.name(),
+        config.seed
+    ));
     if dir.exists() {
         return Err(format!(
             "harness failure: run folder {} exists",
@@ -230,7 +244,10 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
                 config.clone(),
                 bootstrap.clone(),
             );
-            std::thread::spawn(move || log_worker(w, &config, &bootstrap, &shared, &stop))
+            std::thread::spawn(move || match config.workload {
+                Workload::Log => log_worker(w, &config, &bootstrap, &shared, &stop),
+                Workload::Queue => queue_worker(w, &config, &bootstrap, &shared, &stop),
+            })
         })
         .collect();
 
@@ -248,7 +265,10 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         "heal",
         OpValue::Other(serde_json::json!("all")),
     );
-    final_reads(config, &system.bootstrap(), &shared);
+    match config.workload {
+        Workload::Log => final_reads(config, &system.bootstrap(), &shared),
+        Workload::Queue => final_polls(config, &system.bootstrap(), &shared),
+    }
     system.shutdown();
 
     let shared = Arc::try_unwrap(shared).map_err(|_| "workers still running".to_string())?;
@@ -341,6 +361,196 @@ fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, s
                 // A read changes nothing: whatever went wrong, it failed.
                 Err(e) => {
                     shared.record_error(OpType::Fail, p, "read", OpValue::Read(invoke), e.message())
+                }
+            }
+        }
+    }
+}
+
+/// Paces a worker at its share of the rate; false once the run is over.
+struct Pacer {
+    period: Duration,
+    next_at: Instant,
+}
+
+impl Pacer {
+    fn new(config: &TestConfig) -> Pacer {
+        Pacer {
+            period: Duration::from_secs_f64(config.concurrency as f64 / config.rate),
+            next_at: Instant::now(),
+        }
+    }
+
+    fn wait(&mut self, stop: &AtomicBool) -> bool {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= self.next_at {
+                self.next_at += self.period;
+                return true;
+            }
+            std::thread::sleep((self.next_at - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+/// One client of the `queue` workload: a producer and an assign-mode consumer in one process,
+/// as in Jepsen's Kafka test. It sends unique values to a random key (a key is a partition),
+/// polls the keys it is assigned from where its last poll of each ended, and now and then
+/// reassigns itself a new random set of keys (keys it keeps continue where they were; new
+/// ones start at offset 0). A crash (`info`) starts a fresh process with no assignment.
+fn queue_worker(
+    w: usize,
+    config: &TestConfig,
+    bootstrap: &str,
+    shared: &Shared,
+    stop: &AtomicBool,
+) {
+    let mut rng = Rng::new(config.seed.wrapping_mul(1000).wrapping_add(w as u64));
+    let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
+    let mut process = w as u64;
+    let mut next_value = w as u64;
+    let keys = config.partitions as u64;
+    // key → the offset the next poll starts at.
+    let mut assigned: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut pacer = Pacer::new(config);
+    while pacer.wait(stop) {
+        let p = Process::Client(process);
+        let roll = rng.below(100);
+        if assigned.is_empty() || roll < 5 {
+            let mut chosen: Vec<u64> = (0..keys).filter(|_| rng.chance(0.5)).collect();
+            if chosen.is_empty() {
+                chosen.push(rng.below(keys));
+            }
+            shared.record(OpType::Invoke, p, "assign", OpValue::Keys(chosen.clone()));
+            assigned = chosen
+                .iter()
+                .map(|k| (*k, assigned.get(k).copied().unwrap_or(0)))
+                .collect();
+            shared.record(OpType::Ok, p, "assign", OpValue::Keys(chosen));
+        } else if roll < 55 {
+            let key = rng.below(keys);
+            let value = next_value;
+            next_value += config.concurrency as u64;
+            let invoke = OpValue::Txn(vec![Mop::Send { key, value }]);
+            shared.record(OpType::Invoke, p, "send", invoke.clone());
+            match client.produce(key as i32, value) {
+                Ok(offset) => {
+                    let done = OpValue::Txn(vec![Mop::Sent {
+                        key,
+                        offset: Some(offset),
+                        value,
+                    }]);
+                    shared.record(OpType::Ok, p, "send", done);
+                }
+                Err(Outcome::Definite(e)) => {
+                    shared.record_error(OpType::Fail, p, "send", invoke, &e)
+                }
+                Err(Outcome::Indeterminate(e)) => {
+                    shared.record_error(OpType::Info, p, "send", invoke, &e);
+                    process += config.concurrency as u64;
+                    assigned.clear();
+                }
+            }
+        } else {
+            let invoke = OpValue::Txn(vec![Mop::Poll]);
+            shared.record(OpType::Invoke, p, "poll", invoke.clone());
+            let mut polled: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+            let mut error = None;
+            for (key, position) in assigned.iter_mut() {
+                match client.fetch(*key as i32, *position) {
+                    Ok(f) => {
+                        if let Some((last, _)) = f.records.last() {
+                            *position = last + 1;
+                        }
+                        polled.insert(*key, f.records);
+                    }
+                    Err(e) => {
+                        error = Some(e.message().to_string());
+                        break;
+                    }
+                }
+            }
+            match error {
+                // Nothing was consumed (positions moved only in memory): the poll failed, and
+                // the consumer re-reads from where it was, as a Kafka consumer that did not
+                // return records to the application would.
+                Some(e) => {
+                    for (key, records) in &polled {
+                        if let Some((first, _)) = records.first() {
+                            assigned.insert(*key, *first);
+                        }
+                    }
+                    shared.record_error(OpType::Fail, p, "poll", invoke, &e);
+                }
+                None => {
+                    let done = OpValue::Txn(vec![Mop::Polled(polled)]);
+                    shared.record(OpType::Ok, p, "poll", done);
+                }
+            }
+        }
+    }
+}
+
+/// After healing, the `queue` workload's final polls: one process assigns every key and polls
+/// from offset 0 until it has reached each key's HW (or `final_read_limit` passes).
+fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
+    let deadline = Instant::now() + config.final_read_limit;
+    let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
+    let process = Process::Client(1_000_000);
+    let keys: Vec<u64> = (0..config.partitions as u64).collect();
+    shared.record(
+        OpType::Invoke,
+        process,
+        "assign",
+        OpValue::Keys(keys.clone()),
+    );
+    shared.record(OpType::Ok, process, "assign", OpValue::Keys(keys.clone()));
+    for key in keys {
+        let mut position = 0;
+        loop {
+            if Instant::now() > deadline {
+                return;
+            }
+            let hw = match client.high_watermark(key as i32) {
+                Ok(hw) => hw,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            if position >= hw {
+                break;
+            }
+            shared.record(
+                OpType::Invoke,
+                process,
+                "poll",
+                OpValue::Txn(vec![Mop::Poll]),
+            );
+            match client.fetch(key as i32, position) {
+                Ok(f) => {
+                    if let Some((last, _)) = f.records.last() {
+                        position = last + 1;
+                    } else {
+                        // Nothing below the HW at this offset (a gap): step over it.
+                        position += 1;
+                    }
+                    let polled = BTreeMap::from([(key, f.records)]);
+                    let done = OpValue::Txn(vec![Mop::Polled(polled)]);
+                    shared.record(OpType::Ok, process, "poll", done);
+                }
+                Err(e) => {
+                    shared.record_error(
+                        OpType::Fail,
+                        process,
+                        "poll",
+                        OpValue::Txn(vec![Mop::Poll]),
+                        e.message(),
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }

@@ -27,10 +27,10 @@ pub fn test_command() -> Command {
         .arg(
             Arg::new("workload")
                 .long("workload")
-                .value_name("log")
+                .value_name("log|queue")
                 .default_value("log")
-                .value_parser(["log"])
-                .help("log: every partition a linearizable log"),
+                .value_parser(["log", "queue"])
+                .help("log: every partition a linearizable log; queue: Jepsen's Kafka queue"),
         )
         .arg(
             Arg::new("nemesis")
@@ -87,7 +87,10 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
     Ok(TestConfig {
         brokers: *m.get_one("brokers").expect("defaulted"),
         controllers: *m.get_one("controllers").expect("defaulted"),
-        workload: Workload::Log,
+        workload: match m.get_one::<String>("workload").map(String::as_str) {
+            Some("queue") => Workload::Queue,
+            _ => Workload::Log,
+        },
         nemeses: NemesisKind::parse_list(m.get_one::<String>("nemesis").expect("defaulted"))?,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
