@@ -216,11 +216,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let specs = vec![NodeSpec {
-        id: 1,
-        program: config.program.clone(),
-        args: vec!["broker".into(), "--flush".into(), config.flush.clone()],
-    }];
+    let specs = node_specs(config, &dir).map_err(|e| format!("harness failure: {e}"))?;
     let lazy = config.nemeses.contains(&NemesisKind::LoseUnsynced);
     let clocks = config.nemeses.contains(&NemesisKind::Clock);
     let mut system = ProcessSystem::start(&dir, specs, lazy, clocks)
@@ -286,6 +282,27 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         history_ops: history.ops.len(),
         faults,
     })
+}
+
+/// The nodes of the system under test, with their fixed addresses.
+fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>> {
+    let listen = format!("127.0.0.1:{}", crate::system::free_port()?);
+    let data_dir = dir.join("n1").join("data");
+    Ok(vec![NodeSpec {
+        id: 1,
+        program: config.program.clone(),
+        args: vec![
+            "broker".into(),
+            "--flush".into(),
+            config.flush.clone(),
+            "--listen".into(),
+            listen.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ],
+        data_dir,
+        client_addr: Some(listen),
+    }])
 }
 
 /// One client worker of the `log` workload: produces unique values and reads offsets it has

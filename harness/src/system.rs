@@ -21,16 +21,26 @@ pub type NodeId = i32;
 pub struct NodeSpec {
     pub id: NodeId,
     pub program: PathBuf,
-    /// Arguments before `--listen ADDR --data-dir DIR`, which the system adds.
+    /// Every argument, including the node's fixed listen addresses and `data_dir`.
     pub args: Vec<String>,
+    /// Where the node keeps its data (mounted on LazyFs when asked for).
+    pub data_dir: PathBuf,
+    /// The address clients use, for brokers.
+    pub client_addr: Option<String>,
+}
+
+/// A port the OS had free a moment ago on 127.0.0.1 (nodes keep their ports across restarts,
+/// so they are chosen before the first start).
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Node {
     spec: NodeSpec,
     /// Where the node writes (the LazyFs mount point when there is one).
-    data_dir: PathBuf,
     log: PathBuf,
-    listen: String,
     child: Option<Child>,
     paused: bool,
     lazyfs: Option<LazyFsMount>,
@@ -42,8 +52,8 @@ pub struct ProcessSystem {
     nodes: BTreeMap<NodeId, Node>,
 }
 
-/// What a node prints once it accepts connections.
-const LISTENING: &str = "kcheck broker listening on ";
+/// What a node (broker or controller) prints once it accepts connections.
+const LISTENING: &str = " listening on ";
 
 impl ProcessSystem {
     /// Prepares the nodes in `run_dir` (one folder each) and starts them. `lazy` puts each data
@@ -60,12 +70,11 @@ impl ProcessSystem {
         for spec in specs {
             let dir = run_dir.join(format!("n{}", spec.id));
             fs::create_dir_all(&dir)?;
-            let data_dir = dir.join("data");
-            fs::create_dir_all(&data_dir)?;
+            fs::create_dir_all(&spec.data_dir)?;
             let lazyfs = if lazy {
                 let backing = dir.join("data.backing");
                 fs::create_dir_all(&backing)?;
-                Some(LazyFsMount::mount(&backing, &data_dir)?)
+                Some(LazyFsMount::mount(&backing, &spec.data_dir)?)
             } else {
                 None
             };
@@ -79,9 +88,7 @@ impl ProcessSystem {
                 id,
                 Node {
                     spec,
-                    data_dir,
                     log: dir.join("node.log"),
-                    listen: "127.0.0.1:0".into(),
                     child: None,
                     paused: false,
                     lazyfs,
@@ -97,9 +104,13 @@ impl ProcessSystem {
         self.nodes.keys().copied().collect()
     }
 
-    /// Every node's client address, comma-separated.
+    /// Every broker's client address, comma-separated.
     pub fn bootstrap(&self) -> String {
-        let addrs: Vec<&str> = self.nodes.values().map(|n| n.listen.as_str()).collect();
+        let addrs: Vec<&str> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.spec.client_addr.as_deref())
+            .collect();
         addrs.join(",")
     }
 
@@ -125,10 +136,6 @@ impl ProcessSystem {
             .open(&node.log)?;
         let mut cmd = Command::new(&node.spec.program);
         cmd.args(&node.spec.args)
-            .arg("--listen")
-            .arg(&node.listen)
-            .arg("--data-dir")
-            .arg(&node.data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -152,8 +159,7 @@ impl ProcessSystem {
                     "node {id} exited or hung before listening: {tail}"
                 )));
             }
-            if let Some(addr) = line.trim().strip_prefix(LISTENING) {
-                node.listen = addr.to_string();
+            if line.contains(LISTENING) {
                 break;
             }
         }
