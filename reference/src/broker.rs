@@ -236,6 +236,9 @@ impl Broker {
                 ProduceError::Corrupt(_) => code::CORRUPT_MESSAGE,
                 ProduceError::Invalid(_) => code::INVALID_RECORD,
                 ProduceError::NotLeader => code::NOT_LEADER_OR_FOLLOWER,
+                ProduceError::NotEnoughReplicas { .. } => {
+                    crate::partition::code::NOT_ENOUGH_REPLICAS
+                }
             }
         })?;
         r.log
