@@ -15,6 +15,7 @@ pub mod log;
 pub mod metadata;
 pub mod offsets;
 pub mod partition;
+pub mod replication;
 pub mod server;
 
 /// Re-exported so tests and tools build requests with the same codec version.
