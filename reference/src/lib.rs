@@ -15,6 +15,8 @@ pub mod log;
 pub mod metadata;
 pub mod offsets;
 pub mod partition;
+pub mod raft;
+pub mod controller;
 pub mod server;
 
 /// Re-exported so tests and tools build requests with the same codec version.
