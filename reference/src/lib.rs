@@ -13,6 +13,7 @@ pub mod client;
 pub mod group;
 pub mod log;
 pub mod metadata;
+pub mod metadata_log;
 pub mod offsets;
 pub mod partition;
 pub mod raft;
