@@ -18,6 +18,8 @@ pub mod offsets;
 pub mod partition;
 pub mod raft;
 pub mod controller;
+pub mod controller_client;
+pub mod controller_server;
 pub mod server;
 
 /// Re-exported so tests and tools build requests with the same codec version.
