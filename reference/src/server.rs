@@ -315,7 +315,15 @@ pub struct Frame {
 }
 
 /// Decodes a request frame (without the length prefix). Pure; never panics.
-pub fn decode_frame(mut frame: Bytes) -> Result<Result<Frame, (ApiKey, i32)>, Close> {
+pub fn decode_frame(frame: Bytes) -> Result<Result<Frame, (ApiKey, i32)>, Close> {
+    decode_frame_with(frame, supported_versions)
+}
+
+/// [`decode_frame`] for a listener with its own API versions (the controller listener).
+pub fn decode_frame_with(
+    mut frame: Bytes,
+    supported_versions: fn(ApiKey) -> Option<(i16, i16)>,
+) -> Result<Result<Frame, (ApiKey, i32)>, Close> {
     if frame.len() < 8 {
         return close(format!(
             "request of {} bytes is shorter than a request header",
@@ -344,13 +352,13 @@ pub fn decode_frame(mut frame: Bytes) -> Result<Result<Frame, (ApiKey, i32)>, Cl
     }))
 }
 
-fn decode<T: Decodable>(f: &mut Frame) -> Result<T, Close> {
+pub fn decode<T: Decodable>(f: &mut Frame) -> Result<T, Close> {
     let v = T::decode(&mut f.body, f.version)
         .map_err(|e| Close(format!("malformed {:?} v{}: {e}", f.key, f.version)))?;
     Ok(v)
 }
 
-fn encode_response<T: Encodable + HeaderVersion>(
+pub fn encode_response<T: Encodable + HeaderVersion>(
     correlation: i32,
     version: i16,
     body: &T,
