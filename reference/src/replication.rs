@@ -373,3 +373,77 @@ async fn round_trip(
     anyhow::ensure!(c == correlation, "correlation id {c} != {correlation}");
     Ok(FetchResponse::decode(&mut body, REPLICA_FETCH_VERSION)?)
 }
+
+/// The quorum's controller client as the data plane's [`ControllerChannel`].
+pub struct ClientChannel(pub Arc<crate::controller_client::ControllerClient>);
+
+impl ControllerChannel for ClientChannel {
+    fn alter_partition(
+        &self,
+        topic_id: Uuid,
+        request: AlterPartitionRequest,
+    ) -> BoxFuture<Result<PartitionRegistration, i16>> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let item = crate::controller::AlterPartitionRequest {
+                topic_id,
+                partition_id: request.partition,
+                leader_epoch: request.leader_epoch,
+                partition_epoch: request.partition_epoch,
+                new_isr: request.new_isr_with_epochs.clone(),
+            };
+            match client.alter_partition(item).await {
+                Ok(Ok(r)) => {
+                    // The answer names leader, epochs and ISR; the rest of the registration
+                    // is the image's (the change record is committed before the answer).
+                    let image = client.image().borrow().clone();
+                    let mut reg = image
+                        .topics
+                        .get(&topic_id)
+                        .and_then(|t| t.partitions.get(&request.partition))
+                        .cloned()
+                        .ok_or(rcode::NOT_LEADER_OR_FOLLOWER)?;
+                    reg.leader = r.leader;
+                    reg.leader_epoch = r.leader_epoch;
+                    reg.isr = r.isr;
+                    reg.partition_epoch = r.partition_epoch;
+                    Ok(reg)
+                }
+                Ok(Err(code)) => Err(code),
+                Err(e) => {
+                    tracing::warn!(error = %e, "AlterPartition not answered");
+                    Err(REQUEST_TIMED_OUT)
+                }
+            }
+        })
+    }
+
+    fn create_topics(
+        &self,
+        request: CreateTopicsRequest,
+        version: i16,
+    ) -> BoxFuture<CreateTopicsResponse> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            match client.create_topics(version, &request).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "CreateTopics not answered by the controller");
+                    let topics = request
+                        .topics
+                        .into_iter()
+                        .map(|t| {
+                            kafka_protocol::messages::create_topics_response::CreatableTopicResult::default()
+                                .with_name(t.name)
+                                .with_error_code(REQUEST_TIMED_OUT)
+                        })
+                        .collect();
+                    CreateTopicsResponse::default().with_topics(topics)
+                }
+            }
+        })
+    }
+}
+
+/// Kafka REQUEST_TIMED_OUT.
+const REQUEST_TIMED_OUT: i16 = 7;
