@@ -12,6 +12,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod group;
 pub mod log;
 pub mod metadata;
