@@ -11,8 +11,10 @@ use crate::server::{frame_request, response_body, Shared};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId as WireBrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    FetchResponse, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey,
+    BrokerId as WireBrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
+    FetchResponse, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 use std::collections::HashMap;
@@ -45,7 +47,32 @@ pub trait ControllerChannel: Send + Sync {
         request: CreateTopicsRequest,
         version: i16,
     ) -> BoxFuture<CreateTopicsResponse>;
+
+    /// AlterPartitionReassignments forwarded to the controller (KIP-455).
+    fn alter_partition_reassignments(
+        &self,
+        request: AlterPartitionReassignmentsRequest,
+    ) -> BoxFuture<AlterPartitionReassignmentsResponse> {
+        let _ = request;
+        Box::pin(async {
+            AlterPartitionReassignmentsResponse::default().with_error_code(NOT_CONTROLLER)
+        })
+    }
+
+    /// ListPartitionReassignments forwarded to the controller (KIP-455).
+    fn list_partition_reassignments(
+        &self,
+        request: ListPartitionReassignmentsRequest,
+    ) -> BoxFuture<ListPartitionReassignmentsResponse> {
+        let _ = request;
+        Box::pin(async {
+            ListPartitionReassignmentsResponse::default().with_error_code(NOT_CONTROLLER)
+        })
+    }
 }
+
+/// Kafka NOT_CONTROLLER: what a channel without a controller behind it answers.
+const NOT_CONTROLLER: i16 = 41;
 
 /// The cluster-mode handles the server keeps.
 pub struct Cluster {
@@ -443,7 +470,48 @@ impl ControllerChannel for ClientChannel {
             }
         })
     }
+
+    fn alter_partition_reassignments(
+        &self,
+        request: AlterPartitionReassignmentsRequest,
+    ) -> BoxFuture<AlterPartitionReassignmentsResponse> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            client
+                .alter_partition_reassignments(&request)
+                .await
+                .unwrap_or_else(|e| {
+                    AlterPartitionReassignmentsResponse::default().with_error_code(
+                        ClientChannel::forward_failed(e, "AlterPartitionReassignments"),
+                    )
+                })
+        })
+    }
+
+    fn list_partition_reassignments(
+        &self,
+        request: ListPartitionReassignmentsRequest,
+    ) -> BoxFuture<ListPartitionReassignmentsResponse> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            client
+                .list_partition_reassignments(&request)
+                .await
+                .unwrap_or_else(|e| {
+                    ListPartitionReassignmentsResponse::default().with_error_code(
+                        ClientChannel::forward_failed(e, "ListPartitionReassignments"),
+                    )
+                })
+        })
+    }
 }
 
 /// Kafka REQUEST_TIMED_OUT.
 const REQUEST_TIMED_OUT: i16 = 7;
+
+impl ClientChannel {
+    fn forward_failed(e: anyhow::Error, what: &str) -> i16 {
+        tracing::warn!(error = %e, "{what} not answered by the controller");
+        REQUEST_TIMED_OUT
+    }
+}

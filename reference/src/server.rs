@@ -57,6 +57,9 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::ApiVersions => (0, 4),
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
+        // Forwarded to the controller in cluster mode (KIP-455).
+        ApiKey::AlterPartitionReassignments => (0, 0),
+        ApiKey::ListPartitionReassignments => (0, 0),
         _ => return None,
     };
     let v = key.valid_versions();
@@ -404,6 +407,25 @@ async fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Bytes
             let resp = match &shared.cluster {
                 Some(c) => c.controller.create_topics(req, v).await,
                 None => create_topics(shared, req, v),
+            };
+            encode_response(corr, v, &resp)?
+        }
+        ApiKey::AlterPartitionReassignments => {
+            let req: AlterPartitionReassignmentsRequest = decode(&mut f)?;
+            let resp = match &shared.cluster {
+                Some(c) => c.controller.alter_partition_reassignments(req).await,
+                // A single broker has no replicas to move.
+                None => AlterPartitionReassignmentsResponse::default()
+                    .with_error_code(code::UNSUPPORTED_VERSION),
+            };
+            encode_response(corr, v, &resp)?
+        }
+        ApiKey::ListPartitionReassignments => {
+            let req: ListPartitionReassignmentsRequest = decode(&mut f)?;
+            let resp = match &shared.cluster {
+                Some(c) => c.controller.list_partition_reassignments(req).await,
+                None => ListPartitionReassignmentsResponse::default()
+                    .with_error_code(code::UNSUPPORTED_VERSION),
             };
             encode_response(corr, v, &resp)?
         }
@@ -1352,6 +1374,12 @@ pub fn decode_request(frame: Bytes) -> Result<RequestHeader, Close> {
         ApiKey::Metadata => decode::<MetadataRequest>(f).map(drop),
         ApiKey::CreateTopics => decode::<CreateTopicsRequest>(f).map(drop),
         ApiKey::DeleteTopics => decode::<DeleteTopicsRequest>(f).map(drop),
+        ApiKey::AlterPartitionReassignments => {
+            decode::<AlterPartitionReassignmentsRequest>(f).map(drop)
+        }
+        ApiKey::ListPartitionReassignments => {
+            decode::<ListPartitionReassignmentsRequest>(f).map(drop)
+        }
         ApiKey::Produce => decode::<ProduceRequest>(f).map(drop),
         ApiKey::Fetch => decode::<FetchRequest>(f).map(drop),
         ApiKey::ListOffsets => decode::<ListOffsetsRequest>(f).map(drop),
