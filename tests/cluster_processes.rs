@@ -193,3 +193,155 @@ fn cluster_commands_refuse_bad_input_with_the_fix() {
     let out = kcheck(&["broker", "--bug", "truncate-to-hw"]);
     assert_eq!(out.status.code(), Some(2), "a bug flag needs cluster mode");
 }
+
+/// AlterPartitionReassignments v0 for partition 0 of `topic`, sent to any broker (which
+/// forwards it to the active controller); returns the top-level and partition error codes.
+fn reassign(addr: &str, topic: &str, replicas: &[i32]) -> (i16, i16) {
+    use kcheck_reference::kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use kcheck_reference::kafka_protocol::messages::*;
+    use kcheck_reference::kafka_protocol::protocol::StrBytes;
+    let req = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(0)
+                .with_replicas(Some(
+                    replicas.iter().map(|&b| BrokerId(b)).collect(),
+                ))])]);
+    let mut c = kcheck_reference::client::Client::connect(addr).unwrap();
+    let r = c.request(0, &req).unwrap();
+    let p = r
+        .responses
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map_or(-1, |p| p.error_code);
+    (r.error_code, p)
+}
+
+#[test]
+fn reassignment_to_three_other_brokers_under_load_loses_nothing() {
+    if !require(
+        "python3 confluent-kafka",
+        has_python_module("confluent_kafka"),
+        "python3 -m pip install confluent-kafka",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let data_s = data.to_str().unwrap();
+    let _down = Down(&data);
+    let up = kcheck(&[
+        "cluster",
+        "up",
+        "--brokers",
+        "6",
+        "--controllers",
+        "3",
+        "--data-dir",
+        data_s,
+        "--min-insync-replicas",
+        "2",
+    ]);
+    assert!(
+        up.status.success(),
+        "cluster up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let bootstrap = String::from_utf8_lossy(&up.stdout).trim().to_owned();
+    let state = ClusterState::load(&data).unwrap();
+    let out = failover_script("create", &bootstrap, &["--topic", "moving"])
+        .output()
+        .unwrap();
+    assert!(last_json(&String::from_utf8_lossy(&out.stdout))["created"].is_string());
+    let any = state.brokers().next().unwrap().address.clone();
+    let m = metadata(&any).unwrap();
+    let from: Vec<i32> = m.topics[0].partitions[0]
+        .replica_nodes
+        .iter()
+        .map(|b| b.0)
+        .collect();
+    let to: Vec<i32> = (1..=6).filter(|b| !from.contains(b)).collect();
+    assert_eq!(to.len(), 3);
+
+    let mut producer = failover_script(
+        "produce",
+        &bootstrap,
+        &["--topic", "moving", "--count", "3000", "--rate", "600"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(producer.stdout.take().unwrap()).lines();
+    let mut output = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        output.push_str(&line);
+        output.push('\n');
+        if line.starts_with("acked 500") {
+            break;
+        }
+    }
+    assert_eq!(reassign(&any, "moving", &to), (0, 0));
+    // The reassignment completes while the producer runs: replicas become the target.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metadata(&any).unwrap();
+        let p = &m.topics[0].partitions[0];
+        let mut replicas: Vec<i32> = p.replica_nodes.iter().map(|b| b.0).collect();
+        replicas.sort_unstable();
+        if replicas == to && to.contains(&p.leader_id.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reassignment did not complete: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for line in lines {
+        output.push_str(&line.unwrap());
+        output.push('\n');
+    }
+    assert!(producer.wait().unwrap().success());
+    let produced = last_json(&output);
+    assert_eq!(produced["undelivered"], 0, "{}", produced["failures"]);
+    let acked: HashSet<String> = produced["acked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(acked.len(), 3000);
+    // Only the new replicas serve the partition now; every acknowledged message is there.
+    let target_bootstrap: Vec<String> = state
+        .brokers()
+        .filter(|b| to.contains(&b.id))
+        .map(|b| b.address.clone())
+        .collect();
+    let out = failover_script(
+        "consume",
+        &target_bootstrap.join(","),
+        &["--topic", "moving"],
+    )
+    .output()
+    .unwrap();
+    let consumed = last_json(&String::from_utf8_lossy(&out.stdout));
+    let read: HashSet<String> = consumed["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let lost: Vec<&String> = acked.difference(&read).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
