@@ -4,6 +4,7 @@ use crate::broker::BrokerConfig;
 use crate::log::FlushPolicy;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub fn broker_command() -> Command {
     Command::new("broker")
@@ -48,6 +49,55 @@ pub fn broker_command() -> Command {
                 .help("Partitions of auto-created topics (num.partitions)"),
         )
         .arg(
+            Arg::new("process-roles")
+                .long("process-roles")
+                .help("KRaft roles: broker | controller | broker,controller (none: single-node broker)"),
+        )
+        .arg(
+            Arg::new("controller-listen")
+                .long("controller-listen")
+                .help("Controller listener address (controllers only), e.g. 127.0.0.1:19093"),
+        )
+        .arg(
+            Arg::new("controller-quorum-voters")
+                .long("controller-quorum-voters")
+                .help("Voters as ID@HOST:PORT,... (controller.quorum.voters)"),
+        )
+        .arg(
+            Arg::new("bug")
+                .long("bug")
+                .action(ArgAction::Append)
+                .help("Switch on a protocol bug flag (off by default; refused unless named here)"),
+        )
+        .arg(
+            Arg::new("min-insync-replicas")
+                .long("min-insync-replicas")
+                .default_value("1")
+                .value_parser(clap::value_parser!(u16).range(1..))
+                .help("min.insync.replicas: acks=all needs this many ISR members (cluster mode)"),
+        )
+        .arg(
+            Arg::new("replica-lag-time-max-ms")
+                .long("replica-lag-time-max-ms")
+                .default_value("30000")
+                .value_parser(clap::value_parser!(u64))
+                .help("replica.lag.time.max.ms: a follower not caught up this long leaves the ISR"),
+        )
+        .arg(
+            Arg::new("broker-session-timeout-ms")
+                .long("broker-session-timeout-ms")
+                .default_value("9000")
+                .value_parser(clap::value_parser!(u64))
+                .help("broker.session.timeout.ms: fence a broker whose heartbeats lapse this long"),
+        )
+        .arg(
+            Arg::new("election-timeout-ms")
+                .long("election-timeout-ms")
+                .default_value("1000")
+                .value_parser(clap::value_parser!(u64))
+                .help("controller.quorum.election.timeout.ms (fetch timeout is twice this)"),
+        )
+        .arg(
             Arg::new("max-request-bytes")
                 .long("max-request-bytes")
                 .default_value("104857600")
@@ -89,7 +139,57 @@ pub fn broker_config(m: &ArgMatches) -> Result<BrokerConfig, String> {
     cfg.max_request_bytes = *m
         .get_one::<usize>("max-request-bytes")
         .expect("has default");
+    let (broker_bugs, _) = split_bug_flags(&bug_names(m))?;
+    cfg.replication = crate::broker::ReplicationConfig {
+        min_insync_replicas: usize::from(
+            *m.get_one::<u16>("min-insync-replicas")
+                .expect("has default"),
+        ),
+        replica_lag_time_max_ms: *m
+            .get_one::<u64>("replica-lag-time-max-ms")
+            .expect("has default"),
+        bugs: crate::partition::BrokerBugs::parse(&broker_bugs)?,
+    };
     Ok(cfg)
+}
+
+fn bug_names(m: &ArgMatches) -> Vec<String> {
+    m.get_many::<String>("bug")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Splits `--bug` names into the broker's (data plane, [`crate::partition::BROKER_BUGS`]) and
+/// the controller's ([`crate::controller::ControllerBug`]); a flag with a half on each side
+/// (`last-replica-standing`, `no-broker-epoch-check`) goes to both. Unknown names are refused
+/// with every known one.
+pub fn split_bug_flags(names: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
+    use crate::controller::ControllerBug;
+    let (mut broker, mut controller) = (Vec::new(), Vec::new());
+    for n in names {
+        let b = crate::partition::BROKER_BUGS.iter().any(|x| x.name() == n);
+        let c = ControllerBug::ALL.iter().any(|x| x.name() == n);
+        if !b && !c {
+            let mut known: Vec<&str> = crate::partition::BROKER_BUGS
+                .iter()
+                .map(|x| x.name())
+                .chain(ControllerBug::ALL.iter().map(|x| x.name()))
+                .collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(format!(
+                "unknown bug flag '{n}' for kcheck broker (known: {})",
+                known.join(", ")
+            ));
+        }
+        if b {
+            broker.push(n.clone());
+        }
+        if c {
+            controller.push(n.clone());
+        }
+    }
+    Ok((broker, controller))
 }
 
 pub fn init_tracing() {
@@ -100,12 +200,128 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The KRaft part of `kcheck broker`: which roles this process plays and how it reaches the
+/// quorum. `None` when no `--process-roles` is given (the single-node broker of today).
+#[derive(Clone, Debug)]
+pub struct KraftArgs {
+    pub broker: bool,
+    pub controller: Option<crate::controller_server::ControllerNodeConfig>,
+    pub voters: std::collections::BTreeMap<i32, std::net::SocketAddr>,
+}
+
+/// Validates the role flags together; every bad combination names the fix.
+pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
+    use crate::controller::{ControllerBug, ControllerConfig};
+    let roles = m.get_one::<String>("process-roles");
+    let listen = m.get_one::<String>("controller-listen");
+    let voters = m.get_one::<String>("controller-quorum-voters");
+    let all_bugs = bug_names(m);
+    let (broker_bugs, controller_bugs) = split_bug_flags(&all_bugs)?;
+    let Some(roles) = roles else {
+        let bugs = all_bugs;
+        if listen.is_some() || voters.is_some() || !bugs.is_empty() {
+            return Err("--controller-listen, --controller-quorum-voters and --bug need --process-roles broker|controller|broker,controller".into());
+        }
+        return Ok(None);
+    };
+    let (mut broker, mut controller) = (false, false);
+    for r in roles.split(',').map(str::trim) {
+        match r {
+            "broker" => broker = true,
+            "controller" => controller = true,
+            other => {
+                return Err(format!(
+                    "unknown process role {other:?} in --process-roles: want broker, controller or broker,controller"
+                ))
+            }
+        }
+    }
+    let voters = voters.ok_or("--process-roles needs --controller-quorum-voters ID@HOST:PORT,...")?;
+    let voters = crate::controller_client::parse_voters(voters)?;
+    let node_id = *m.get_one::<i32>("node-id").expect("has default");
+    let bugs = controller_bugs
+        .iter()
+        .map(|b| ControllerBug::parse(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !broker {
+        if let Some(b) = broker_bugs.iter().find(|b| !controller_bugs.contains(b)) {
+            return Err(format!(
+                "bug flag '{b}' is a broker choice: it needs --process-roles broker or broker,controller"
+            ));
+        }
+    }
+    let controller = if controller {
+        let listen = listen.ok_or("--process-roles controller needs --controller-listen HOST:PORT")?;
+        let listen: std::net::SocketAddr = listen
+            .parse()
+            .map_err(|e| format!("bad --controller-listen {listen:?}: {e}"))?;
+        match voters.get(&node_id) {
+            None => {
+                return Err(format!(
+                    "--node-id {node_id} is not in --controller-quorum-voters: a controller must be a voter"
+                ))
+            }
+            Some(a) if a.port() != listen.port() => {
+                return Err(format!(
+                    "--controller-listen {listen} differs from voter {node_id}'s address {a} in --controller-quorum-voters"
+                ))
+            }
+            Some(_) => {}
+        }
+        let election = *m.get_one::<u64>("election-timeout-ms").expect("has default");
+        let data_dir = PathBuf::from(m.get_one::<String>("data-dir").expect("has default"));
+        Some(crate::controller_server::ControllerNodeConfig {
+            node_id,
+            listen,
+            voters: voters.clone(),
+            data_dir: data_dir.join("kraft"),
+            raft: crate::raft::RaftConfig {
+                election_timeout_ms: election.max(10),
+                fetch_timeout_ms: 2 * election.max(10),
+                fetch_interval_ms: 20,
+                request_timeout_ms: (election / 2).max(50),
+                ..crate::raft::RaftConfig::default()
+            },
+            controller: ControllerConfig {
+                session_timeout_ms: *m
+                    .get_one::<u64>("broker-session-timeout-ms")
+                    .expect("has default"),
+                bugs,
+                ..ControllerConfig::default()
+            },
+            seed: std::process::id() as u64,
+        })
+    } else {
+        if listen.is_some() {
+            return Err("--controller-listen is only for --process-roles controller or broker,controller".into());
+        }
+        if let Some(b) = controller_bugs.iter().find(|b| !broker_bugs.contains(b)) {
+            return Err(format!(
+                "bug flag '{b}' is a controller choice: it needs --process-roles controller or broker,controller"
+            ));
+        }
+        None
+    };
+    Ok(Some(KraftArgs {
+        broker,
+        controller,
+        voters,
+    }))
+}
+
 /// Runs the broker until Ctrl-C. Exit 0 on clean shutdown, 2 on bad arguments, 1 when the
 /// broker cannot start (e.g. corrupt committed data).
 pub fn run_broker(m: &ArgMatches) -> u8 {
     init_tracing();
     let cfg = match broker_config(m) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("kcheck broker: {e}");
+            return 2;
+        }
+    };
+    let kraft = match kraft_args(m) {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("kcheck broker: {e}");
             return 2;
@@ -122,19 +338,10 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
         }
     };
     // Clean shutdown (flush + checkpoints) on Ctrl-C or SIGTERM, as Kafka's controlled shutdown.
-    let res = rt.block_on(crate::server::serve(cfg, async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }));
+    let res = match kraft {
+        None => rt.block_on(crate::server::serve(cfg, shutdown_signal())),
+        Some(k) => rt.block_on(run_kraft_roles(cfg, k)),
+    };
     match res {
         Ok(()) => 0,
         Err(e) => {
@@ -143,6 +350,75 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
             1
         }
     }
+}
+
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `--process-roles`: a controller node, a broker following the quorum, or both.
+async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> {
+    use crate::controller_client::{ControllerClient, ControllerClientConfig};
+    use crate::controller_server::{serve_node, start};
+    let node = match &k.controller {
+        Some(c) => {
+            let listener = tokio::net::TcpListener::bind(c.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind --controller-listen {}: {e}", c.listen))?;
+            let node = start(c.clone())?;
+            println!("kcheck controller {} listening on {}", c.node_id, listener.local_addr()?);
+            let n = node.clone();
+            tokio::spawn(async move { serve_node(listener, n, std::future::pending()).await });
+            Some(node)
+        }
+        None => None,
+    };
+    if k.broker {
+        let client_cfg = ControllerClientConfig::new(cfg.node_id, k.voters.clone(), cfg.listen.to_string());
+        let client = match &node {
+            Some(n) => ControllerClient::start_combined(client_cfg, n.clone()),
+            None => ControllerClient::start(client_cfg),
+        };
+        let mut session = client.session();
+        tokio::spawn(async move {
+            let mut last = *session.borrow();
+            while session.changed().await.is_ok() {
+                let now = *session.borrow();
+                if (now.broker_epoch, now.fenced) != (last.broker_epoch, last.fenced) {
+                    println!(
+                        "kcheck broker {}: broker epoch {:?}, fenced {}",
+                        cfg.node_id, now.broker_epoch, now.fenced
+                    );
+                    tracing::info!(broker_epoch = ?now.broker_epoch, fenced = now.fenced, "broker session");
+                }
+                last = now;
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", cfg.listen))?;
+        let image = client.image();
+        let channel: Arc<dyn crate::replication::ControllerChannel> =
+            Arc::new(crate::replication::ClientChannel(client.clone()));
+        crate::server::serve_cluster(listener, cfg, image, channel, shutdown_signal()).await?;
+    } else {
+        shutdown_signal().await;
+    }
+    if let Some(n) = node {
+        n.resign();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 pub fn bench_broker_command() -> Command {

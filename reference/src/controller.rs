@@ -1,0 +1,988 @@
+//! The active controller (KIP-500, KIP-631): a sans-IO state machine that turns broker and
+//! admin requests into `__cluster_metadata` records. It decides against the *latest* image
+//! (committed records plus the ones it wrote and the quorum has not committed yet, as Kafka's
+//! QuorumController does), and every record it writes is applied to that image at once, with
+//! the image's invariant checks: a controller bug stops at the record that would break
+//! `leader-in-isr` or an epoch rule, never reaching the brokers.
+//!
+//! Requests map to Kafka's RPCs:
+//! - BrokerRegistration: the broker epoch is the offset of its RegisterBrokerRecord, so a
+//!   restarted broker always gets a larger one (KIP-903 relies on it). A new registration is
+//!   fenced; a restart after an unclean shutdown also leaves ISR and ELR (KIP-966).
+//! - BrokerHeartbeat: a broker whose heartbeats lapse for `broker.session.timeout.ms` is fenced
+//!   and loses its leaderships (elect from the ISR, then the ELR; an out-of-sync replica only
+//!   with `--bug unclean-election`); a fenced broker that has caught up with the metadata log
+//!   is unfenced.
+//! - CreateTopics: replicas placed round-robin over the unfenced brokers.
+//! - AlterPartition: leader epoch, partition epoch (INVALID_UPDATE_VERSION, KIP-497) and broker
+//!   epochs of the ISR members (INELIGIBLE_REPLICA, KIP-903) are checked.
+//! - AlterPartitionReassignments / ListPartitionReassignments (KIP-455): grow to
+//!   origin ∪ target, wait until the adding replicas are in the ISR, move the leader if it is
+//!   not a target, shrink to target.
+
+use crate::metadata::{
+    BrokerEpoch, BrokerId, LeaderEpoch, MetadataImage, MetadataRecord, PartitionChange,
+    PartitionEpoch, PartitionRegistration, NO_LEADER,
+};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Controller-side protocol choices of the replication model, off unless explicitly given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ControllerBug {
+    /// `unclean.leader.election.enable`: with no live ISR or ELR member, elect any live replica
+    /// (KIP-106); acknowledged records it never fetched are lost.
+    UncleanElection,
+    /// Pre-KIP-966: no ELR, the last ISR member stays in the ISR through an unclean restart
+    /// and can be re-elected without its unflushed tail (KAFKA-15332).
+    LastReplicaStanding,
+    /// Pre-KIP-903: AlterPartition's ISR members are not checked against their current broker
+    /// epochs (KAFKA-14139).
+    NoBrokerEpochCheck,
+}
+
+impl ControllerBug {
+    pub const ALL: [ControllerBug; 3] = [
+        ControllerBug::UncleanElection,
+        ControllerBug::LastReplicaStanding,
+        ControllerBug::NoBrokerEpochCheck,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            ControllerBug::UncleanElection => "unclean-election",
+            ControllerBug::LastReplicaStanding => "last-replica-standing",
+            ControllerBug::NoBrokerEpochCheck => "no-broker-epoch-check",
+        }
+    }
+    pub fn parse(name: &str) -> Result<ControllerBug, String> {
+        ControllerBug::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = ControllerBug::ALL.iter().map(|b| b.name()).collect();
+                format!(
+                    "unknown bug flag '{name}' for the controller (known: {})",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// `broker.session.timeout.ms`.
+    pub session_timeout_ms: u64,
+    /// `min.insync.replicas`: an ISR shrinking below it sends the removed replicas to the ELR.
+    pub min_insync_replicas: usize,
+    /// `default.replication.factor` (capped by the number of unfenced brokers).
+    pub default_replication_factor: usize,
+    pub bugs: Vec<ControllerBug>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            session_timeout_ms: 9000,
+            min_insync_replicas: 2,
+            default_replication_factor: 3,
+            bugs: Vec::new(),
+        }
+    }
+}
+
+/// Kafka's error codes for the controller RPCs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControllerError {
+    UnknownTopicOrPartition,
+    NotLeaderOrFollower,
+    InvalidTopic,
+    TopicAlreadyExists,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    InvalidReplicaAssignment,
+    NotController,
+    InvalidRequest,
+    FencedLeaderEpoch,
+    StaleBrokerEpoch,
+    NoReassignmentInProgress,
+    InvalidUpdateVersion,
+    BrokerIdNotRegistered,
+    IneligibleReplica,
+    RequestTimedOut,
+}
+
+impl ControllerError {
+    pub fn code(self) -> i16 {
+        use ControllerError::*;
+        match self {
+            UnknownTopicOrPartition => 3,
+            NotLeaderOrFollower => 6,
+            RequestTimedOut => 7,
+            InvalidTopic => 17,
+            TopicAlreadyExists => 36,
+            InvalidPartitions => 37,
+            InvalidReplicationFactor => 38,
+            InvalidReplicaAssignment => 39,
+            NotController => 41,
+            InvalidRequest => 42,
+            FencedLeaderEpoch => 74,
+            StaleBrokerEpoch => 77,
+            NoReassignmentInProgress => 85,
+            InvalidUpdateVersion => 95,
+            BrokerIdNotRegistered => 102,
+            IneligibleReplica => 107,
+        }
+    }
+}
+
+/// What a BrokerHeartbeat is answered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    pub is_caught_up: bool,
+    pub is_fenced: bool,
+    pub should_shut_down: bool,
+}
+
+/// One AlterPartition entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlterPartitionRequest {
+    pub topic_id: Uuid,
+    pub partition_id: i32,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: PartitionEpoch,
+    /// The proposed ISR with each member's broker epoch (-1: unknown, not checked).
+    pub new_isr: Vec<(BrokerId, BrokerEpoch)>,
+}
+
+/// An ongoing reassignment (ListPartitionReassignments).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OngoingReassignment {
+    pub topic: String,
+    pub partition_id: i32,
+    pub replicas: Vec<BrokerId>,
+    pub adding_replicas: Vec<BrokerId>,
+    pub removing_replicas: Vec<BrokerId>,
+}
+
+pub struct Controller {
+    config: ControllerConfig,
+    /// Committed records plus the ones this controller wrote since.
+    image: MetadataImage,
+    /// Offset the next record will have in `__cluster_metadata`.
+    next_offset: i64,
+    last_heartbeat_ms: BTreeMap<BrokerId, u64>,
+}
+
+impl Controller {
+    /// A newly active controller over the image of the whole committed log. Every registered
+    /// broker gets a fresh session: the previous controller's heartbeat clock is not known.
+    pub fn new(
+        config: ControllerConfig,
+        image: MetadataImage,
+        next_offset: i64,
+        now_ms: u64,
+    ) -> Controller {
+        assert!(
+            next_offset > image.offset,
+            "controller starts at {next_offset} but the image is at {}",
+            image.offset
+        );
+        let last_heartbeat_ms = image.brokers.keys().map(|b| (*b, now_ms)).collect();
+        Controller {
+            config,
+            image,
+            next_offset,
+            last_heartbeat_ms,
+        }
+    }
+
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+    /// Skips offsets the log used for something else (the leader-change record).
+    pub fn skip_to(&mut self, offset: i64) {
+        assert!(offset >= self.next_offset);
+        self.next_offset = offset;
+    }
+    fn has(&self, bug: ControllerBug) -> bool {
+        self.config.bugs.contains(&bug)
+    }
+
+    /// Applies a record this controller writes, at the next offset.
+    fn emit(&mut self, out: &mut Vec<MetadataRecord>, record: MetadataRecord) {
+        if let Err(e) = self.image.apply(self.next_offset, &record) {
+            panic!("the controller wrote a record its own image refuses ({e}): {record:?}");
+        }
+        self.next_offset += 1;
+        out.push(record);
+    }
+
+    fn unfenced(&self, b: BrokerId) -> bool {
+        self.image
+            .brokers
+            .get(&b)
+            .is_some_and(|r| !r.fenced && !r.in_controlled_shutdown)
+    }
+
+    fn partition_change(
+        &mut self,
+        out: &mut Vec<MetadataRecord>,
+        topic_id: Uuid,
+        partition_id: i32,
+        mut next: PartitionRegistration,
+    ) {
+        let cur = self.image.topics[&topic_id].partitions[&partition_id].clone();
+        next.elr.retain(|b| !next.isr.contains(b));
+        if next == cur {
+            return;
+        }
+        let diff = |n: &Vec<BrokerId>, c: &Vec<BrokerId>| (n != c).then(|| n.clone());
+        let mut change = PartitionChange {
+            leader: (next.leader != cur.leader).then_some(next.leader),
+            isr: diff(&next.isr, &cur.isr),
+            elr: diff(&next.elr, &cur.elr),
+            replicas: diff(&next.replicas, &cur.replicas),
+            adding_replicas: diff(&next.adding_replicas, &cur.adding_replicas),
+            removing_replicas: diff(&next.removing_replicas, &cur.removing_replicas),
+            leader_epoch: cur.leader_epoch,
+            partition_epoch: cur.partition_epoch + 1,
+        };
+        if cur.change_bumps_leader_epoch(&change) {
+            change.leader_epoch += 1;
+        }
+        self.emit(
+            out,
+            MetadataRecord::PartitionChange {
+                topic_id,
+                partition_id,
+                change,
+            },
+        );
+    }
+
+    /// Leader election for one partition (Kafka's PartitionChangeBuilder): a live ISR member
+    /// (the current leader if still eligible, else in replica order), then a live ELR member
+    /// (KIP-966), then — only with `unclean-election` — any live replica.
+    fn elect(&self, p: &mut PartitionRegistration) {
+        if p.has_leader() && self.unfenced(p.leader) && p.isr.contains(&p.leader) {
+            return;
+        }
+        let live_isr = p
+            .replicas
+            .iter()
+            .find(|b| p.isr.contains(b) && self.unfenced(**b));
+        if let Some(b) = live_isr {
+            p.leader = *b;
+            return;
+        }
+        let live_elr = p
+            .replicas
+            .iter()
+            .find(|b| p.elr.contains(b) && self.unfenced(**b));
+        if let Some(b) = live_elr.copied() {
+            p.leader = b;
+            p.isr = vec![b];
+            p.elr.retain(|x| *x != b);
+            return;
+        }
+        if self.has(ControllerBug::UncleanElection) {
+            if let Some(b) = p.replicas.iter().find(|b| self.unfenced(**b)).copied() {
+                tracing::warn!(
+                    leader = b,
+                    "unclean leader election (--bug unclean-election)"
+                );
+                p.leader = b;
+                p.isr = vec![b];
+                p.elr.clear();
+                return;
+            }
+        }
+        p.leader = NO_LEADER;
+    }
+
+    /// `broker` can no longer lead or stay in the ISR (fenced, shutting down, restarted).
+    /// Removed ISR members go to the ELR while the ISR is below min.insync.replicas (KIP-966);
+    /// `leave_elr` also drops it from the ELR (an unclean restart may have lost records).
+    fn move_away(&mut self, out: &mut Vec<MetadataRecord>, broker: BrokerId, leave_elr: bool) {
+        let ids: Vec<(Uuid, i32)> = self
+            .image
+            .topics
+            .iter()
+            .flat_map(|(id, t)| t.partitions.keys().map(move |p| (*id, *p)))
+            .collect();
+        let legacy = self.has(ControllerBug::LastReplicaStanding);
+        for (topic_id, partition_id) in ids {
+            let cur = self.image.topics[&topic_id].partitions[&partition_id].clone();
+            let involved = cur.leader == broker
+                || cur.isr.contains(&broker)
+                || (leave_elr && cur.elr.contains(&broker));
+            if !involved {
+                continue;
+            }
+            let mut next = cur.clone();
+            if cur.isr.contains(&broker) {
+                if legacy && cur.isr.len() == 1 {
+                    // Pre-KIP-966: the last ISR member stays in the ISR, offline.
+                } else {
+                    next.isr.retain(|b| *b != broker);
+                    if !legacy && next.isr.len() < self.config.min_insync_replicas && !leave_elr {
+                        next.elr.push(broker);
+                    }
+                }
+            }
+            if leave_elr {
+                next.elr.retain(|b| *b != broker);
+            }
+            if next.leader == broker {
+                next.leader = NO_LEADER;
+            }
+            if !next.isr.contains(&next.leader) {
+                next.leader = NO_LEADER;
+            }
+            self.elect(&mut next);
+            self.partition_change(out, topic_id, partition_id, next);
+        }
+    }
+
+    /// Offline partitions get another chance when a broker comes back.
+    fn elect_offline(&mut self, out: &mut Vec<MetadataRecord>) {
+        let ids: Vec<(Uuid, i32)> = self
+            .image
+            .topics
+            .iter()
+            .flat_map(|(id, t)| {
+                t.partitions
+                    .iter()
+                    .filter(|(_, p)| !p.has_leader())
+                    .map(move |(p, _)| (*id, *p))
+            })
+            .collect();
+        for (topic_id, partition_id) in ids {
+            let mut next = self.image.topics[&topic_id].partitions[&partition_id].clone();
+            self.elect(&mut next);
+            self.partition_change(out, topic_id, partition_id, next);
+        }
+    }
+
+    // ---- BrokerRegistration / BrokerHeartbeat ---------------------------------------------
+
+    /// Registers a broker; returns its new broker epoch (the offset of its RegisterBroker
+    /// record) and the records. A retry of the same incarnation gets the same epoch back.
+    /// `previous_broker_epoch` is -1 after an unclean shutdown (KIP-966's field).
+    pub fn register_broker(
+        &mut self,
+        now_ms: u64,
+        broker_id: BrokerId,
+        incarnation_id: Uuid,
+        endpoint: String,
+        previous_broker_epoch: BrokerEpoch,
+    ) -> (BrokerEpoch, Vec<MetadataRecord>) {
+        let mut out = Vec::new();
+        if let Some(old) = self.image.brokers.get(&broker_id) {
+            if old.incarnation_id == incarnation_id {
+                self.last_heartbeat_ms.insert(broker_id, now_ms);
+                return (old.broker_epoch, out);
+            }
+        }
+        let known = self.image.brokers.get(&broker_id).map(|b| b.broker_epoch);
+        let unclean_shutdown = known.is_some_and(|e| e != previous_broker_epoch);
+        let broker_epoch = self.next_offset;
+        self.emit(
+            &mut out,
+            MetadataRecord::RegisterBroker {
+                broker_id,
+                broker_epoch,
+                incarnation_id,
+                endpoint,
+                fenced: true,
+                unclean_shutdown,
+            },
+        );
+        if known.is_some() {
+            let leave_elr = unclean_shutdown && !self.has(ControllerBug::LastReplicaStanding);
+            self.move_away(&mut out, broker_id, leave_elr);
+        }
+        self.last_heartbeat_ms.insert(broker_id, now_ms);
+        (broker_epoch, out)
+    }
+
+    /// A broker is caught up once its metadata offset reaches its own registration record.
+    pub fn heartbeat(
+        &mut self,
+        now_ms: u64,
+        broker_id: BrokerId,
+        broker_epoch: BrokerEpoch,
+        current_metadata_offset: i64,
+        want_fence: bool,
+        want_shut_down: bool,
+    ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
+        let reg = self
+            .image
+            .brokers
+            .get(&broker_id)
+            .ok_or(ControllerError::BrokerIdNotRegistered)?;
+        if reg.broker_epoch != broker_epoch {
+            return Err(ControllerError::StaleBrokerEpoch);
+        }
+        let (fenced, shutting_down) = (reg.fenced, reg.in_controlled_shutdown);
+        self.last_heartbeat_ms.insert(broker_id, now_ms);
+        let is_caught_up = current_metadata_offset >= broker_epoch;
+        let mut out = Vec::new();
+        if want_shut_down && !shutting_down {
+            self.emit(
+                &mut out,
+                MetadataRecord::BrokerRegistrationChange {
+                    broker_id,
+                    broker_epoch,
+                    fenced: Some(true),
+                    in_controlled_shutdown: Some(true),
+                },
+            );
+            self.move_away(&mut out, broker_id, false);
+        } else if fenced && !want_fence && !want_shut_down && is_caught_up && !shutting_down {
+            self.emit(
+                &mut out,
+                MetadataRecord::BrokerRegistrationChange {
+                    broker_id,
+                    broker_epoch,
+                    fenced: Some(false),
+                    in_controlled_shutdown: None,
+                },
+            );
+            self.elect_offline(&mut out);
+        } else if !fenced && want_fence {
+            self.fence(&mut out, broker_id);
+        }
+        let reg = &self.image.brokers[&broker_id];
+        let reply = HeartbeatReply {
+            is_caught_up,
+            is_fenced: reg.fenced,
+            should_shut_down: want_shut_down,
+        };
+        Ok((reply, out))
+    }
+
+    fn fence(&mut self, out: &mut Vec<MetadataRecord>, broker_id: BrokerId) {
+        let broker_epoch = self.image.brokers[&broker_id].broker_epoch;
+        self.emit(
+            out,
+            MetadataRecord::BrokerRegistrationChange {
+                broker_id,
+                broker_epoch,
+                fenced: Some(true),
+                in_controlled_shutdown: None,
+            },
+        );
+        self.move_away(out, broker_id, false);
+    }
+
+    /// Fences the unfenced brokers whose session lapsed.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<MetadataRecord> {
+        let lapsed: Vec<BrokerId> = self
+            .image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .filter(|b| {
+                let last = self
+                    .last_heartbeat_ms
+                    .get(&b.broker_id)
+                    .copied()
+                    .unwrap_or(0);
+                now_ms.saturating_sub(last) > self.config.session_timeout_ms
+            })
+            .map(|b| b.broker_id)
+            .collect();
+        let mut out = Vec::new();
+        for b in lapsed {
+            tracing::info!(broker = b, "broker session lapsed: fencing");
+            self.fence(&mut out, b);
+        }
+        out
+    }
+
+    // ---- CreateTopics --------------------------------------------------------------------
+
+    /// Creates a topic; `num_partitions` / `replication_factor` of -1 take the defaults.
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        num_partitions: i32,
+        replication_factor: i16,
+    ) -> Result<(Uuid, Vec<MetadataRecord>), ControllerError> {
+        let valid = !name.is_empty()
+            && name.len() <= 249
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !valid || name == "__cluster_metadata" {
+            return Err(ControllerError::InvalidTopic);
+        }
+        if self.image.topic_ids.contains_key(name) {
+            return Err(ControllerError::TopicAlreadyExists);
+        }
+        let brokers: Vec<BrokerId> = self
+            .image
+            .brokers
+            .keys()
+            .copied()
+            .filter(|b| self.unfenced(*b))
+            .collect();
+        let partitions = if num_partitions == -1 {
+            1
+        } else {
+            num_partitions
+        };
+        if !(1..=10_000).contains(&partitions) {
+            return Err(ControllerError::InvalidPartitions);
+        }
+        let rf = if replication_factor == -1 {
+            self.config.default_replication_factor.min(brokers.len())
+        } else {
+            usize::try_from(replication_factor).unwrap_or(0)
+        };
+        if rf == 0 || rf > brokers.len() {
+            return Err(ControllerError::InvalidReplicationFactor);
+        }
+        let topic_id = Uuid::new_v4();
+        let mut out = Vec::new();
+        self.emit(
+            &mut out,
+            MetadataRecord::Topic {
+                name: name.to_owned(),
+                topic_id,
+            },
+        );
+        let n = brokers.len();
+        let start = (self.next_offset as usize) % n;
+        for p in 0..partitions {
+            let replicas: Vec<BrokerId> = (0..rf)
+                .map(|i| brokers[(start + p as usize + i) % n])
+                .collect();
+            let registration = PartitionRegistration {
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
+                elr: vec![],
+                adding_replicas: vec![],
+                removing_replicas: vec![],
+                leader_epoch: 0,
+                partition_epoch: 0,
+            };
+            self.emit(
+                &mut out,
+                MetadataRecord::Partition {
+                    topic_id,
+                    partition_id: p,
+                    registration,
+                },
+            );
+        }
+        Ok((topic_id, out))
+    }
+
+    // ---- AlterPartition ------------------------------------------------------------------
+
+    /// One partition of an AlterPartition from the leader `broker_id`. On success returns the
+    /// registration after the change (what the response carries).
+    pub fn alter_partition(
+        &mut self,
+        broker_id: BrokerId,
+        broker_epoch: BrokerEpoch,
+        req: &AlterPartitionRequest,
+        out: &mut Vec<MetadataRecord>,
+    ) -> Result<PartitionRegistration, ControllerError> {
+        let reg = self
+            .image
+            .brokers
+            .get(&broker_id)
+            .ok_or(ControllerError::BrokerIdNotRegistered)?;
+        if reg.broker_epoch != broker_epoch {
+            return Err(ControllerError::StaleBrokerEpoch);
+        }
+        let cur = self
+            .image
+            .topics
+            .get(&req.topic_id)
+            .and_then(|t| t.partitions.get(&req.partition_id))
+            .cloned()
+            .ok_or(ControllerError::UnknownTopicOrPartition)?;
+        if cur.leader != broker_id {
+            return Err(ControllerError::NotLeaderOrFollower);
+        }
+        if req.leader_epoch < cur.leader_epoch {
+            return Err(ControllerError::FencedLeaderEpoch);
+        }
+        if req.leader_epoch > cur.leader_epoch || req.partition_epoch != cur.partition_epoch {
+            return Err(ControllerError::InvalidUpdateVersion);
+        }
+        let isr: Vec<BrokerId> = req.new_isr.iter().map(|(b, _)| *b).collect();
+        if !isr.contains(&broker_id)
+            || isr.iter().any(|b| !cur.replicas.contains(b))
+            || isr.iter().enumerate().any(|(i, b)| isr[..i].contains(b))
+        {
+            return Err(ControllerError::InvalidRequest);
+        }
+        for (b, epoch) in &req.new_isr {
+            if cur.isr.contains(b) {
+                continue;
+            }
+            let Some(r) = self.image.brokers.get(b) else {
+                return Err(ControllerError::IneligibleReplica);
+            };
+            let stale = *epoch >= 0
+                && *epoch != r.broker_epoch
+                && !self.has(ControllerBug::NoBrokerEpochCheck);
+            if r.fenced || r.in_controlled_shutdown || stale {
+                return Err(ControllerError::IneligibleReplica);
+            }
+        }
+        let mut next = cur.clone();
+        let removed: Vec<BrokerId> = cur
+            .isr
+            .iter()
+            .copied()
+            .filter(|b| !isr.contains(b))
+            .collect();
+        next.isr = isr;
+        if !self.has(ControllerBug::LastReplicaStanding)
+            && next.isr.len() < self.config.min_insync_replicas
+        {
+            next.elr.extend(removed);
+        }
+        self.partition_change(out, req.topic_id, req.partition_id, next);
+        self.maybe_complete_reassignment(out, req.topic_id, req.partition_id);
+        Ok(self.image.topics[&req.topic_id].partitions[&req.partition_id].clone())
+    }
+
+    // ---- reassignment (KIP-455) ----------------------------------------------------------
+
+    /// Starts (`Some(target)`) or cancels (`None`) a reassignment of one partition.
+    pub fn alter_reassignment(
+        &mut self,
+        topic: &str,
+        partition_id: i32,
+        target: Option<Vec<BrokerId>>,
+        out: &mut Vec<MetadataRecord>,
+    ) -> Result<(), ControllerError> {
+        let topic_id = *self
+            .image
+            .topic_ids
+            .get(topic)
+            .ok_or(ControllerError::UnknownTopicOrPartition)?;
+        let cur = self.image.topics[&topic_id]
+            .partitions
+            .get(&partition_id)
+            .cloned()
+            .ok_or(ControllerError::UnknownTopicOrPartition)?;
+        let ongoing = !cur.adding_replicas.is_empty() || !cur.removing_replicas.is_empty();
+        let origin: Vec<BrokerId> = cur
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| !cur.adding_replicas.contains(b))
+            .collect();
+        let mut next = cur.clone();
+        match target {
+            None => {
+                if !ongoing {
+                    return Err(ControllerError::NoReassignmentInProgress);
+                }
+                next.replicas = origin.clone();
+                next.isr.retain(|b| origin.contains(b));
+                next.elr.retain(|b| origin.contains(b));
+                next.adding_replicas.clear();
+                next.removing_replicas.clear();
+                if next.isr.is_empty() {
+                    // Cancelling would leave no ISR: keep the target members instead.
+                    return Err(ControllerError::InvalidReplicaAssignment);
+                }
+                if !next.isr.contains(&next.leader) {
+                    next.leader = NO_LEADER;
+                    self.elect(&mut next);
+                }
+            }
+            Some(target) => {
+                let dup = target
+                    .iter()
+                    .enumerate()
+                    .any(|(i, b)| target[..i].contains(b));
+                if target.is_empty()
+                    || dup
+                    || target.iter().any(|b| !self.image.brokers.contains_key(b))
+                {
+                    return Err(ControllerError::InvalidReplicaAssignment);
+                }
+                let mut replicas = target.clone();
+                replicas.extend(origin.iter().copied().filter(|b| !target.contains(b)));
+                next.replicas = replicas;
+                next.adding_replicas = target
+                    .iter()
+                    .copied()
+                    .filter(|b| !origin.contains(b))
+                    .collect();
+                next.removing_replicas = origin
+                    .iter()
+                    .copied()
+                    .filter(|b| !target.contains(b))
+                    .collect();
+                next.isr.retain(|b| next.replicas.contains(b));
+                next.elr.retain(|b| next.replicas.contains(b));
+            }
+        }
+        self.partition_change(out, topic_id, partition_id, next);
+        self.maybe_complete_reassignment(out, topic_id, partition_id);
+        Ok(())
+    }
+
+    /// Once every adding replica is in the ISR: move the leader onto a target replica if
+    /// needed and shrink the replicas to the target.
+    fn maybe_complete_reassignment(
+        &mut self,
+        out: &mut Vec<MetadataRecord>,
+        topic_id: Uuid,
+        partition_id: i32,
+    ) {
+        let cur = self.image.topics[&topic_id].partitions[&partition_id].clone();
+        if cur.adding_replicas.is_empty() && cur.removing_replicas.is_empty() {
+            return;
+        }
+        if !cur.adding_replicas.iter().all(|b| cur.isr.contains(b)) {
+            return;
+        }
+        let target: Vec<BrokerId> = cur
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| !cur.removing_replicas.contains(b))
+            .collect();
+        let mut next = cur.clone();
+        next.replicas = target.clone();
+        next.isr.retain(|b| target.contains(b));
+        next.elr.retain(|b| target.contains(b));
+        next.adding_replicas.clear();
+        next.removing_replicas.clear();
+        if next.isr.is_empty() {
+            return; // wait: no target replica is in sync yet
+        }
+        if !next.isr.contains(&next.leader) {
+            next.leader = NO_LEADER;
+            self.elect(&mut next);
+        }
+        self.partition_change(out, topic_id, partition_id, next);
+    }
+
+    /// ListPartitionReassignments (all topics when `topics` is None).
+    pub fn list_reassignments(&self, topics: Option<&[String]>) -> Vec<OngoingReassignment> {
+        let mut out = Vec::new();
+        for t in self.image.topics.values() {
+            if topics.is_some_and(|names| !names.contains(&t.name)) {
+                continue;
+            }
+            for (p, r) in &t.partitions {
+                if !r.adding_replicas.is_empty() || !r.removing_replicas.is_empty() {
+                    out.push(OngoingReassignment {
+                        topic: t.name.clone(),
+                        partition_id: *p,
+                        replicas: r.replicas.clone(),
+                        adding_replicas: r.adding_replicas.clone(),
+                        removing_replicas: r.removing_replicas.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(bugs: Vec<ControllerBug>) -> (Controller, Vec<BrokerEpoch>) {
+        let config = ControllerConfig {
+            bugs,
+            ..ControllerConfig::default()
+        };
+        let mut c = Controller::new(config, MetadataImage::default(), 1, 0);
+        let mut epochs = Vec::new();
+        for b in 1..=3 {
+            let (epoch, _) =
+                c.register_broker(0, b, Uuid::new_v4(), format!("127.0.0.1:{}", 9090 + b), -1);
+            let (reply, _) = c.heartbeat(0, b, epoch, epoch, false, false).unwrap();
+            assert!(!reply.is_fenced);
+            epochs.push(epoch);
+        }
+        (c, epochs)
+    }
+
+    #[test]
+    fn broker_epoch_is_the_offset_of_its_registration_record() {
+        let mut c = Controller::new(ControllerConfig::default(), MetadataImage::default(), 10, 0);
+        let (epoch, records) = c.register_broker(0, 1, Uuid::new_v4(), "h:1".into(), -1);
+        assert_eq!(epoch, 10);
+        assert_eq!(records.len(), 1);
+        // Not caught up yet: stays fenced.
+        let (reply, _) = c.heartbeat(1, 1, epoch, 5, false, false).unwrap();
+        assert!(reply.is_fenced && !reply.is_caught_up);
+        assert_eq!(
+            c.heartbeat(1, 1, epoch - 1, 20, false, false).unwrap_err(),
+            ControllerError::StaleBrokerEpoch
+        );
+        let (reply, _) = c.heartbeat(1, 1, epoch, 10, false, false).unwrap();
+        assert!(!reply.is_fenced);
+    }
+
+    #[test]
+    fn a_lapsed_session_fences_the_broker_and_moves_its_leaderships_to_the_isr() {
+        let (mut c, epochs) = cluster(vec![]);
+        let (id, _) = c.create_topic("t", 3, 3).unwrap();
+        for b in [2, 3] {
+            c.heartbeat(8000, b, epochs[b as usize - 1], 100, false, false)
+                .unwrap();
+        }
+        let led: Vec<i32> = c.image().topics[&id]
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.leader == 1)
+            .map(|(i, _)| *i)
+            .collect();
+        assert!(!led.is_empty());
+        let records = c.tick(10_000);
+        assert!(!records.is_empty());
+        assert!(c.image().brokers[&1].fenced);
+        for p in c.image().topics[&id].partitions.values() {
+            assert_ne!(p.leader, 1);
+            assert!(!p.isr.contains(&1));
+        }
+    }
+
+    #[test]
+    fn elr_keeps_the_last_isr_members_electable_and_unclean_election_needs_its_flag() {
+        for bugs in [vec![], vec![ControllerBug::UncleanElection]] {
+            let unclean = !bugs.is_empty();
+            let (mut c, epochs) = cluster(bugs);
+            let (id, _) = c.create_topic("t", 1, 3).unwrap();
+            let order = c.image().topics[&id].partitions[&0].replicas.clone();
+            // Fence the replicas one by one (2nd, 3rd, then the leader): the ISR shrinks to
+            // nothing; the last ones removed below min.insync.replicas are in the ELR.
+            let mut now = 0;
+            for (i, gone) in [order[1], order[2], order[0]].into_iter().enumerate() {
+                now += 10_000;
+                for b in 1..=3 {
+                    let fenced_already = [order[1], order[2], order[0]][..=i].contains(&b);
+                    if !fenced_already {
+                        c.heartbeat(now - 1, b, epochs[b as usize - 1], 100, false, false)
+                            .unwrap();
+                    }
+                }
+                c.tick(now);
+                assert!(c.image().brokers[&gone].fenced);
+            }
+            let p = c.image().topics[&id].partitions[&0].clone();
+            assert_eq!(p.leader, NO_LEADER, "{p:?}");
+            assert!(
+                p.isr.is_empty() && p.elr.contains(&order[0]) && p.elr.contains(&order[2]),
+                "{p:?}"
+            );
+            // The first replica fenced (out of sync, not in the ELR) comes back.
+            let back = order[1];
+            let (reply, _) = c
+                .heartbeat(now, back, epochs[back as usize - 1], 100, false, false)
+                .unwrap();
+            assert!(!reply.is_fenced);
+            let p = c.image().topics[&id].partitions[&0].clone();
+            if unclean {
+                assert_eq!(
+                    p.leader, back,
+                    "unclean election picks the out-of-sync replica: {p:?}"
+                );
+            } else {
+                assert_eq!(p.leader, NO_LEADER, "stays offline without the flag: {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn alter_partition_checks_epochs() {
+        let (mut c, epochs) = cluster(vec![]);
+        let (id, _) = c.create_topic("t", 1, 3).unwrap();
+        let p = c.image().topics[&id].partitions[&0].clone();
+        let l = p.leader;
+        let le = epochs[l as usize - 1];
+        let mut out = Vec::new();
+        let mut req = AlterPartitionRequest {
+            topic_id: id,
+            partition_id: 0,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            new_isr: vec![(l, le)],
+        };
+        c.alter_partition(l, le, &req, &mut out).unwrap();
+        // Same partition epoch again: INVALID_UPDATE_VERSION.
+        assert_eq!(
+            c.alter_partition(l, le, &req, &mut out).unwrap_err(),
+            ControllerError::InvalidUpdateVersion
+        );
+        // Re-adding a follower with a stale broker epoch (KIP-903).
+        let f = p.replicas.iter().copied().find(|b| *b != l).unwrap();
+        req.partition_epoch = 1;
+        req.new_isr = vec![(l, le), (f, epochs[f as usize - 1] - 1)];
+        assert_eq!(
+            c.alter_partition(l, le, &req, &mut out).unwrap_err(),
+            ControllerError::IneligibleReplica
+        );
+        req.new_isr[1].1 = epochs[f as usize - 1];
+        let after = c.alter_partition(l, le, &req, &mut out).unwrap();
+        assert_eq!(after.isr.len(), 2);
+        assert_eq!(
+            c.alter_partition(f, epochs[f as usize - 1], &req, &mut out)
+                .unwrap_err(),
+            ControllerError::NotLeaderOrFollower
+        );
+    }
+
+    #[test]
+    fn reassignment_grows_waits_for_the_isr_then_shrinks() {
+        let (mut c, mut epochs) = cluster(vec![]);
+        let (e4, _) = c.register_broker(0, 4, Uuid::new_v4(), "h:4".into(), -1);
+        c.heartbeat(0, 4, e4, e4, false, false).unwrap();
+        epochs.push(e4);
+        let (id, _) = c.create_topic("t", 1, 1).unwrap();
+        let p = c.image().topics[&id].partitions[&0].clone();
+        let old = p.leader;
+        let target = vec![(old % 4) + 1];
+        let mut out = Vec::new();
+        c.alter_reassignment("t", 0, Some(target.clone()), &mut out)
+            .unwrap();
+        assert_eq!(c.list_reassignments(None).len(), 1);
+        let p = c.image().topics[&id].partitions[&0].clone();
+        assert_eq!(p.adding_replicas, target);
+        assert_eq!(p.removing_replicas, vec![old]);
+        // The new replica catches up: the leader adds it to the ISR; the controller finishes.
+        let req = AlterPartitionRequest {
+            topic_id: id,
+            partition_id: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: vec![
+                (old, epochs[old as usize - 1]),
+                (target[0], epochs[target[0] as usize - 1]),
+            ],
+        };
+        c.alter_partition(old, epochs[old as usize - 1], &req, &mut out)
+            .unwrap();
+        let p = c.image().topics[&id].partitions[&0].clone();
+        assert_eq!((p.replicas.clone(), p.leader), (target.clone(), target[0]));
+        assert!(c.list_reassignments(None).is_empty());
+        assert_eq!(
+            c.alter_reassignment("t", 0, None, &mut out).unwrap_err(),
+            ControllerError::NoReassignmentInProgress
+        );
+    }
+}
