@@ -135,6 +135,11 @@ pub struct Coordinator {
     pub assignment: [MemberSet; MAX_PARTITIONS],
     /// The committed offset of each partition: the next offset the group has to process.
     pub committed: [Offset; MAX_PARTITIONS],
+    /// Partitions with a committed offset at all; OffsetFetch of the others answers "none" and
+    /// the consumer falls back to `auto.offset.reset`. Tracked only under
+    /// `auto-offset-reset-latest`: with `earliest`, "none" positions a consumer at 0 like a
+    /// committed 0 does.
+    pub has_committed: PartitionSet,
 }
 
 /// Where a consumer process is in the group protocol, as the consumer itself believes.
@@ -267,6 +272,7 @@ pub enum OffsetsBug {
     NoGenerationFencing,
     AutoCommit,
     OverlappingAssignment,
+    AutoOffsetResetLatest,
 }
 
 impl OffsetsBug {
@@ -276,13 +282,15 @@ impl OffsetsBug {
             OffsetsBug::NoGenerationFencing => "no-generation-fencing",
             OffsetsBug::AutoCommit => "auto-commit",
             OffsetsBug::OverlappingAssignment => "overlapping-assignment",
+            OffsetsBug::AutoOffsetResetLatest => "auto-offset-reset-latest",
         }
     }
-    pub const ALL: [OffsetsBug; 4] = [
+    pub const ALL: [OffsetsBug; 5] = [
         OffsetsBug::CommitBeforeProcess,
         OffsetsBug::NoGenerationFencing,
         OffsetsBug::AutoCommit,
         OffsetsBug::OverlappingAssignment,
+        OffsetsBug::AutoOffsetResetLatest,
     ];
 }
 
@@ -310,6 +318,12 @@ static BUG_FLAGS: &[BugFlag] = &[
         meaning: "mutation: the leader's assignor gives a partition to two members (the classic coordinator does not validate SyncGroup)",
         source: "mutation; KIP-848 moves assignment to the coordinator",
         violates: "exclusive-ownership-per-generation",
+    },
+    BugFlag {
+        name: "auto-offset-reset-latest",
+        meaning: "auto.offset.reset=latest (Kafka's default): a partition without a committed offset starts at the log end",
+        source: "Kafka consumer docs: auto.offset.reset",
+        violates: "at-least-once",
     },
 ];
 
@@ -474,6 +488,13 @@ impl ConsumerOffsets {
                     s.zombie_commit = true;
                 }
                 s.coordinator.committed[p] = offsets[p];
+                if self.has(OffsetsBug::AutoOffsetResetLatest) {
+                    // With auto.offset.reset=earliest "no committed offset" and "committed
+                    // offset 0" position a consumer alike: the model tells them apart only
+                    // when the reset policy does, which keeps the correct state space small.
+                    s.coordinator.has_committed =
+                        s.coordinator.has_committed.with(p as PartitionId);
+                }
                 s.max_committed[p] = s.max_committed[p].max(offsets[p]);
             }
         } else {
@@ -654,9 +675,17 @@ impl Model for ConsumerOffsets {
                     for p in self.partition_ids() {
                         if g.assignment[p as usize].contains(member) {
                             c.assigned = c.assigned.with(p);
-                            // OffsetFetch: start at the committed offset.
-                            c.position[p as usize] = g.committed[p as usize];
-                            c.processed_upto[p as usize] = g.committed[p as usize];
+                            // OffsetFetch: start at the committed offset, or where
+                            // auto.offset.reset says when there is none.
+                            let start = if g.has_committed.contains(p)
+                                || !self.has(OffsetsBug::AutoOffsetResetLatest)
+                            {
+                                g.committed[p as usize]
+                            } else {
+                                s.hw[p as usize]
+                            };
+                            c.position[p as usize] = start;
+                            c.processed_upto[p as usize] = start;
                         }
                     }
                 }
@@ -762,6 +791,22 @@ pub fn zombie_overlaps_new_owner(m: &ConsumerOffsets, s: &State) -> bool {
                             && g.state == GroupState::Stable
                     })
         })
+}
+
+/// The committed offsets, `none` for a partition without one.
+fn committed_text(m: &ConsumerOffsets, g: &Coordinator) -> String {
+    let parts: Vec<String> = (0..m.partitions)
+        .map(|p| {
+            if g.has_committed.contains(p as PartitionId)
+                || !m.has(OffsetsBug::AutoOffsetResetLatest)
+            {
+                format!("p{p}:{}", g.committed[p])
+            } else {
+                format!("p{p}:none")
+            }
+        })
+        .collect();
+    parts.join(" ")
 }
 
 fn offsets_text(m: &ConsumerOffsets, offsets: &[Offset; MAX_PARTITIONS]) -> String {
@@ -901,8 +946,18 @@ impl KcheckModel for ConsumerOffsets {
             Action::SyncGroup { member } => {
                 if g.members.contains(member) {
                     format!(
-                        "c{member} gets its SyncGroup answer for generation {} and OffsetFetch positions it at the committed offsets",
-                        g.generation
+                        "c{member} gets its SyncGroup answer for generation {} and OffsetFetch positions it at the committed offsets{}",
+                        g.generation,
+                        if self.has(OffsetsBug::AutoOffsetResetLatest)
+                            && (0..self.partitions as PartitionId).any(|p| {
+                                g.assignment[p as usize].contains(member)
+                                    && !g.has_committed.contains(p)
+                            })
+                        {
+                            " (where there is none, auto.offset.reset=latest: the HW)"
+                        } else {
+                            ""
+                        }
                     )
                 } else {
                     format!("c{member}'s SyncGroup fails with UNKNOWN_MEMBER_ID")
@@ -981,7 +1036,7 @@ impl KcheckModel for ConsumerOffsets {
                 g.members,
                 g.joined,
                 owners.join(" "),
-                offsets_text(self, &g.committed)
+                committed_text(self, g)
             ),
             format!("log: HW=[{}]", offsets_text(self, &s.hw)),
         ];
