@@ -19,9 +19,9 @@
 //! Ghost (history) variables the invariants read, never seen by consumers or the coordinator:
 //! `processed` (which offsets some consumer's application has processed), `max_committed` (the
 //! highest offset ever committed per partition: the committed history as far as monotonicity
-//! needs it), `zombie_commit` (an OffsetCommit from outside the current generation changed a
-//! committed offset)
-//! and `duplicate` (some offset was processed twice).
+//! needs it), `zombie_commit` (a commit from someone other than the partition's owner in the
+//! current generation changed its committed offset) and `duplicate` (some offset was processed
+//! twice).
 
 use crate::catalog::{Bound, BugFlag, Config, KcheckModel};
 use crate::property::Property;
@@ -213,8 +213,8 @@ pub struct State {
     pub processed: [u8; MAX_PARTITIONS],
     /// Ghost: the highest offset ever committed per partition.
     pub max_committed: [Offset; MAX_PARTITIONS],
-    /// Ghost: an OffsetCommit from a member outside the current generation changed a committed
-    /// offset.
+    /// Ghost: an OffsetCommit changed the committed offset of a partition although the
+    /// committer was not its owner in the current generation (an older generation's zombie).
     pub zombie_commit: bool,
     /// Ghost: some offset was processed twice (at-least-once allows it).
     pub duplicate: bool,
@@ -483,8 +483,12 @@ impl ConsumerOffsets {
             let offsets = self.commit_offsets(&c, auto);
             for p in c.assigned.iter() {
                 let p = p as usize;
-                if !current && s.coordinator.committed[p] != offsets[p] {
-                    // A fenced member moved a committed offset: the ghost remembers it.
+                let g = &s.coordinator;
+                let owner = c.generation == g.generation && g.assignment[p].contains(m);
+                if !owner && g.committed[p] != offsets[p] {
+                    // Judged from the generation and the assignment, not from the membership
+                    // check the coordinator makes: the ghost records the harm, whatever let
+                    // the commit through.
                     s.zombie_commit = true;
                 }
                 s.coordinator.committed[p] = offsets[p];
@@ -739,8 +743,9 @@ pub fn at_least_once(m: &ConsumerOffsets, s: &State) -> bool {
     })
 }
 
-/// No OffsetCommit from a member outside the coordinator's current generation changed a
-/// committed offset. (Fencing rejects such a commit outright; the property states the harm.)
+/// Only an owner of a partition in the current generation moves its committed offset: no commit
+/// of an older generation's member takes effect. The coordinator never checks ownership (only
+/// member id and generation id), so this holds by the protocol, not by the check.
 pub fn no_zombie_commit(s: &State) -> bool {
     !s.zombie_commit
 }
@@ -860,7 +865,7 @@ impl KcheckModel for ConsumerOffsets {
             ),
             Property::always(
                 "no-zombie-commit",
-                "an OffsetCommit from a member outside the current generation never changes a committed offset",
+                "only the partition's owner in the current generation moves its committed offset: a zombie's commit never takes effect",
                 |_, s| no_zombie_commit(s),
             ),
             Property::always(
