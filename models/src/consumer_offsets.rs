@@ -333,7 +333,8 @@ static BOUNDS: &[Bound] = &[
         meaning: "consumer processes in the group",
         default: 2,
         release: 3,
-        min: 1,
+        // A zombie needs someone to take its partitions over (`zombie-overlaps-new-owner`).
+        min: 2,
         max: MAX_CONSUMERS as u32,
     },
     Bound {
@@ -365,7 +366,8 @@ static BOUNDS: &[Bound] = &[
         meaning: "sessions of live consumers that expire (zombies)",
         default: 1,
         release: 1,
-        min: 0,
+        // The non-vacuity properties need a zombie.
+        min: 1,
         max: 4,
     },
 ];
