@@ -333,6 +333,62 @@ fn bad_configuration_names_the_fix() {
     assert!(err.contains("between 1 and 3"), "{err}");
 }
 
+/// The symmetry reduction is sound only if relabelling consumers maps a state to one with the
+/// same representative and the same verdicts: walk the model and check every relabelling.
+fn symmetry_is_sound_along_a_walk(seed: u64) {
+    use stateright::Model;
+    let cfg = model()
+        .config(
+            &[],
+            &[
+                ("consumers".into(), 3),
+                ("crashes".into(), 2),
+                ("expiries".into(), 2),
+            ],
+        )
+        .unwrap();
+    let m = ConsumerOffsets::from_config(&cfg);
+    let perms: [[u8; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let properties = ConsumerOffsets::named_properties();
+    let mut rng = seed;
+    let mut s = m.init_states().remove(0);
+    let mut actions = Vec::new();
+    for _ in 0..60 {
+        let canon = m.canonical(&s);
+        for perm in &perms {
+            let image = consumer_offsets::permute(&s, perm);
+            assert_eq!(m.canonical(&image), canon, "{s:?} under {perm:?}");
+            for p in &properties {
+                if let kcheck_models::PropertyKind::Always(f)
+                | kcheck_models::PropertyKind::Sometimes(f) = p.kind
+                {
+                    assert_eq!(f(&m, &s), f(&m, &image), "{} is not symmetric", p.name);
+                }
+            }
+        }
+        actions.clear();
+        m.actions(&s, &mut actions);
+        let nexts: Vec<_> = actions
+            .drain(..)
+            .filter_map(|a| m.next_state(&s, a))
+            .collect();
+        if nexts.is_empty() {
+            break;
+        }
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        s = nexts[(rng >> 33) as usize % nexts.len()].clone();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
@@ -343,6 +399,11 @@ proptest! {
         if let Err(trace) = model().random_walk(&cfg, seed, 200) {
             panic!("random walk violated {}:\n{}", trace.property, trace.render());
         }
+    }
+
+    #[test]
+    fn relabelling_consumers_keeps_the_representative_and_the_verdicts(seed in any::<u64>()) {
+        symmetry_is_sound_along_a_walk(seed);
     }
 }
 
