@@ -181,7 +181,7 @@ static BOUNDS: &[Bound] = &[
         name: "records",
         meaning: "records the producer sends",
         default: 1,
-        release: 2,
+        release: 1,
         min: 1,
         max: 6,
     },
