@@ -180,7 +180,7 @@ fn can_complete_without_faults(m: &Reassignment, from: &reassignment::State) -> 
         }
         let mut actions = Vec::new();
         stateright::Model::actions(m, &s, &mut actions);
-        for a in actions.into_iter().filter(|a| via(a)) {
+        for a in actions.into_iter().filter(via) {
             if let Some(next) = stateright::Model::next_state(m, &s, a) {
                 if seen.insert(next.clone()) {
                     queue.push_back(next);
