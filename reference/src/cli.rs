@@ -331,6 +331,22 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
                 last = now;
             }
         });
+        // One line per change of the topic set, for operators and the process tests.
+        let mut image = client.image();
+        let node_id = cfg.node_id;
+        tokio::spawn(async move {
+            let mut last: Vec<String> = Vec::new();
+            while image.changed().await.is_ok() {
+                let (offset, topics) = {
+                    let i = image.borrow();
+                    (i.offset, i.topic_ids.keys().cloned().collect::<Vec<_>>())
+                };
+                if topics != last {
+                    println!("kcheck broker {node_id}: metadata offset {offset}, topics {topics:?}");
+                    last = topics;
+                }
+            }
+        });
         crate::server::serve(cfg, shutdown_signal()).await?;
     } else {
         shutdown_signal().await;
