@@ -282,6 +282,17 @@ fn bad_role_flags_are_clear_errors() {
         err.contains("unknown bug flag 'nope'") && err.contains("unclean-election"),
         "{err}"
     );
+    let (code, err) = run(&[
+        "broker",
+        "--process-roles",
+        "broker",
+        "--controller-quorum-voters",
+        voters,
+        "--node-id",
+        "2",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("is a voter"), "{err}");
     let (code, err) = run(&["broker", "--bug", "unclean-election"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--process-roles"), "{err}");

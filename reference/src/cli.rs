@@ -227,6 +227,11 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
         if !bugs.is_empty() {
             return Err("--bug flags of the controller need --process-roles controller".into());
         }
+        if voters.contains_key(&node_id) {
+            return Err(format!(
+                "--node-id {node_id} is a voter in --controller-quorum-voters: give this broker another id, or use --process-roles broker,controller"
+            ));
+        }
         None
     };
     Ok(Some(KraftArgs {
