@@ -188,6 +188,8 @@ pub struct ControllerClient {
     local: Option<Arc<ControllerNode>>,
     image_rx: watch::Receiver<Arc<MetadataImage>>,
     session: watch::Receiver<BrokerSession>,
+    /// The observer and session tasks, aborted by [`ControllerClient::shutdown`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ControllerClient {
@@ -224,11 +226,12 @@ impl ControllerClient {
             local: None,
             image_rx,
             session,
+            tasks: Mutex::new(Vec::new()),
         });
         // The observer: fetch __cluster_metadata, publish committed images.
         let timeout = Duration::from_millis(config.raft.request_timeout_ms);
         let voters = config.voters.clone();
-        tokio::spawn(async move {
+        let observer_task = tokio::spawn(async move {
             let mut conns: BTreeMap<NodeId, crate::controller_client::Connection> = voters
                 .iter()
                 .map(|(id, a)| (*id, Connection::new(a.to_string())))
@@ -264,7 +267,8 @@ impl ControllerClient {
             }
         });
         let c = client.clone();
-        tokio::spawn(async move { c.session_loop(session_tx).await });
+        let session_task = tokio::spawn(async move { c.session_loop(session_tx).await });
+        lock(&client.tasks).extend([observer_task, session_task]);
         client
     }
 
@@ -285,10 +289,20 @@ impl ControllerClient {
             image_rx: node.image(),
             local: Some(node),
             session,
+            tasks: Mutex::new(Vec::new()),
         });
         let c = client.clone();
-        tokio::spawn(async move { c.session_loop(session_tx).await });
+        let session_task = tokio::spawn(async move { c.session_loop(session_tx).await });
+        lock(&client.tasks).push(session_task);
         client
+    }
+
+    /// Stops observing and heartbeating (the broker process is going away; the controller
+    /// fences it once its session lapses).
+    pub fn shutdown(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
     }
 
     /// The committed metadata image, updated as the log is replicated.
