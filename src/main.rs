@@ -26,6 +26,7 @@ fn cli() -> Command {
         .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
+        .subcommand(kcheck_reference::cli::bench_quorum_command())
         .arg(
             Arg::new("quiet")
                 .long("quiet")
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
+        Some(("bench-quorum", m)) => kcheck_reference::cli::run_bench_quorum(m),
         _ => unreachable!("clap requires a known subcommand"),
     };
     ExitCode::from(code)
