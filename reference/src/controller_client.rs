@@ -297,6 +297,30 @@ impl ControllerClient {
         client
     }
 
+    /// Controlled shutdown (Kafka's `want_shut_down` heartbeat): the controller fences this
+    /// broker and moves its leaderships away before the process exits, then the client stops.
+    pub async fn controlled_shutdown(&self) -> anyhow::Result<()> {
+        let epoch =
+            self.session.borrow().broker_epoch.ok_or_else(|| {
+                anyhow::anyhow!("broker {} is not registered", self.config.node_id)
+            })?;
+        let req = BrokerHeartbeatRequest::default()
+            .with_broker_id(BrokerId(self.config.node_id))
+            .with_broker_epoch(epoch)
+            .with_current_metadata_offset(self.image_rx.borrow().offset)
+            .with_want_fence(true)
+            .with_want_shut_down(true);
+        let r = self.send_to_controller(0, &req, |r| r.error_code).await;
+        self.shutdown();
+        let r = r?;
+        anyhow::ensure!(
+            r.error_code == 0,
+            "controlled shutdown refused with error {}",
+            r.error_code
+        );
+        Ok(())
+    }
+
     /// Stops observing and heartbeating (the broker process is going away; the controller
     /// fences it once its session lapses).
     pub fn shutdown(&self) {

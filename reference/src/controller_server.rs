@@ -358,8 +358,19 @@ impl ControllerNode {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// A poisoned lock means a core assertion (a KRaft or metadata invariant) failed while it
+    /// was held: stop the process at the cause rather than run on a state that broke one.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(_) => {
+                eprintln!(
+                    "kcheck controller {}: an invariant assertion failed (see the panic above); stopping",
+                    self.config.node_id
+                );
+                std::process::exit(3);
+            }
+        }
     }
 
     pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {

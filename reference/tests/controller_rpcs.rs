@@ -177,10 +177,22 @@ async fn topics_reassignment_alter_partition_and_fencing_through_the_controller_
         .unwrap();
     assert!(listed.topics.is_empty(), "{listed:?}");
 
+    // Controlled shutdown of a broker that leads nothing here: it is fenced at once.
+    let idle = *brokers
+        .keys()
+        .find(|b| **b != target && **b != old && **b != 101)
+        .unwrap();
+    brokers[&idle].controlled_shutdown().await.unwrap();
+    let img = wait_image(c, "the shut down broker", |i| i.brokers[&idle].fenced).await;
+    assert!(img.brokers[&idle].in_controlled_shutdown);
+
     // The new leader's broker stops heartbeating: fenced, the partition goes offline (its
     // only replica), the broker is in the ELR.
     brokers[&target].shutdown();
-    let watcher = &brokers[brokers.keys().find(|b| **b != target).unwrap()];
+    let watcher = &brokers[brokers
+        .keys()
+        .find(|b| **b != target && **b != idle)
+        .unwrap()];
     let img = wait_image(watcher, "the fenced broker", |i| i.brokers[&target].fenced).await;
     let p = img.partition("moving", 0).unwrap();
     assert_eq!(p.leader, NO_LEADER, "{p:?}");
