@@ -5,7 +5,11 @@
 use crate::group::GroupCoordinator;
 use crate::log::{FlushPolicy, LogConfig, LogError, PartitionLog, ReadResult};
 use crate::offsets::{OffsetStore, OFFSETS_TOPIC};
-use crate::partition::{FetchBound, PartitionState, ProduceError};
+use crate::metadata::MetadataImage;
+use crate::partition::{
+    AlterPartitionRequest, BrokerBugs, FetchBound, FollowerFetch, FollowerFetchOutcome,
+    PartitionState, ProduceError, Transition,
+};
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
@@ -41,6 +45,27 @@ pub struct BrokerConfig {
     /// Largest request frame accepted (`socket.request.max.bytes`).
     pub max_request_bytes: usize,
     pub log: LogConfig,
+    /// The replicated data plane's settings (used once a metadata image drives the broker).
+    pub replication: ReplicationConfig,
+}
+
+/// Replication settings (Kafka's broker/topic configs of the same names) and the
+/// replication model's broker-side bug flags.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub min_insync_replicas: usize,
+    pub replica_lag_time_max_ms: u64,
+    pub bugs: BrokerBugs,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 30_000,
+            bugs: BrokerBugs::none(),
+        }
+    }
 }
 
 impl BrokerConfig {
@@ -54,6 +79,7 @@ impl BrokerConfig {
             default_partitions: 1,
             max_request_bytes: 100 * 1024 * 1024,
             log: LogConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -73,6 +99,17 @@ pub struct Broker {
     pub topics: BTreeMap<String, Topic>,
     pub offsets: OffsetStore,
     pub groups: GroupCoordinator,
+    /// Set once a metadata image drives the broker (cluster mode): partitions lead or
+    /// follow as the image says instead of being led by this broker alone.
+    pub cluster: bool,
+}
+
+/// A partition whose role changed when an image was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChange {
+    pub topic: String,
+    pub partition: i32,
+    pub transition: Transition,
 }
 
 /// Kafka's legal topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`. Also what keeps
@@ -149,7 +186,190 @@ impl Broker {
             topics,
             offsets,
             groups: GroupCoordinator::new(),
+            cluster: false,
         })
+    }
+
+    /// Switches to cluster mode before serving: every replica recovered from disk forgets
+    /// the sole leadership `open` gave it and waits for the metadata image to say what it is.
+    pub fn enter_cluster_mode(&mut self) {
+        self.cluster = true;
+        let cfg = self.config.clone();
+        for t in self.topics.values_mut() {
+            for r in &mut t.partitions {
+                let hw = PartitionLog::read_hw_checkpoint(r.log.dir())
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                r.state = follower_state(&cfg, r, hw);
+            }
+        }
+    }
+
+    /// Puts an appended acks=all request in the partition's purgatory.
+    pub fn await_acks_all(&mut self, topic: &str, p: i32, id: u64, last_offset: i64) {
+        if let Ok(r) = self.replica_mut(topic, p) {
+            r.state.await_acks_all(id, last_offset);
+        }
+    }
+
+    /// Applies a committed metadata image (cluster mode): creates local replicas of new
+    /// partitions assigned to this broker and applies every registration, carrying out what
+    /// each transition asks of the log (a new leader records its epoch start; under
+    /// `truncate-to-hw` a new follower truncates to its HW).
+    pub fn apply_image(&mut self, image: &MetadataImage, now_ms: u64) -> Vec<RoleChange> {
+        self.cluster = true;
+        let me = self.config.node_id;
+        let mut changes = Vec::new();
+        for topic in image.topics.values() {
+            let assigned = topic.partitions.values().any(|r| r.replicas.contains(&me));
+            if !assigned && !self.topics.contains_key(&topic.name) {
+                continue;
+            }
+            let count = topic.partitions.keys().max().map_or(0, |m| m + 1);
+            if !self.topics.contains_key(&topic.name) {
+                self.topics.insert(
+                    topic.name.clone(),
+                    Topic {
+                        id: topic.topic_id,
+                        partitions: Vec::new(),
+                    },
+                );
+            }
+            for (&p, registration) in &topic.partitions {
+                let t = self.topics.get_mut(&topic.name).expect("inserted above");
+                while (t.partitions.len() as i32) < count.max(p + 1) {
+                    let next = t.partitions.len() as i32;
+                    match open_follower_replica(&self.config, &topic.name, topic.topic_id, next)
+                    {
+                        Ok(r) => t.partitions.push(r),
+                        Err(e) => {
+                            tracing::error!(topic = %topic.name, partition = next, error = %e, "cannot open replica");
+                            break;
+                        }
+                    }
+                }
+                let Some(r) = t.partitions.get_mut(p as usize) else {
+                    continue;
+                };
+                let transition = r.state.apply_registration(registration, now_ms);
+                if let Err(e) = carry_out(r, &transition) {
+                    tracing::error!(topic = %topic.name, partition = p, error = %e, "storage error applying a partition change");
+                }
+                if !matches!(transition, Transition::Stale) {
+                    changes.push(RoleChange {
+                        topic: topic.name.clone(),
+                        partition: p,
+                        transition,
+                    });
+                }
+            }
+        }
+        changes
+    }
+
+    /// The leader's side of a follower fetch: KIP-320 fencing, the diverging-epoch check,
+    /// the follower's state and the HW; then the records from the fetch offset to the LEO.
+    pub fn follower_fetch(
+        &mut self,
+        topic: &str,
+        p: i32,
+        fetch: &FollowerFetch,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<(FollowerFetchOutcome, Vec<u8>), i16> {
+        let r = self.replica_mut(topic, p)?;
+        let epochs = r.log.epochs().clone();
+        let outcome = r.state.on_follower_fetch(fetch, &epochs, now_ms);
+        let mut records = Vec::new();
+        if let FollowerFetchOutcome::Read { .. } = outcome {
+            let leo = r.state.log_end_offset;
+            if let ReadResult::Records(data) = r
+                .log
+                .read(fetch.fetch_offset, max_bytes, leo)
+                .map_err(storage_error)?
+            {
+                records = data;
+            }
+        }
+        Ok((outcome, records))
+    }
+
+    /// The follower's side of a fetch response for one partition, if this broker still
+    /// follows in `leader_epoch`: append the records and take the leader's HW, or truncate on
+    /// a diverging epoch (one KIP-279 round). Returns whether the log changed.
+    pub fn on_fetch_response(
+        &mut self,
+        topic: &str,
+        p: i32,
+        leader_epoch: i32,
+        response: FetchedPartition,
+    ) -> Result<bool, i16> {
+        let r = self.replica_mut(topic, p)?;
+        if r.state.leader_epoch != leader_epoch || r.state.following().is_none() {
+            return Ok(false);
+        }
+        match response {
+            FetchedPartition::Records {
+                records,
+                high_watermark,
+            } => {
+                let n = if records.is_empty() {
+                    0
+                } else {
+                    r.log.append_as_follower(&records).map_err(|e| {
+                        tracing::error!(topic, partition = p, error = %e, "follower append failed");
+                        code::KAFKA_STORAGE_ERROR
+                    })?
+                };
+                r.state
+                    .on_follower_append(r.log.log_end_offset(), high_watermark);
+                Ok(n > 0)
+            }
+            FetchedPartition::Diverging { epoch, end_offset } => {
+                let to = crate::partition::truncation_offset(
+                    r.log.epochs(),
+                    r.log.log_end_offset(),
+                    r.state.high_watermark,
+                    epoch,
+                    end_offset,
+                );
+                tracing::info!(topic, partition = p, epoch, end_offset, truncate_to = to, "diverging epoch: truncating");
+                let leo = r.log.truncate_to(to).map_err(storage_error)?;
+                r.state.on_truncated(leo);
+                Ok(true)
+            }
+            FetchedPartition::OffsetOutOfRange { leader_log_end_offset } => {
+                let leo = r
+                    .log
+                    .truncate_to(leader_log_end_offset)
+                    .map_err(storage_error)?;
+                r.state.on_truncated(leo);
+                Ok(true)
+            }
+        }
+    }
+
+    /// ISR shrink decisions of every partition this broker leads (`replica.lag.time.max.ms`).
+    pub fn shrink_isrs(&mut self, now_ms: u64) -> Vec<(Uuid, String, AlterPartitionRequest)> {
+        let mut out = Vec::new();
+        for (name, t) in &mut self.topics {
+            for r in &mut t.partitions {
+                if let Some(req) = r.state.maybe_shrink_isr(now_ms) {
+                    out.push((t.id, name.clone(), req));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every acks=all request decided since the last call, over all partitions.
+    pub fn take_completed_acks(&mut self) -> Vec<(u64, i16)> {
+        self.topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+            .flat_map(|r| r.state.take_completed_acks())
+            .collect()
     }
 
     pub fn create_topic(&mut self, name: &str, partitions: i32) -> Result<Uuid, i16> {
@@ -212,7 +432,7 @@ impl Broker {
             .ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)
     }
 
-    fn replica_mut(&mut self, topic: &str, p: i32) -> Result<&mut Replica, i16> {
+    pub fn replica_mut(&mut self, topic: &str, p: i32) -> Result<&mut Replica, i16> {
         self.topics
             .get_mut(topic)
             .and_then(|t| t.partitions.get_mut(usize::try_from(p).ok()?))
@@ -228,14 +448,33 @@ impl Broker {
 
     /// Validates, assigns offsets, appends (and fsyncs under `--flush always`).
     pub fn produce(&mut self, topic: &str, p: i32, records: Vec<u8>) -> Result<Appended, i16> {
+        self.produce_acks(topic, p, records, 1)
+    }
+
+    /// Produce with the request's `acks`: acks=all is refused while the ISR is below
+    /// min.insync.replicas (NOT_ENOUGH_REPLICAS).
+    pub fn produce_acks(
+        &mut self,
+        topic: &str,
+        p: i32,
+        records: Vec<u8>,
+        acks: i16,
+    ) -> Result<Appended, i16> {
         let flush = self.config.flush;
         let r = self.replica_mut(topic, p)?;
+        r.state.check_produce(acks).map_err(|e| match e {
+            ProduceError::NotEnoughReplicas { .. } => crate::partition::code::NOT_ENOUGH_REPLICAS,
+            _ => code::NOT_LEADER_OR_FOLLOWER,
+        })?;
         let plan = r.state.prepare_append(records).map_err(|e| {
             tracing::warn!(topic, partition = p, error = %e, "rejected produce");
             match e {
                 ProduceError::Corrupt(_) => code::CORRUPT_MESSAGE,
                 ProduceError::Invalid(_) => code::INVALID_RECORD,
                 ProduceError::NotLeader => code::NOT_LEADER_OR_FOLLOWER,
+                ProduceError::NotEnoughReplicas { .. } => {
+                    crate::partition::code::NOT_ENOUGH_REPLICAS
+                }
             }
         })?;
         r.log
@@ -254,6 +493,9 @@ impl Broker {
 
     pub fn read(&self, topic: &str, p: i32, offset: i64, max_bytes: usize) -> Result<Read, i16> {
         let r = self.replica(topic, p)?;
+        if self.cluster && !r.state.is_leader() {
+            return Err(code::NOT_LEADER_OR_FOLLOWER);
+        }
         let upto = match r.state.fetch_bound(offset, false) {
             FetchBound::OutOfRange => return Err(code::OFFSET_OUT_OF_RANGE),
             FetchBound::UpTo(o) => o,
@@ -343,6 +585,64 @@ pub fn write_checkpoints(snapshot: Vec<(PathBuf, i64, Option<i64>)>) {
             tracing::warn!(dir = %dir.display(), error = %e, "checkpoint failed");
         }
     }
+}
+
+/// What a follower got back for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchedPartition {
+    Records { records: Vec<u8>, high_watermark: i64 },
+    Diverging { epoch: i32, end_offset: i64 },
+    OffsetOutOfRange { leader_log_end_offset: i64 },
+}
+
+fn carry_out(r: &mut Replica, t: &Transition) -> Result<(), LogError> {
+    match t {
+        Transition::BecomeLeader { leader_epoch } => {
+            r.log.assign_epoch_at_leo(*leader_epoch)?;
+            tracing::info!(partition = r.state.partition, leader_epoch, leo = r.log.log_end_offset(), "became leader");
+        }
+        Transition::BecomeFollower {
+            leader,
+            leader_epoch,
+            truncate_to,
+        } => {
+            if let Some(offset) = truncate_to {
+                let leo = r.log.truncate_to(*offset)?;
+                r.state.on_truncated(leo);
+            }
+            tracing::info!(partition = r.state.partition, leader, leader_epoch, "became follower");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A replica whose role the metadata image decides (cluster mode): it starts neither
+/// leading nor following, with its HW from the checkpoint.
+fn open_follower_replica(
+    cfg: &BrokerConfig,
+    topic: &str,
+    id: Uuid,
+    p: i32,
+) -> anyhow::Result<Replica> {
+    let mut r = open_replica(cfg, topic, id, p)?;
+    let hw = PartitionLog::read_hw_checkpoint(r.log.dir())?.unwrap_or(0);
+    r.state = follower_state(cfg, &r, hw);
+    Ok(r)
+}
+
+fn follower_state(cfg: &BrokerConfig, r: &Replica, hw: i64) -> PartitionState {
+    let mut state = PartitionState::new(
+        r.state.partition,
+        cfg.node_id,
+        r.log.log_start_offset(),
+        r.log.log_end_offset(),
+        hw,
+    );
+    state.min_insync_replicas = cfg.replication.min_insync_replicas;
+    state.replica_lag_time_max_ms = cfg.replication.replica_lag_time_max_ms;
+    state.bugs = cfg.replication.bugs.clone();
+    state
 }
 
 fn read_topic_id(dir: &Path) -> Option<Uuid> {

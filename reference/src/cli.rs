@@ -4,6 +4,7 @@ use crate::broker::BrokerConfig;
 use crate::log::FlushPolicy;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub fn broker_command() -> Command {
     Command::new("broker")
@@ -69,6 +70,20 @@ pub fn broker_command() -> Command {
                 .help("Switch on a protocol bug flag (off by default; refused unless named here)"),
         )
         .arg(
+            Arg::new("min-insync-replicas")
+                .long("min-insync-replicas")
+                .default_value("1")
+                .value_parser(clap::value_parser!(u16).range(1..))
+                .help("min.insync.replicas: acks=all needs this many ISR members (cluster mode)"),
+        )
+        .arg(
+            Arg::new("replica-lag-time-max-ms")
+                .long("replica-lag-time-max-ms")
+                .default_value("30000")
+                .value_parser(clap::value_parser!(u64))
+                .help("replica.lag.time.max.ms: a follower not caught up this long leaves the ISR"),
+        )
+        .arg(
             Arg::new("broker-session-timeout-ms")
                 .long("broker-session-timeout-ms")
                 .default_value("9000")
@@ -124,7 +139,57 @@ pub fn broker_config(m: &ArgMatches) -> Result<BrokerConfig, String> {
     cfg.max_request_bytes = *m
         .get_one::<usize>("max-request-bytes")
         .expect("has default");
+    let (broker_bugs, _) = split_bug_flags(&bug_names(m))?;
+    cfg.replication = crate::broker::ReplicationConfig {
+        min_insync_replicas: usize::from(
+            *m.get_one::<u16>("min-insync-replicas")
+                .expect("has default"),
+        ),
+        replica_lag_time_max_ms: *m
+            .get_one::<u64>("replica-lag-time-max-ms")
+            .expect("has default"),
+        bugs: crate::partition::BrokerBugs::parse(&broker_bugs)?,
+    };
     Ok(cfg)
+}
+
+fn bug_names(m: &ArgMatches) -> Vec<String> {
+    m.get_many::<String>("bug")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Splits `--bug` names into the broker's (data plane, [`crate::partition::BROKER_BUGS`]) and
+/// the controller's ([`crate::controller::ControllerBug`]); a flag with a half on each side
+/// (`last-replica-standing`, `no-broker-epoch-check`) goes to both. Unknown names are refused
+/// with every known one.
+pub fn split_bug_flags(names: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
+    use crate::controller::ControllerBug;
+    let (mut broker, mut controller) = (Vec::new(), Vec::new());
+    for n in names {
+        let b = crate::partition::BROKER_BUGS.iter().any(|x| x.name() == n);
+        let c = ControllerBug::ALL.iter().any(|x| x.name() == n);
+        if !b && !c {
+            let mut known: Vec<&str> = crate::partition::BROKER_BUGS
+                .iter()
+                .map(|x| x.name())
+                .chain(ControllerBug::ALL.iter().map(|x| x.name()))
+                .collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(format!(
+                "unknown bug flag '{n}' for kcheck broker (known: {})",
+                known.join(", ")
+            ));
+        }
+        if b {
+            broker.push(n.clone());
+        }
+        if c {
+            controller.push(n.clone());
+        }
+    }
+    Ok((broker, controller))
 }
 
 pub fn init_tracing() {
@@ -150,11 +215,10 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
     let roles = m.get_one::<String>("process-roles");
     let listen = m.get_one::<String>("controller-listen");
     let voters = m.get_one::<String>("controller-quorum-voters");
-    let bugs: Vec<String> = m
-        .get_many::<String>("bug")
-        .map(|v| v.cloned().collect())
-        .unwrap_or_default();
+    let all_bugs = bug_names(m);
+    let (broker_bugs, controller_bugs) = split_bug_flags(&all_bugs)?;
     let Some(roles) = roles else {
+        let bugs = all_bugs;
         if listen.is_some() || voters.is_some() || !bugs.is_empty() {
             return Err("--controller-listen, --controller-quorum-voters and --bug need --process-roles broker|controller|broker,controller".into());
         }
@@ -175,10 +239,17 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
     let voters = voters.ok_or("--process-roles needs --controller-quorum-voters ID@HOST:PORT,...")?;
     let voters = crate::controller_client::parse_voters(voters)?;
     let node_id = *m.get_one::<i32>("node-id").expect("has default");
-    let bugs = bugs
+    let bugs = controller_bugs
         .iter()
         .map(|b| ControllerBug::parse(b))
         .collect::<Result<Vec<_>, _>>()?;
+    if !broker {
+        if let Some(b) = broker_bugs.iter().find(|b| !controller_bugs.contains(b)) {
+            return Err(format!(
+                "bug flag '{b}' is a broker choice: it needs --process-roles broker or broker,controller"
+            ));
+        }
+    }
     let controller = if controller {
         let listen = listen.ok_or("--process-roles controller needs --controller-listen HOST:PORT")?;
         let listen: std::net::SocketAddr = listen
@@ -224,8 +295,10 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
         if listen.is_some() {
             return Err("--controller-listen is only for --process-roles controller or broker,controller".into());
         }
-        if !bugs.is_empty() {
-            return Err("--bug flags of the controller need --process-roles controller".into());
+        if let Some(b) = controller_bugs.iter().find(|b| !broker_bugs.contains(b)) {
+            return Err(format!(
+                "bug flag '{b}' is a controller choice: it needs --process-roles controller or broker,controller"
+            ));
         }
         if voters.contains_key(&node_id) {
             return Err(format!(
@@ -337,13 +410,13 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
             }
         });
         // One line per change of the topic set, for operators and the process tests.
-        let mut image = client.image();
+        let mut topics_rx = client.image();
         let node_id = cfg.node_id;
         tokio::spawn(async move {
             let mut last: Vec<String> = Vec::new();
-            while image.changed().await.is_ok() {
+            while topics_rx.changed().await.is_ok() {
                 let (offset, topics) = {
-                    let i = image.borrow();
+                    let i = topics_rx.borrow();
                     (i.offset, i.topic_ids.keys().cloned().collect::<Vec<_>>())
                 };
                 if topics != last {
@@ -352,7 +425,13 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
                 }
             }
         });
-        crate::server::serve(cfg, shutdown_signal()).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", cfg.listen))?;
+        let image = client.image();
+        let channel: Arc<dyn crate::replication::ControllerChannel> =
+            Arc::new(crate::replication::ClientChannel(client.clone()));
+        crate::server::serve_cluster(listener, cfg, image, channel, shutdown_signal()).await?;
     } else {
         shutdown_signal().await;
     }

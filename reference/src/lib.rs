@@ -4,6 +4,8 @@
 //! - [`log`]: durable segmented partition log with recovery
 //! - [`partition`]: sans-IO partition replica state (LEO, HW, ISR, leader epoch)
 //! - [`metadata`]: `__cluster_metadata` records and the metadata image brokers build from them
+//! - [`replication`]: the replicated data plane's tokio adapters (image listener, replica
+//!   fetchers, AlterPartition)
 pub mod alloc_guard;
 pub mod batch;
 pub mod bench;
@@ -11,6 +13,7 @@ pub mod bench_quorum;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod group;
 pub mod log;
 pub mod metadata;
@@ -21,6 +24,7 @@ pub mod raft;
 pub mod controller;
 pub mod controller_client;
 pub mod controller_server;
+pub mod replication;
 pub mod server;
 
 /// Re-exported so tests and tools build requests with the same codec version.

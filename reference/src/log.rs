@@ -14,7 +14,7 @@
 
 use crate::batch::{self, BatchError, BatchHeader, HEADER_SIZE};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -80,6 +80,17 @@ pub enum LogError {
     },
     #[error("malformed checkpoint {path}: {detail}")]
     BadCheckpoint { path: PathBuf, detail: String },
+}
+
+/// Why a follower could not append what it fetched.
+#[derive(Debug, Error)]
+pub enum FollowerAppendError {
+    #[error("fetched records are corrupt: {0}")]
+    Corrupt(BatchError),
+    #[error("fetched batch at offset {base_offset} does not continue the log at its LEO {log_end_offset}")]
+    OutOfOrder { base_offset: i64, log_end_offset: i64 },
+    #[error(transparent)]
+    Log(LogError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -441,6 +452,98 @@ impl PartitionLog {
             epochs_changed |= self.epochs.assign(h.partition_leader_epoch, h.base_offset);
         }
         if epochs_changed {
+            self.checkpoint_epochs()?;
+        }
+        Ok(())
+    }
+
+    /// Appends batches a follower fetched from its leader (offsets and leader epochs already
+    /// assigned by the leader). Every batch must pass its CRC and continue the log exactly at
+    /// the LEO: a gap or an overlap means the fetcher lost track of its position, and writing
+    /// it would break the log's offset order, so it is refused.
+    pub fn append_as_follower(&mut self, data: &[u8]) -> Result<usize, FollowerAppendError> {
+        let scan = batch::scan(data);
+        if let Some(e) = scan.stopped {
+            // A fetch response may end in a partial batch (the leader cut at max bytes):
+            // Kafka drops the partial tail, and so do we, as long as at least one whole
+            // batch came before it or the data is only a partial one.
+            if !matches!(e, BatchError::Truncated { .. }) {
+                return Err(FollowerAppendError::Corrupt(e));
+            }
+        }
+        let mut expected = self.leo;
+        for (_, h) in &scan.batches {
+            if h.base_offset != expected {
+                return Err(FollowerAppendError::OutOfOrder {
+                    base_offset: h.base_offset,
+                    log_end_offset: expected,
+                });
+            }
+            expected = h.last_offset() + 1;
+        }
+        let end = scan.batches.last().map_or(0, |(pos, h)| pos + h.size);
+        self.append(&data[..end], &scan.batches)
+            .map_err(FollowerAppendError::Log)?;
+        Ok(scan.batches.len())
+    }
+
+    /// Truncates the log to `offset` (Kafka's `UnifiedLog.truncateTo`): every batch whose
+    /// last offset is at or above it goes, whole, so the new LEO is the end of the last
+    /// batch kept (at most `offset`). The leader-epoch cache drops the epochs that started in
+    /// the removed tail (KIP-101's `truncateFromEnd`). Returns the new LEO.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<i64, LogError> {
+        if offset >= self.leo {
+            return Ok(self.leo);
+        }
+        let offset = offset.max(self.log_start_offset);
+        while self.segments.len() > 1
+            && self.segments.last().expect("non-empty").base_offset >= offset
+        {
+            let seg = self.segments.pop().expect("non-empty");
+            let index = self.dir.join(Segment::file_name(seg.base_offset, "index"));
+            drop(seg.file);
+            drop(seg.index_file);
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            let _ = fs::remove_file(&index);
+        }
+        let seg = self.segments.last_mut().expect("always one segment");
+        let mut pos = seg.lookup(offset);
+        let mut new_leo = seg.base_offset;
+        if pos > 0 {
+            // The indexed batch starts at or below `offset`; the batches before it are kept.
+            let i = seg.index.partition_point(|&(o, _)| o <= offset);
+            new_leo = seg.index[i - 1].0;
+        }
+        while pos < seg.size {
+            let h = seg.read_header(pos).map_err(io_err(&seg.path))?;
+            if h.last_offset() >= offset {
+                break;
+            }
+            new_leo = h.last_offset() + 1;
+            pos += h.size as u64;
+        }
+        seg.file.set_len(pos).map_err(io_err(&seg.path))?;
+        seg.size = pos;
+        seg.index.retain(|&(_, p)| u64::from(p) < pos);
+        let kept = (seg.index.len() * 8) as u64;
+        let ipath = self.dir.join(Segment::file_name(seg.base_offset, "index"));
+        seg.index_file.set_len(kept).map_err(io_err(&ipath))?;
+        seg.index_file
+            .seek(io::SeekFrom::Start(kept))
+            .map_err(io_err(&ipath))?;
+        seg.bytes_since_index = usize::MAX;
+        self.leo = new_leo;
+        self.recovery_point = self.recovery_point.min(new_leo);
+        self.epochs.truncate_from_end(new_leo);
+        self.checkpoint_epochs()?;
+        self.checkpoint_recovery_point()?;
+        Ok(new_leo)
+    }
+
+    /// Records that `epoch` starts at the LEO: a new leader does this before its first append
+    /// so that OffsetsForLeaderEpoch / diverging-epoch answers see its epoch (KIP-101).
+    pub fn assign_epoch_at_leo(&mut self, epoch: i32) -> Result<(), LogError> {
+        if self.epochs.assign(epoch, self.leo) {
             self.checkpoint_epochs()?;
         }
         Ok(())

@@ -57,6 +57,9 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::ApiVersions => (0, 4),
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
+        // Forwarded to the controller in cluster mode (KIP-455).
+        ApiKey::AlterPartitionReassignments => (0, 0),
+        ApiKey::ListPartitionReassignments => (0, 0),
         _ => return None,
     };
     let v = key.valid_versions();
@@ -67,7 +70,12 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
 pub struct Shared {
     pub broker: Mutex<Broker>,
     /// Woken on every append so long-polling fetches re-check (Kafka's DelayedFetch purgatory).
-    appended: Notify,
+    pub(crate) appended: Notify,
+    /// Cluster mode: the metadata image and the controller channel.
+    pub(crate) cluster: Option<crate::replication::Cluster>,
+    /// acks=all produce requests waiting for the HW (Kafka's DelayedProduce purgatory).
+    acks: Mutex<HashMap<u64, oneshot::Sender<i16>>>,
+    next_ack: AtomicU64,
     waiters: Mutex<HashMap<RequestId, oneshot::Sender<Reply>>>,
     next_request: AtomicU64,
     started: Instant,
@@ -76,10 +84,24 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, Broker> {
+    /// Answers the acks=all requests the partition cores decided (call with the lock held,
+    /// after anything that can move a HW).
+    pub(crate) fn deliver_acks(&self, b: &mut Broker) {
+        let done = b.take_completed_acks();
+        if done.is_empty() {
+            return;
+        }
+        let mut w = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, code) in done {
+            if let Some(tx) = w.remove(&id) {
+                let _ = tx.send(code);
+            }
+        }
+    }
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Broker> {
         self.broker.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn deliver(&self, replies: Vec<Reply>) {
@@ -127,12 +149,41 @@ pub async fn serve_listener(
     config: BrokerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_inner(listener, config, None, shutdown).await
+}
+
+/// Serves a broker of a replicated cluster: partitions lead and follow as the committed
+/// metadata image says, followers fetch from their leaders, ISR changes and CreateTopics go
+/// to the controller.
+pub async fn serve_cluster(
+    listener: TcpListener,
+    config: BrokerConfig,
+    image: tokio::sync::watch::Receiver<Arc<crate::metadata::MetadataImage>>,
+    controller: Arc<dyn crate::replication::ControllerChannel>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let cluster = crate::replication::Cluster::new(image, controller);
+    serve_inner(listener, config, Some(cluster), shutdown).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    config: BrokerConfig,
+    cluster: Option<crate::replication::Cluster>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let flush = config.flush;
-    let broker = Broker::open(config)?;
+    let mut broker = Broker::open(config)?;
+    if cluster.is_some() {
+        broker.enter_cluster_mode();
+    }
     let shared = Arc::new(Shared {
         broker: Mutex::new(broker),
         appended: Notify::new(),
+        cluster,
+        acks: Mutex::new(HashMap::new()),
+        next_ack: AtomicU64::new(1),
         waiters: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
         started: Instant::now(),
@@ -142,6 +193,9 @@ pub async fn serve_listener(
     tracing::info!(%addr, "kcheck broker listening");
     println!("kcheck broker listening on {addr}");
     spawn_timers(shared.clone(), flush);
+    if shared.cluster.is_some() {
+        crate::replication::start(shared.clone());
+    }
     let accept = async {
         loop {
             match listener.accept().await {
@@ -350,7 +404,30 @@ async fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Bytes
         }
         ApiKey::CreateTopics => {
             let req: CreateTopicsRequest = decode(&mut f)?;
-            encode_response(corr, v, &create_topics(shared, req, v))?
+            let resp = match &shared.cluster {
+                Some(c) => c.controller.create_topics(req, v).await,
+                None => create_topics(shared, req, v),
+            };
+            encode_response(corr, v, &resp)?
+        }
+        ApiKey::AlterPartitionReassignments => {
+            let req: AlterPartitionReassignmentsRequest = decode(&mut f)?;
+            let resp = match &shared.cluster {
+                Some(c) => c.controller.alter_partition_reassignments(req).await,
+                // A single broker has no replicas to move.
+                None => AlterPartitionReassignmentsResponse::default()
+                    .with_error_code(code::UNSUPPORTED_VERSION),
+            };
+            encode_response(corr, v, &resp)?
+        }
+        ApiKey::ListPartitionReassignments => {
+            let req: ListPartitionReassignmentsRequest = decode(&mut f)?;
+            let resp = match &shared.cluster {
+                Some(c) => c.controller.list_partition_reassignments(req).await,
+                None => ListPartitionReassignmentsResponse::default()
+                    .with_error_code(code::UNSUPPORTED_VERSION),
+            };
+            encode_response(corr, v, &resp)?
         }
         ApiKey::DeleteTopics => {
             let req: DeleteTopicsRequest = decode(&mut f)?;
@@ -359,7 +436,7 @@ async fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Bytes
         ApiKey::Produce => {
             let req: ProduceRequest = decode(&mut f)?;
             let acks = req.acks;
-            let resp = produce(shared, req, v);
+            let resp = produce(shared, req, v).await;
             if acks == 0 {
                 return Ok(None);
             }
@@ -434,7 +511,96 @@ fn api_versions() -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_api_keys(api_keys)
 }
 
+/// Metadata answered from the committed metadata image (cluster mode): every unfenced
+/// broker, and for each partition its leader, leader epoch, replicas, ISR and the replicas
+/// that are offline (fenced or unregistered). Any broker forwards CreateTopics, so the
+/// lowest active broker id is named as the "controller" for clients that need one.
+fn metadata_from_image(
+    image: &crate::metadata::MetadataImage,
+    req: MetadataRequest,
+    v: i16,
+) -> MetadataResponse {
+    let brokers: Vec<MetadataResponseBroker> = image
+        .active_brokers()
+        .filter_map(|reg| {
+            let (host, port) = reg.endpoint.rsplit_once(':')?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(reg.broker_id))
+                    .with_host(s(host))
+                    .with_port(port.parse().ok()?),
+            )
+        })
+        .collect();
+    let names: Vec<String> = match req.topics {
+        Some(ts) if !(v == 0 && ts.is_empty()) => ts
+            .into_iter()
+            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .collect(),
+        _ => image.topic_ids.keys().cloned().collect(),
+    };
+    let online = |b: &i32| image.brokers.get(b).is_some_and(|r| !r.fenced);
+    let topics = names
+        .into_iter()
+        .map(|name| {
+            let mut t = MetadataResponseTopic::default().with_name(Some(TopicName(s(&name))));
+            match image.topic(&name) {
+                None => t.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(topic) => {
+                    if v >= 10 {
+                        t.topic_id = topic.topic_id;
+                    }
+                    t.partitions = topic
+                        .partitions
+                        .iter()
+                        .map(|(&i, reg)| {
+                            let ids = |v: &[i32]| v.iter().map(|&b| BrokerId(b)).collect();
+                            let mut p = MetadataResponsePartition::default()
+                                .with_partition_index(i)
+                                .with_leader_id(BrokerId(reg.leader))
+                                .with_replica_nodes(ids(&reg.replicas))
+                                .with_isr_nodes(ids(&reg.isr));
+                            if !reg.has_leader() {
+                                p.error_code = LEADER_NOT_AVAILABLE;
+                            }
+                            if v >= 5 {
+                                p.offline_replicas = reg
+                                    .replicas
+                                    .iter()
+                                    .filter(|b| !online(b))
+                                    .map(|&b| BrokerId(b))
+                                    .collect();
+                            }
+                            if v >= 7 {
+                                p.leader_epoch = reg.leader_epoch;
+                            }
+                            p
+                        })
+                        .collect();
+                }
+            }
+            t
+        })
+        .collect();
+    let mut r = MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_topics(topics);
+    if v >= 1 {
+        r.controller_id = BrokerId(image.active_brokers().map(|b| b.broker_id).min().unwrap_or(-1));
+    }
+    if v >= 2 {
+        r.cluster_id = Some(s("kcheck-reference"));
+    }
+    r
+}
+
+/// Kafka LEADER_NOT_AVAILABLE: the partition is offline (no leader elected).
+const LEADER_NOT_AVAILABLE: i16 = 5;
+
 fn metadata(shared: &Shared, req: MetadataRequest, v: i16) -> MetadataResponse {
+    if let Some(c) = &shared.cluster {
+        return metadata_from_image(&c.current_image(), req, v);
+    }
     let mut b = shared.lock();
     let node = b.config.node_id;
     let names: Vec<String> = match req.topics {
@@ -559,25 +725,36 @@ fn delete_topics(shared: &Shared, req: DeleteTopicsRequest, v: i16) -> DeleteTop
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-fn produce(shared: &Shared, req: ProduceRequest, v: i16) -> ProduceResponse {
-    let responses = {
+/// Kafka REQUEST_TIMED_OUT: acks=all not satisfied within the request's timeout.
+const REQUEST_TIMED_OUT: i16 = 7;
+
+async fn produce(shared: &Shared, req: ProduceRequest, v: i16) -> ProduceResponse {
+    let mut waits: Vec<(usize, usize, oneshot::Receiver<i16>)> = Vec::new();
+    let mut responses: Vec<TopicProduceResponse> = {
         let mut b = shared.lock();
-        req.topic_data
+        let cluster = b.cluster;
+        let responses = req
+            .topic_data
             .into_iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(ti, t)| {
                 let topic = t.name.0.to_string();
                 let partition_responses = t
                     .partition_data
                     .into_iter()
-                    .map(|p| {
+                    .enumerate()
+                    .map(|(pi, p)| {
                         let mut r = PartitionProduceResponse::default().with_index(p.index);
                         let res = if !matches!(req.acks, -1..=1) {
                             Err(code::INVALID_REQUIRED_ACKS)
                         } else {
                             let records = p.records.map(|r| r.to_vec()).unwrap_or_default();
-                            b.topic_or_create(&topic, true)
-                                .map(|_| ())
-                                .and_then(|_| b.produce(&topic, p.index, records))
+                            let known = if cluster {
+                                b.replica(&topic, p.index).map(|_| ())
+                            } else {
+                                b.topic_or_create(&topic, true).map(|_| ())
+                            };
+                            known.and_then(|_| b.produce_acks(&topic, p.index, records, req.acks))
                         };
                         match res {
                             Ok(a) => {
@@ -585,8 +762,22 @@ fn produce(shared: &Shared, req: ProduceRequest, v: i16) -> ProduceResponse {
                                 if v >= 5 {
                                     r.log_start_offset = a.log_start_offset;
                                 }
-                                // acks=all: with the ISR being this broker alone, the HW
-                                // already covers the batch (PartitionState::acks_all_satisfied).
+                                // acks=all waits in the purgatory until the HW passes the
+                                // batch (at once when this broker is the whole ISR).
+                                let satisfied = b
+                                    .replica(&topic, p.index)
+                                    .map_or(true, |rep| rep.state.acks_all_satisfied(a.last_offset));
+                                if req.acks == -1 && !satisfied {
+                                    let id = shared.next_ack.fetch_add(1, Ordering::Relaxed);
+                                    let (tx, rx) = oneshot::channel();
+                                    shared
+                                        .acks
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .insert(id, tx);
+                                    b.await_acks_all(&topic, p.index, id, a.last_offset);
+                                    waits.push((ti, pi, rx));
+                                }
                             }
                             Err(c) => {
                                 r.error_code = c;
@@ -600,13 +791,32 @@ fn produce(shared: &Shared, req: ProduceRequest, v: i16) -> ProduceResponse {
                     .with_name(t.name)
                     .with_partition_responses(partition_responses)
             })
-            .collect()
+            .collect();
+        shared.deliver_acks(&mut b);
+        responses
     };
     shared.appended.notify_waiters();
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
+    for (ti, pi, rx) in waits {
+        let c = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(_)) => code::NOT_LEADER_OR_FOLLOWER,
+            Err(_) => REQUEST_TIMED_OUT,
+        };
+        if c != code::NONE {
+            let r = &mut responses[ti].partition_responses[pi];
+            r.error_code = c;
+            r.base_offset = -1;
+        }
+    }
     ProduceResponse::default().with_responses(responses)
 }
 
-async fn fetch(shared: &Shared, req: FetchRequest, v: i16) -> FetchResponse {
+async fn fetch(shared: &Arc<Shared>, req: FetchRequest, v: i16) -> FetchResponse {
+    // A fetch from a broker (replica_id >= 0) is a follower's, answered from the LEO with the
+    // diverging-epoch check (only in cluster mode; a single broker has no followers).
+    let follower = req.replica_id.0 >= 0 && shared.cluster.is_some();
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -619,14 +829,130 @@ async fn fetch(shared: &Shared, req: FetchRequest, v: i16) -> FetchResponse {
         let notified = shared.appended.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (resp, bytes, errors) = fetch_once(shared, &req, v, max_bytes);
+        let (resp, bytes, errors) = if follower {
+            follower_fetch_once(shared, &req, max_bytes)
+        } else {
+            fetch_once(shared, &req, v, max_bytes)
+        };
         if bytes >= min_bytes || errors || tokio::time::Instant::now() >= deadline {
             return resp;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return fetch_once(shared, &req, v, max_bytes).0;
+            return if follower {
+                follower_fetch_once(shared, &req, max_bytes).0
+            } else {
+                fetch_once(shared, &req, v, max_bytes).0
+            };
         }
     }
+}
+
+/// One pass over a follower's fetch: the leader's core decides per partition (fencing,
+/// diverging epoch, follower state, HW, ISR expansion); records go up to the LEO.
+fn follower_fetch_once(
+    shared: &Arc<Shared>,
+    req: &FetchRequest,
+    max_bytes: usize,
+) -> (FetchResponse, usize, bool) {
+    let replica_id = req.replica_id.0;
+    let now = shared.now_ms();
+    // Fetch v12 carries no broker epoch (v15's replica_state does): take the follower's
+    // current registration from the image, which is what KIP-903 compares against.
+    let broker_epoch = shared
+        .cluster
+        .as_ref()
+        .and_then(|c| c.current_image().brokers.get(&replica_id).map(|b| b.broker_epoch))
+        .unwrap_or(-1);
+    let mut b = shared.lock();
+    let mut total = 0usize;
+    let mut errors = false;
+    let mut alters = Vec::new();
+    let mut responses = Vec::new();
+    for t in &req.topics {
+        let topic = t.topic.as_str();
+        let topic_id = b.topics.get(topic).map(|x| x.id);
+        let mut partitions = Vec::new();
+        for p in &t.partitions {
+            let mut r = PartitionData::default().with_partition_index(p.partition);
+            r.diverging_epoch.epoch = -1;
+            r.diverging_epoch.end_offset = -1;
+            let fetch = crate::partition::FollowerFetch {
+                replica_id,
+                broker_epoch,
+                current_leader_epoch: p.current_leader_epoch,
+                fetch_offset: p.fetch_offset,
+                last_fetched_epoch: p.last_fetched_epoch,
+            };
+            let budget = (p.partition_max_bytes.max(0) as usize)
+                .min(max_bytes.saturating_sub(total))
+                .max(1);
+            match b.follower_fetch(topic, p.partition, &fetch, budget, now) {
+                Ok((outcome, records)) => match outcome {
+                    crate::partition::FollowerFetchOutcome::Read {
+                        high_watermark,
+                        alter,
+                    } => {
+                        total += records.len();
+                        r.high_watermark = high_watermark;
+                        r.last_stable_offset = high_watermark;
+                        r.records = Some(Bytes::from(records));
+                        if let (Some(a), Some(id)) = (alter, topic_id) {
+                            alters.push((id, topic.to_owned(), a));
+                        }
+                    }
+                    crate::partition::FollowerFetchOutcome::Diverging {
+                        epoch,
+                        end_offset,
+                        high_watermark,
+                    } => {
+                        errors = true;
+                        r.high_watermark = high_watermark;
+                        r.diverging_epoch.epoch = epoch;
+                        r.diverging_epoch.end_offset = end_offset;
+                        if epoch < 0 {
+                            // UNDEFINED: tell the follower to fall back to its HW.
+                            r.diverging_epoch.end_offset = 0;
+                            r.diverging_epoch.epoch = -1;
+                        }
+                        r.records = Some(Bytes::new());
+                    }
+                    crate::partition::FollowerFetchOutcome::Error(c) => {
+                        errors = true;
+                        r.error_code = c;
+                        if let Ok(rep) = b.replica(topic, p.partition) {
+                            r.high_watermark = rep.state.high_watermark;
+                        }
+                    }
+                },
+                Err(c) => {
+                    errors = true;
+                    r.error_code = c;
+                }
+            }
+            if let Ok(rep) = b.replica(topic, p.partition) {
+                r.log_start_offset = rep.state.log_start_offset;
+                r.current_leader.leader_id = BrokerId(rep.state.leader.unwrap_or(-1));
+                r.current_leader.leader_epoch = rep.state.leader_epoch;
+            }
+            partitions.push(r);
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    shared.deliver_acks(&mut b);
+    drop(b);
+    for (id, topic, a) in alters {
+        tracing::info!(%topic, partition = a.partition, isr = ?a.new_isr(), "ISR expansion: sending AlterPartition");
+        crate::replication::send_alter_partition(shared.clone(), id, topic, a);
+    }
+    (
+        FetchResponse::default().with_responses(responses),
+        total,
+        errors,
+    )
 }
 
 fn fetch_once(
@@ -652,7 +978,16 @@ fn fetch_once(
                         .min(max_bytes.saturating_sub(total));
                     // KIP-74: the first non-empty partition may exceed the limit by one batch.
                     let budget = if total == 0 { budget.max(1) } else { budget };
-                    match b.read(topic, p.partition, p.fetch_offset, budget) {
+                    // KIP-320: in a cluster a consumer naming a stale or future leader
+                    // epoch is fenced before it reads.
+                    let fenced = if b.cluster {
+                        b.replica(topic, p.partition)
+                            .map_err(|c| c)
+                            .and_then(|rep| rep.state.check_leader_request(p.current_leader_epoch))
+                    } else {
+                        Ok(())
+                    };
+                    match fenced.and_then(|_| b.read(topic, p.partition, p.fetch_offset, budget)) {
                         Ok(read) if budget > 0 || total == 0 => {
                             total += read.records.len();
                             r.high_watermark = read.high_watermark;
@@ -1039,6 +1374,12 @@ pub fn decode_request(frame: Bytes) -> Result<RequestHeader, Close> {
         ApiKey::Metadata => decode::<MetadataRequest>(f).map(drop),
         ApiKey::CreateTopics => decode::<CreateTopicsRequest>(f).map(drop),
         ApiKey::DeleteTopics => decode::<DeleteTopicsRequest>(f).map(drop),
+        ApiKey::AlterPartitionReassignments => {
+            decode::<AlterPartitionReassignmentsRequest>(f).map(drop)
+        }
+        ApiKey::ListPartitionReassignments => {
+            decode::<ListPartitionReassignmentsRequest>(f).map(drop)
+        }
         ApiKey::Produce => decode::<ProduceRequest>(f).map(drop),
         ApiKey::Fetch => decode::<FetchRequest>(f).map(drop),
         ApiKey::ListOffsets => decode::<ListOffsetsRequest>(f).map(drop),
