@@ -7,13 +7,17 @@ pub mod engine;
 pub mod property;
 pub mod replication;
 pub mod trace;
+pub mod zk_controller;
 
 pub use catalog::{Bound, BugFlag, Config, Entry, KcheckModel, ModelDef, Report};
 pub use property::{Property, PropertyKind};
 pub use trace::Trace;
 
 /// Every model kcheck knows, in the order `kcheck models` lists them.
-pub static CATALOG: &[&dyn ModelDef] = &[&Entry::<replication::Replication>::NEW];
+pub static CATALOG: &[&dyn ModelDef] = &[
+    &Entry::<replication::Replication>::NEW,
+    &Entry::<zk_controller::ZkController>::NEW,
+];
 
 /// Look a model up by name, with an error that lists the known ones.
 pub fn find(name: &str) -> Result<&'static dyn ModelDef, String> {
