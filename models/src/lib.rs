@@ -8,6 +8,7 @@ pub mod property;
 pub mod replication;
 pub mod trace;
 pub mod zk_controller;
+pub mod zk_election;
 
 pub use catalog::{Bound, BugFlag, Config, Entry, KcheckModel, ModelDef, Report};
 pub use property::{Property, PropertyKind};
@@ -17,6 +18,7 @@ pub use trace::Trace;
 pub static CATALOG: &[&dyn ModelDef] = &[
     &Entry::<replication::Replication>::NEW,
     &Entry::<zk_controller::ZkController>::NEW,
+    &Entry::<zk_election::ZkElection>::NEW,
 ];
 
 /// Look a model up by name, with an error that lists the known ones.
