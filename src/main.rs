@@ -1,6 +1,7 @@
 //! `kcheck`: model-check Kafka's protocols, replay counterexamples, run the reference broker
 //! cluster and the Jepsen-style harness.
 
+mod compare_cli;
 mod models_cli;
 
 use clap::{Arg, ArgAction, Command};
@@ -23,6 +24,7 @@ fn cli() -> Command {
         .subcommand(models_cli::explore_command())
         .subcommand(models_cli::replay_command())
         .subcommand(models_cli::bench_command())
+        .subcommand(compare_cli::compare_command())
         .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Some(("explore", m)) => models_cli::run_explore(m),
         Some(("replay", m)) => models_cli::run_replay(m),
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
+        Some(("compare", m)) => compare_cli::run_compare(m),
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),

@@ -2,6 +2,7 @@
 //! with named invariants, stated bounds and switchable historical bug flags.
 
 pub mod catalog;
+pub mod compare;
 pub mod compact;
 pub mod engine;
 pub mod property;

@@ -1109,3 +1109,83 @@ pub fn messages(before: &State, action: &Action, after: &State) -> usize {
     };
     sent + zookeeper
 }
+
+// ---- failover scenarios for `kcheck compare` ---------------------------------------------
+
+/// The broker that fails in the scenarios.
+const FAILED: BrokerId = 0;
+
+/// After the failure: the surviving controller machinery and request delivery only; no
+/// further faults, no restart of the failed broker, no client traffic, and the failed broker
+/// (a zombie in the model) takes no further step.
+fn recovery_action(action: &Action) -> bool {
+    match *action {
+        Action::BecomeController { broker } => broker != FAILED,
+        Action::BrokerChange { controller } | Action::ElectLeader { controller, .. } => {
+            controller != FAILED
+        }
+        Action::Deliver { .. } => true,
+        _ => false,
+    }
+}
+
+/// The partition has a leader other than the failed broker and every live broker knows it.
+fn recovered(_: &ZkController, s: &State) -> bool {
+    s.zk.partition.leader != Some(FAILED) && every_live_broker_knows_leader(s)
+}
+
+fn scenario_model(brokers: usize) -> ZkController {
+    ZkController {
+        brokers,
+        max_expiries: 1,
+        max_epoch: 2,
+        max_records: 0,
+        max_isr_changes: 0,
+        bugs: Vec::new(),
+    }
+}
+
+/// `kcheck compare controller-failover`: broker 0 is both the controller and the partition's
+/// leader (ZooKeeper mode co-locates them) and its session expires; it never comes back.
+pub fn controller_failover(brokers: usize) -> Option<crate::compare::Measured> {
+    let model = scenario_model(brokers);
+    let start = model.next_state(
+        &model.initial_state(),
+        Action::ExpireSession { broker: FAILED },
+    )?;
+    crate::compare::shortest_path(
+        crate::compare::Scenario {
+            model: &model,
+            start,
+            allowed: recovery_action,
+            goal: recovered,
+            messages,
+        },
+        1_000_000,
+    )
+}
+
+/// One partition-leader change: the controller (broker 1 when there is one) is healthy, the
+/// leader (broker 0) fails. `None` with a single broker: no other replica can lead.
+pub fn leader_change(brokers: usize) -> Option<crate::compare::Measured> {
+    let model = scenario_model(brokers);
+    let mut s = model.initial_state();
+    if brokers < 2 {
+        return None;
+    }
+    // Move the controller to broker 1 (controller epoch 1 still).
+    let ctx = s.brokers[0].controller.take();
+    s.brokers[1].controller = ctx;
+    s.zk.controller = Some(1);
+    let start = model.next_state(&s, Action::ExpireSession { broker: FAILED })?;
+    crate::compare::shortest_path(
+        crate::compare::Scenario {
+            model: &model,
+            start,
+            allowed: recovery_action,
+            goal: recovered,
+            messages,
+        },
+        1_000_000,
+    )
+}
