@@ -44,8 +44,10 @@ fn failover_rows(brokers: usize) -> Vec<Row> {
         Row {
             mode: "zookeeper",
             measured: zk_controller::controller_failover(brokers),
-            note:
-                "zk-controller: broker 0 hosts the controller and the leader; its session expires",
+            note: format!(
+                "zk-controller brokers={brokers} expiries=1 epochs=2 records=0 isr-changes=0: \
+                 b0 hosts the controller and the leader; its session expires"
+            ),
         },
         // TODO(lead): wire the KRaft side once the kraft model lands: a Scenario whose start
         // is "the active controller (and the partition leader's broker) failed" and whose goal
