@@ -257,7 +257,7 @@ static BOUNDS: &[Bound] = &[
         name: "expiries",
         meaning: "ZooKeeper session expiries",
         default: 2,
-        release: 3,
+        release: 2,
         min: 0,
         max: 6,
     },
