@@ -68,6 +68,20 @@ where
     M::State: Hash + Clone + Send + Sync,
     M::Action: Clone + PartialEq + Send + Sync,
 {
+    shortest_path_to(scenario, max_states).map(|(measured, _)| measured)
+}
+
+/// As [`shortest_path`], with the goal state the path ends in (to chain scenarios: reach a
+/// steady state first, then fail something in it).
+pub fn shortest_path_to<M>(
+    scenario: Scenario<'_, M>,
+    max_states: usize,
+) -> Option<(Measured, M::State)>
+where
+    M: Model + Sync,
+    M::State: Hash + Clone + Send + Sync,
+    M::Action: Clone + PartialEq + Send + Sync,
+{
     let restricted = Restricted {
         inner: scenario.model,
         start: scenario.start,
@@ -93,9 +107,10 @@ where
         messages += (scenario.messages)(before, action, after);
         before = after;
     }
-    Some(Measured {
+    let measured = Measured {
         steps: path.steps.len(),
         messages,
         unique_states: outcome.progress.unique_states,
-    })
+    };
+    Some((measured, path.last_state().clone()))
 }
