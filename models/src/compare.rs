@@ -21,7 +21,7 @@ pub struct Scenario<'a, M: Model> {
     pub allowed: fn(&M::Action) -> bool,
     pub goal: fn(&M, &M::State) -> bool,
     /// Messages one step sends.
-    pub messages: fn(&M::State, &M::Action, &M::State) -> usize,
+    pub messages: fn(&M, &M::State, &M::Action, &M::State) -> usize,
 }
 
 /// What the shortest path costs.
@@ -104,7 +104,7 @@ where
     let mut before = &path.init;
     let mut messages = 0;
     for (action, after) in &path.steps {
-        messages += (scenario.messages)(before, action, after);
+        messages += (scenario.messages)(scenario.model, before, action, after);
         before = after;
     }
     let measured = Measured {

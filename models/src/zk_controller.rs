@@ -1159,7 +1159,7 @@ pub fn controller_failover(brokers: usize) -> Option<crate::compare::Measured> {
             start,
             allowed: recovery_action,
             goal: recovered,
-            messages,
+            messages: |_, before, action, after| messages(before, action, after),
         },
         1_000_000,
     )
@@ -1184,7 +1184,7 @@ pub fn leader_change(brokers: usize) -> Option<crate::compare::Measured> {
             start,
             allowed: recovery_action,
             goal: recovered,
-            messages,
+            messages: |_, before, action, after| messages(before, action, after),
         },
         1_000_000,
     )

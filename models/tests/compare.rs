@@ -57,7 +57,7 @@ fn shortest_path_is_none_when_the_goal_cannot_be_reached() {
             goal: |_, s| {
                 s.zk.partition.leader != Some(0) && zk_controller::every_live_broker_knows_leader(s)
             },
-            messages: zk_controller::messages,
+            messages: |_, b, a, c| zk_controller::messages(b, a, c),
         },
         100_000,
     );
