@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod compact;
 pub mod engine;
+pub mod kraft;
 pub mod property;
 pub mod replication;
 pub mod trace;
@@ -13,7 +14,10 @@ pub use property::{Property, PropertyKind};
 pub use trace::Trace;
 
 /// Every model kcheck knows, in the order `kcheck models` lists them.
-pub static CATALOG: &[&dyn ModelDef] = &[&Entry::<replication::Replication>::NEW];
+pub static CATALOG: &[&dyn ModelDef] = &[
+    &Entry::<replication::Replication>::NEW,
+    &Entry::<kraft::Kraft>::NEW,
+];
 
 /// Look a model up by name, with an error that lists the known ones.
 pub fn find(name: &str) -> Result<&'static dyn ModelDef, String> {
