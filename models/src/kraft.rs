@@ -1116,9 +1116,6 @@ impl Kraft {
                     }
                 }
             }
-            if o.leader.is_some() {
-                actions.push(Action::Timeout { node: id });
-            }
             if s.crashes < self.max_crashes {
                 actions.push(Action::Crash { node: id });
             }
@@ -1227,6 +1224,22 @@ impl Kraft {
                         last_fetched_epoch,
                     };
                     self.handle_at_voter(&mut s, Message { from: node, to, body });
+                    if !self.is_voter(node) {
+                        // A broker's fetch is a round trip in one step: observers are not part
+                        // of the quorum, and a response that arrives late is one the broker
+                        // rejects by fetch offset and epoch, or one that arrives in time.
+                        if let Some(i) = s.outbox.iter().position(|m| m.to == node) {
+                            let response = s.outbox[i];
+                            let mut rest: InlineVec<Message, 8> = InlineVec::new();
+                            for (j, m) in s.outbox.iter().enumerate() {
+                                if j != i {
+                                    rest.push(*m);
+                                }
+                            }
+                            s.outbox = rest;
+                            self.handle_at_observer(&mut s, response);
+                        }
+                    }
                 }
             }
             Action::ResendVote { voter, to } => {
@@ -1796,9 +1809,10 @@ impl KcheckModel for Kraft {
                 };
                 let (e, o) = last_epoch_and_end_offset(&log);
                 format!(
-                    "{} sends Fetch(offset {o}, last fetched epoch {e}) to {}, which answers",
+                    "{} sends Fetch(offset {o}, last fetched epoch {e}) to {}{}",
                     n(node),
-                    n(to)
+                    n(to),
+                    if self.is_voter(node) { ", which answers" } else { " and applies the answer" }
                 )
             }
             Action::ResendVote { voter, to } => format!("{} resends its vote request to {}", n(voter), n(to)),
