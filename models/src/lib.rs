@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod compare;
 pub mod compact;
 pub mod engine;
+pub mod kraft;
 pub mod property;
 pub mod replication;
 pub mod trace;
@@ -18,6 +19,7 @@ pub use trace::Trace;
 /// Every model kcheck knows, in the order `kcheck models` lists them.
 pub static CATALOG: &[&dyn ModelDef] = &[
     &Entry::<replication::Replication>::NEW,
+    &Entry::<kraft::Kraft>::NEW,
     &Entry::<zk_controller::ZkController>::NEW,
     &Entry::<zk_election::ZkElection>::NEW,
 ];
