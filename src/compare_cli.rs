@@ -4,7 +4,7 @@
 use crate::{EXIT_OK, EXIT_USAGE};
 use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
 use kcheck_models::compare::Measured;
-use kcheck_models::zk_controller;
+use kcheck_models::{kraft_failover, zk_controller};
 
 const SCENARIOS: &[&str] = &["controller-failover"];
 
@@ -22,7 +22,7 @@ pub fn compare_command() -> Command {
                 .long("brokers")
                 .value_name("N")
                 .value_parser(value_parser!(u32))
-                .help("Brokers for the failover table (2..=4, default 3)"),
+                .help("Brokers for the failover table (2..=4, default 2; the kraft model holds at most 2)"),
         )
         .arg(
             Arg::new("json")
@@ -49,21 +49,35 @@ fn failover_rows(brokers: usize) -> Vec<Row> {
                  b0 hosts the controller and the leader; its session expires"
             ),
         },
-        // TODO(lead): wire the KRaft side once the kraft model lands: a Scenario whose start
-        // is "the active controller (and the partition leader's broker) failed" and whose goal
-        // is "every live broker's metadata names the new leader", through
-        // kcheck_models::compare::shortest_path.
         Row {
             mode: "kraft",
-            measured: None,
-            note: "not measured: the kraft model is not on this branch yet".to_string(),
+            measured: (brokers <= kraft_failover::MAX_BROKERS)
+                .then(|| kraft_failover::controller_failover(brokers))
+                .flatten(),
+            note: if brokers <= kraft_failover::MAX_BROKERS {
+                format!(
+                    "kraft voters=3 brokers={brokers} epochs=3 records=8 crashes=2 network={} \
+                     duplicates=0: the active controller and the partition leader's broker fail",
+                    kcheck_models::kraft::MAX_NETWORK
+                )
+            } else {
+                format!(
+                    "not measured: the kraft model holds at most {} brokers",
+                    kraft_failover::MAX_BROKERS
+                )
+            },
         },
     ]
 }
 
-fn leader_change_rows() -> Vec<(usize, Option<Measured>)> {
+fn leader_change_rows() -> Vec<(usize, Option<Measured>, Option<Measured>)> {
     (1..=4)
-        .map(|n| (n, zk_controller::leader_change(n)))
+        .map(|n| {
+            let kraft = (n <= kraft_failover::MAX_BROKERS)
+                .then(|| kraft_failover::leader_change(n))
+                .flatten();
+            (n, zk_controller::leader_change(n), kraft)
+        })
         .collect()
 }
 
@@ -80,7 +94,7 @@ pub fn run_compare(m: &ArgMatches) -> u8 {
         );
         return EXIT_USAGE;
     }
-    let brokers = *m.get_one::<u32>("brokers").unwrap_or(&3);
+    let brokers = *m.get_one::<u32>("brokers").unwrap_or(&2);
     if !(2..=4).contains(&brokers) {
         eprintln!("kcheck: --brokers must be between 2 and 4 (got {brokers})");
         return EXIT_USAGE;
@@ -98,10 +112,10 @@ pub fn run_compare(m: &ArgMatches) -> u8 {
                 "unique_states": r.measured.as_ref().map(|x| x.unique_states),
                 "note": r.note,
             })).collect::<Vec<_>>(),
-            "leader_change_messages": changes.iter().map(|(n, x)| serde_json::json!({
+            "leader_change_messages": changes.iter().map(|(n, zk, kraft)| serde_json::json!({
                 "brokers": n,
-                "zookeeper": x.as_ref().map(|x| x.messages),
-                "kraft": serde_json::Value::Null,
+                "zookeeper": zk.as_ref().map(|x| x.messages),
+                "kraft": kraft.as_ref().map(|x| x.messages),
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
@@ -129,14 +143,23 @@ pub fn run_compare(m: &ArgMatches) -> u8 {
     }
     println!("\nmessages for one partition-leader change (the leader's broker fails, the controller is healthy):\n");
     println!("{:<8} {:>10} {:>10}", "brokers", "zookeeper", "kraft");
-    for (n, x) in &changes {
-        let zk = match x {
-            Some(x) => x.messages.to_string(),
-            None if *n == 1 => "n/a".to_string(),
-            None => "-".to_string(),
-        };
-        println!("{n:<8} {zk:>10} {:>10}", "-");
+    let text = |n: usize, x: &Option<Measured>, limit: usize| match x {
+        Some(x) => x.messages.to_string(),
+        None if n == 1 => "n/a".to_string(),
+        None if n > limit => "-".to_string(),
+        None => "none".to_string(),
+    };
+    for (n, zk, kraft) in &changes {
+        println!(
+            "{n:<8} {:>10} {:>10}",
+            text(*n, zk, usize::MAX),
+            text(*n, kraft, kraft_failover::MAX_BROKERS)
+        );
     }
-    println!("\nn/a: a single replica has no other broker to lead; -: not measured (see the notes above)");
+    println!(
+        "\nn/a: a single replica has no other broker to lead; -: beyond the model's bounds \
+         (the kraft model holds at most {} brokers)",
+        kraft_failover::MAX_BROKERS
+    );
     EXIT_OK
 }

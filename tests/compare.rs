@@ -11,13 +11,23 @@ fn kcheck(args: &[&str]) -> Output {
 
 #[test]
 fn controller_failover_prints_measured_figures() {
-    let o = kcheck(&["compare", "controller-failover", "--json"]);
+    let o = kcheck(&["compare", "controller-failover", "--brokers", "3", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["failover"][0]["mode"], "zookeeper");
     assert_eq!(v["failover"][0]["steps"], 6);
     assert_eq!(v["failover"][0]["messages"], 14);
     assert_eq!(v["leader_change_messages"][3]["zookeeper"], 9);
+    assert_eq!(v["failover"][1]["mode"], "kraft");
+    assert!(
+        v["failover"][1]["steps"].is_null(),
+        "the kraft model holds 2 brokers"
+    );
+    let o = kcheck(&["compare", "controller-failover", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["brokers"], 2);
+    assert_eq!(v["failover"][1]["messages"], 11);
+    assert_eq!(v["leader_change_messages"][1]["kraft"], 3);
     let text =
         String::from_utf8_lossy(&kcheck(&["compare", "controller-failover"]).stdout).into_owned();
     assert!(

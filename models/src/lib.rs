@@ -6,6 +6,7 @@ pub mod compare;
 pub mod compact;
 pub mod engine;
 pub mod kraft;
+pub mod kraft_failover;
 pub mod property;
 pub mod replication;
 pub mod trace;
