@@ -2,6 +2,7 @@
 //! cluster and the Jepsen-style harness.
 
 mod gate;
+mod compare_cli;
 mod models_cli;
 
 use clap::{Arg, ArgAction, Command};
@@ -25,6 +26,7 @@ fn cli() -> Command {
         .subcommand(models_cli::replay_command())
         .subcommand(models_cli::bench_command())
         .subcommand(gate::gate_command())
+        .subcommand(compare_cli::compare_command())
         .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_harness::test_cli::test_command())
         .subcommand(kcheck_reference::cli::broker_command())
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Some(("replay", m)) => models_cli::run_replay(m),
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
         Some(("gate", m)) => gate::run_gate(m, quiet),
+        Some(("compare", m)) => compare_cli::run_compare(m),
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("test", m)) => kcheck_harness::test_cli::run_test(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),

@@ -2,13 +2,18 @@
 //! with named invariants, stated bounds and switchable historical bug flags.
 
 pub mod catalog;
+pub mod compare;
 pub mod compact;
 pub mod consumer_offsets;
 pub mod engine;
+pub mod kraft;
+pub mod kraft_failover;
 pub mod property;
 pub mod reassignment;
 pub mod replication;
 pub mod trace;
+pub mod zk_controller;
+pub mod zk_election;
 
 pub use catalog::{Bound, BugFlag, Config, Entry, KcheckModel, ModelDef, Report};
 pub use property::{Property, PropertyKind};
@@ -19,6 +24,9 @@ pub static CATALOG: &[&dyn ModelDef] = &[
     &Entry::<replication::Replication>::NEW,
     &Entry::<reassignment::Reassignment>::NEW,
     &Entry::<consumer_offsets::ConsumerOffsets>::NEW,
+    &Entry::<kraft::Kraft>::NEW,
+    &Entry::<zk_controller::ZkController>::NEW,
+    &Entry::<zk_election::ZkElection>::NEW,
 ];
 
 /// Look a model up by name, with an error that lists the known ones.
