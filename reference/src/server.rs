@@ -1042,7 +1042,14 @@ fn list_offsets(shared: &Shared, req: ListOffsetsRequest, v: i16) -> ListOffsets
                     let mut r = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index);
                     r.timestamp = -1;
-                    match b.replica(t.name.as_str(), p.partition_index) {
+                    // In a cluster only the leader answers, fenced by leader epoch (KIP-320).
+                    let replica = b.replica(t.name.as_str(), p.partition_index).and_then(|rep| {
+                        if b.cluster {
+                            rep.state.check_leader_request(p.current_leader_epoch)?;
+                        }
+                        Ok(rep)
+                    });
+                    match replica {
                         Err(c) => r.error_code = c,
                         Ok(rep) => {
                             let found = match p.timestamp {
