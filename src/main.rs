@@ -26,6 +26,7 @@ fn cli() -> Command {
         .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
+        .subcommand(kcheck_reference::cli::bench_quorum_command())
         .subcommand(kcheck_reference::cluster::cluster_command())
         .arg(
             Arg::new("quiet")
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
+        Some(("bench-quorum", m)) => kcheck_reference::cli::run_bench_quorum(m),
         Some(("cluster", m)) => kcheck_reference::cluster::run_cluster(m),
         _ => unreachable!("clap requires a known subcommand"),
     };

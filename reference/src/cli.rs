@@ -300,6 +300,11 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
                 "bug flag '{b}' is a controller choice: it needs --process-roles controller or broker,controller"
             ));
         }
+        if voters.contains_key(&node_id) {
+            return Err(format!(
+                "--node-id {node_id} is a voter in --controller-quorum-voters: give this broker another id, or use --process-roles broker,controller"
+            ));
+        }
         None
     };
     Ok(Some(KraftArgs {
@@ -404,6 +409,22 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
                 last = now;
             }
         });
+        // One line per change of the topic set, for operators and the process tests.
+        let mut topics_seen = client.image();
+        let node_id = cfg.node_id;
+        tokio::spawn(async move {
+            let mut last: Vec<String> = Vec::new();
+            while topics_seen.changed().await.is_ok() {
+                let (offset, topics) = {
+                    let i = topics_seen.borrow();
+                    (i.offset, i.topic_ids.keys().cloned().collect::<Vec<_>>())
+                };
+                if topics != last {
+                    println!("kcheck broker {node_id}: metadata offset {offset}, topics {topics:?}");
+                    last = topics;
+                }
+            }
+        });
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", cfg.listen))?;
@@ -469,6 +490,31 @@ pub fn run_bench_broker(m: &ArgMatches) -> u8 {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("kcheck bench-broker: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn bench_quorum_command() -> Command {
+    Command::new("bench-quorum")
+        .about("Controller failover time of a 3-voter KRaft quorum of real processes (kill -9 and SIGTERM of the leader)")
+        .arg(Arg::new("data-dir").long("data-dir").default_value("target/bench-quorum").help("Directory for the controllers' data (wiped first)"))
+        .arg(Arg::new("trials").long("trials").default_value("5").value_parser(clap::value_parser!(usize)).help("Trials of each kind"))
+        .arg(Arg::new("election-timeout-ms").long("election-timeout-ms").default_value("1000").value_parser(clap::value_parser!(u64)))
+        .arg(Arg::new("base-port").long("base-port").default_value("19193").value_parser(clap::value_parser!(u16)).help("Controllers listen on this port and the next two"))
+}
+
+pub fn run_bench_quorum(m: &ArgMatches) -> u8 {
+    let cfg = crate::bench_quorum::BenchQuorumConfig {
+        data_dir: PathBuf::from(m.get_one::<String>("data-dir").expect("has default")),
+        trials: m.get_one::<usize>("trials").copied().unwrap_or(5).clamp(1, 100),
+        election_timeout_ms: m.get_one::<u64>("election-timeout-ms").copied().unwrap_or(1000).clamp(10, 60_000),
+        base_port: m.get_one::<u16>("base-port").copied().unwrap_or(19193).clamp(1024, 65_000),
+    };
+    match crate::bench_quorum::run(&cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kcheck bench-quorum: {e:#}");
             1
         }
     }

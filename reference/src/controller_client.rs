@@ -188,6 +188,8 @@ pub struct ControllerClient {
     local: Option<Arc<ControllerNode>>,
     image_rx: watch::Receiver<Arc<MetadataImage>>,
     session: watch::Receiver<BrokerSession>,
+    /// The observer and session tasks, aborted by [`ControllerClient::shutdown`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ControllerClient {
@@ -224,11 +226,12 @@ impl ControllerClient {
             local: None,
             image_rx,
             session,
+            tasks: Mutex::new(Vec::new()),
         });
         // The observer: fetch __cluster_metadata, publish committed images.
         let timeout = Duration::from_millis(config.raft.request_timeout_ms);
         let voters = config.voters.clone();
-        tokio::spawn(async move {
+        let observer_task = tokio::spawn(async move {
             let mut conns: BTreeMap<NodeId, crate::controller_client::Connection> = voters
                 .iter()
                 .map(|(id, a)| (*id, Connection::new(a.to_string())))
@@ -264,7 +267,8 @@ impl ControllerClient {
             }
         });
         let c = client.clone();
-        tokio::spawn(async move { c.session_loop(session_tx).await });
+        let session_task = tokio::spawn(async move { c.session_loop(session_tx).await });
+        lock(&client.tasks).extend([observer_task, session_task]);
         client
     }
 
@@ -285,10 +289,44 @@ impl ControllerClient {
             image_rx: node.image(),
             local: Some(node),
             session,
+            tasks: Mutex::new(Vec::new()),
         });
         let c = client.clone();
-        tokio::spawn(async move { c.session_loop(session_tx).await });
+        let session_task = tokio::spawn(async move { c.session_loop(session_tx).await });
+        lock(&client.tasks).push(session_task);
         client
+    }
+
+    /// Controlled shutdown (Kafka's `want_shut_down` heartbeat): the controller fences this
+    /// broker and moves its leaderships away before the process exits, then the client stops.
+    pub async fn controlled_shutdown(&self) -> anyhow::Result<()> {
+        let epoch =
+            self.session.borrow().broker_epoch.ok_or_else(|| {
+                anyhow::anyhow!("broker {} is not registered", self.config.node_id)
+            })?;
+        let req = BrokerHeartbeatRequest::default()
+            .with_broker_id(BrokerId(self.config.node_id))
+            .with_broker_epoch(epoch)
+            .with_current_metadata_offset(self.image_rx.borrow().offset)
+            .with_want_fence(true)
+            .with_want_shut_down(true);
+        let r = self.send_to_controller(0, &req, |r| r.error_code).await;
+        self.shutdown();
+        let r = r?;
+        anyhow::ensure!(
+            r.error_code == 0,
+            "controlled shutdown refused with error {}",
+            r.error_code
+        );
+        Ok(())
+    }
+
+    /// Stops observing and heartbeating (the broker process is going away; the controller
+    /// fences it once its session lapses).
+    pub fn shutdown(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
     }
 
     /// The committed metadata image, updated as the log is replicated.

@@ -358,8 +358,19 @@ impl ControllerNode {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// A poisoned lock means a core assertion (a KRaft or metadata invariant) failed while it
+    /// was held: stop the process at the cause rather than run on a state that broke one.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(_) => {
+                eprintln!(
+                    "kcheck controller {}: an invariant assertion failed (see the panic above); stopping",
+                    self.config.node_id
+                );
+                std::process::exit(3);
+            }
+        }
     }
 
     pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {
@@ -1129,4 +1140,112 @@ fn list_reassignments(
         }
     }
     ListPartitionReassignmentsResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::frame_request;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+    use proptest::prelude::*;
+
+    fn round_trip<T: Encodable + Decodable>(v: &T, version: i16) -> T {
+        let mut buf = BytesMut::new();
+        v.encode(&mut buf, version).unwrap();
+        T::decode(&mut buf.freeze(), version).unwrap()
+    }
+
+    #[test]
+    fn kraft_requests_survive_the_kafka_codecs() {
+        let vote = Request::Vote {
+            candidate_epoch: 7,
+            candidate_id: 2,
+            last_offset_epoch: 6,
+            last_offset: 41,
+            pre_vote: true,
+        };
+        let WireRequest::Vote(w) = request_to_wire(&vote) else {
+            panic!()
+        };
+        assert_eq!(vote_from_wire(&round_trip(&w, VOTE_VERSION)), Some(vote));
+        let fetch = Request::Fetch {
+            replica_id: 101,
+            current_leader_epoch: 3,
+            fetch_offset: 17,
+            last_fetched_epoch: 2,
+        };
+        let WireRequest::Fetch(w) = request_to_wire(&fetch) else {
+            panic!()
+        };
+        assert_eq!(fetch_from_wire(&round_trip(&w, FETCH_VERSION)), Some(fetch));
+        // A Fetch for a data topic is not KRaft's.
+        let mut w = w;
+        w.topics[0].topic = TopicName(s("orders"));
+        assert_eq!(fetch_from_wire(&w), None);
+    }
+
+    #[test]
+    fn fetch_responses_carry_records_hw_and_diverging_epoch() {
+        let records = vec![
+            Entry {
+                epoch: 2,
+                control: true,
+                value: Bytes::from_static(b"{}"),
+            },
+            Entry {
+                epoch: 2,
+                control: false,
+                value: Bytes::from(MetadataRecord::NoOp.encode()),
+            },
+        ];
+        for resp in [
+            Response::Fetch {
+                error: RaftError::None,
+                leader_epoch: 2,
+                leader_id: Some(1),
+                high_watermark: 9,
+                records: records.clone(),
+                diverging_epoch: None,
+            },
+            Response::Fetch {
+                error: RaftError::None,
+                leader_epoch: 2,
+                leader_id: Some(1),
+                high_watermark: 9,
+                records: vec![],
+                diverging_epoch: Some((1, 4)),
+            },
+            Response::Fetch {
+                error: RaftError::NotLeaderOrFollower,
+                leader_epoch: 5,
+                leader_id: None,
+                high_watermark: 0,
+                records: vec![],
+                diverging_epoch: None,
+            },
+        ] {
+            let wire = round_trip(&fetch_response_to_wire(10, &resp), FETCH_VERSION);
+            assert_eq!(fetch_response_from_wire(10, &wire).unwrap(), resp);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        /// Mutated controller-listener requests never panic the frame decoder.
+        #[test]
+        fn mutated_controller_requests_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..5), cut in any::<usize>()) {
+            let WireRequest::Vote(v) = request_to_wire(&Request::Vote { candidate_epoch: 1, candidate_id: 1, last_offset_epoch: 0, last_offset: 0, pre_vote: false }) else { panic!() };
+            let mut f = frame_request(ApiKey::Vote, VOTE_VERSION, 1, &v).unwrap()[4..].to_vec();
+            for (at, x) in flips { let n = f.len(); f[at % n] ^= x; }
+            let keep = f.len() - cut % (f.len() / 2 + 1);
+            f.truncate(keep);
+            if let Ok(Ok(mut frame)) = decode_frame_with(Bytes::from(f), controller_versions) {
+                if frame.key == ApiKey::Vote {
+                    if let Ok(req) = decode::<VoteRequest>(&mut frame) {
+                        let _ = vote_from_wire(&req);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@
 pub mod alloc_guard;
 pub mod batch;
 pub mod bench;
+pub mod bench_quorum;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -1135,6 +1135,7 @@ impl RaftNode {
                 Request::Fetch {
                     fetch_offset,
                     current_leader_epoch,
+                    last_fetched_epoch,
                     ..
                 },
                 Response::Fetch {
@@ -1167,14 +1168,16 @@ impl RaftNode {
                     return out;
                 }
                 self.deadline_ms = now_ms + self.config.fetch_timeout_ms;
+                if *fetch_offset != self.log_end_offset()
+                    || *last_fetched_epoch != self.last_epoch()
+                {
+                    return out; // a stale or duplicated response
+                }
                 if let Some((epoch, end)) = diverging_epoch {
                     let (_, local_end) = self.end_offset_for_epoch(epoch);
                     self.truncate_local(end.min(local_end), &mut out);
                     self.next_fetch_ms = now_ms;
                     return out;
-                }
-                if *fetch_offset != self.log_end_offset() {
-                    return out; // a stale or duplicated response
                 }
                 let n = records.len();
                 self.append_local(records, &mut out);
