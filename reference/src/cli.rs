@@ -431,7 +431,24 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
         let image = client.image();
         let channel: Arc<dyn crate::replication::ControllerChannel> =
             Arc::new(crate::replication::ClientChannel(client.clone()));
-        crate::server::serve_cluster(listener, cfg, image, channel, shutdown_signal()).await?;
+        // SIGTERM is a controlled shutdown: the controller fences this broker and moves its
+        // leaderships to other ISR members before the process flushes and exits, instead of
+        // waiting for its session to lapse.
+        let shutdown_client = client.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                shutdown_client.controlled_shutdown(),
+            )
+            .await
+            {
+                Ok(Ok(())) => tracing::info!("controlled shutdown accepted"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "controlled shutdown failed"),
+                Err(_) => tracing::warn!("controlled shutdown not answered in 5 s"),
+            }
+        };
+        crate::server::serve_cluster(listener, cfg, image, channel, shutdown).await?;
     } else {
         shutdown_signal().await;
     }
