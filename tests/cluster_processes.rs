@@ -162,6 +162,24 @@ fn kill_9_of_the_partition_leader_loses_no_acknowledged_message() {
         &lost[..lost.len().min(5)]
     );
 
+    // The killed broker restarts (new broker epoch), truncates or catches up as a follower
+    // and is added back to the ISR by an AlterPartition carrying its new epoch (KIP-903).
+    let mut state = state;
+    state.restart(old_leader).unwrap();
+    state.save(&data).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metadata(&survivor).unwrap();
+        if m.topics[0].partitions[0].isr_nodes.len() == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted broker {old_leader} never rejoined the ISR"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // status --json names the nodes, the quorum leader and the partition.
     let status = kcheck(&["cluster", "status", "--data-dir", data_s, "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
