@@ -694,7 +694,25 @@ fn create_topics(shared: &Shared, req: CreateTopicsRequest, v: i16) -> CreateTop
     CreateTopicsResponse::default().with_topics(topics)
 }
 
+/// Kafka TOPIC_DELETION_DISABLED: a cluster broker must not delete its local replicas on its
+/// own (deletion is the controller's RemoveTopic record, not implemented here).
+const TOPIC_DELETION_DISABLED: i16 = 73;
+
 fn delete_topics(shared: &Shared, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
+    if shared.cluster.is_some() {
+        let responses = req
+            .topics
+            .into_iter()
+            .map(|t| t.name)
+            .chain(req.topic_names.into_iter().map(Some))
+            .map(|n| {
+                DeletableTopicResult::default()
+                    .with_name(n)
+                    .with_error_code(TOPIC_DELETION_DISABLED)
+            })
+            .collect();
+        return DeleteTopicsResponse::default().with_responses(responses);
+    }
     let mut b = shared.lock();
     let names: Vec<Option<TopicName>> = if v >= 6 {
         req.topics
