@@ -1,6 +1,7 @@
 //! `kcheck`: model-check Kafka's protocols, replay counterexamples, run the reference broker
 //! cluster and the Jepsen-style harness.
 
+mod gate;
 mod models_cli;
 
 use clap::{Arg, ArgAction, Command};
@@ -23,7 +24,9 @@ fn cli() -> Command {
         .subcommand(models_cli::explore_command())
         .subcommand(models_cli::replay_command())
         .subcommand(models_cli::bench_command())
+        .subcommand(gate::gate_command())
         .subcommand(kcheck_harness::cli::analyze_command())
+        .subcommand(kcheck_harness::test_cli::test_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
         .subcommand(kcheck_reference::cli::bench_quorum_command())
@@ -59,7 +62,9 @@ fn main() -> ExitCode {
         Some(("explore", m)) => models_cli::run_explore(m),
         Some(("replay", m)) => models_cli::run_replay(m),
         Some(("bench", m)) => models_cli::run_bench(m, quiet),
+        Some(("gate", m)) => gate::run_gate(m, quiet),
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
+        Some(("test", m)) => kcheck_harness::test_cli::run_test(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
         Some(("bench-quorum", m)) => kcheck_reference::cli::run_bench_quorum(m),

@@ -281,7 +281,7 @@ fn progress_message(p: &Progress) -> String {
     )
 }
 
-fn run_one(
+pub(crate) fn run_one(
     model: &dyn ModelDef,
     config: &kcheck_models::Config,
     options: &CheckOptions,
@@ -299,7 +299,7 @@ fn run_one(
     report
 }
 
-fn describe_config(config: &kcheck_models::Config) -> String {
+pub(crate) fn describe_config(config: &kcheck_models::Config) -> String {
     let bounds: Vec<String> = config
         .bounds
         .iter()
@@ -313,7 +313,7 @@ fn describe_config(config: &kcheck_models::Config) -> String {
     format!("bug flags: {bugs}; bounds: {}", bounds.join(" "))
 }
 
-fn print_summary(report: &Report) {
+pub(crate) fn print_summary(report: &Report) {
     println!(
         "{}: {} unique states ({} generated), max depth {}, {:.2} s, {:.0} states/s{}",
         report.model,

@@ -96,44 +96,10 @@ pub fn run_analyze(m: &ArgMatches) -> u8 {
         opts.threads = t.max(1);
     }
     let (file, dir) = locate(path);
-    let history = match History::read_path(&file) {
-        Ok(h) => h,
-        Err(e) => return fail(format!("{}: {e}", file.display())),
+    let (results, json, out) = match check_and_write(&file, &dir, &opts, m.get_flag("edn")) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
     };
-    if m.get_flag("edn") {
-        let edn = dir.join("history.edn");
-        let written = std::fs::File::create(&edn).and_then(|f| {
-            let mut w = std::io::BufWriter::new(f);
-            crate::edn::write_edn(&history, &mut w)?;
-            std::io::Write::flush(&mut w)
-        });
-        if let Err(e) = written {
-            return fail(format!("cannot write {}: {e}", edn.display()));
-        }
-    }
-    let results = analyze(&history, &opts);
-    let json = match serde_json::to_string_pretty(&results) {
-        Ok(j) => j,
-        Err(e) => return fail(format!("cannot encode results: {e}")),
-    };
-    let out = dir.join("results.json");
-    if let Err(e) = std::fs::write(&out, format!("{json}\n")) {
-        return fail(format!("cannot write {}: {e}", out.display()));
-    }
-    let report = dir.join("report.html");
-    if let Err(e) = std::fs::write(&report, crate::report::html(&history, &results)) {
-        return fail(format!("cannot write {}: {e}", report.display()));
-    }
-    for (name, svg) in [
-        ("latency.svg", crate::plots::latency_svg(&history)),
-        ("throughput.svg", crate::plots::throughput_svg(&history)),
-    ] {
-        let path = dir.join(name);
-        let written = svg.and_then(|s| std::fs::write(&path, s).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            return fail(format!("cannot write {}: {e}", path.display()));
-        }
-    }
     if m.get_flag("json") {
         println!("{json}");
     } else {
@@ -141,6 +107,44 @@ pub fn run_analyze(m: &ArgMatches) -> u8 {
     }
     eprintln!("{}", verdict_line(&results));
     results.verdict.exit_code()
+}
+
+/// Checks the history in `file` and writes `results.json`, `report.html` and the plots into
+/// `dir` (and `history.edn` with `edn`). Shared by `kcheck analyze` and `kcheck test`.
+pub fn check_and_write(
+    file: &Path,
+    dir: &Path,
+    opts: &Options,
+    edn: bool,
+) -> Result<(Results, String, PathBuf), String> {
+    let history = History::read_path(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if edn {
+        let edn = dir.join("history.edn");
+        let written = std::fs::File::create(&edn).and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            crate::edn::write_edn(&history, &mut w)?;
+            std::io::Write::flush(&mut w)
+        });
+        written.map_err(|e| format!("cannot write {}: {e}", edn.display()))?;
+    }
+    let results = analyze(&history, opts);
+    let json = serde_json::to_string_pretty(&results)
+        .map_err(|e| format!("cannot encode results: {e}"))?;
+    let out = dir.join("results.json");
+    std::fs::write(&out, format!("{json}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let report = dir.join("report.html");
+    std::fs::write(&report, crate::report::html(&history, &results))
+        .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
+    for (name, svg) in [
+        ("latency.svg", crate::plots::latency_svg(&history)),
+        ("throughput.svg", crate::plots::throughput_svg(&history)),
+    ] {
+        let path = dir.join(name);
+        svg.and_then(|s| std::fs::write(&path, s).map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok((results, json, out))
 }
 
 /// The one line that says what the exit code means.
@@ -153,7 +157,7 @@ pub fn verdict_line(r: &Results) -> String {
     format!("kcheck analyze: {what}: {}", r.summary)
 }
 
-fn print_summary(file: &Path, out: &Path, r: &Results) {
+pub fn print_summary(file: &Path, out: &Path, r: &Results) {
     println!(
         "history {}: {} ops ({} nemesis), workloads: {}",
         file.display(),

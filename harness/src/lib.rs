@@ -9,12 +9,18 @@ pub mod analyze;
 pub mod cli;
 pub mod edn;
 pub mod history;
+pub mod kafka;
+pub mod lazyfs;
 pub mod linear;
+pub mod nemesis;
 pub mod plots;
 pub mod proxy;
 pub mod queue;
 pub mod report;
+pub mod run;
 pub mod sim;
+pub mod system;
+pub mod test_cli;
 
 use serde::Serialize;
 

@@ -3,8 +3,10 @@
 
 pub mod catalog;
 pub mod compact;
+pub mod consumer_offsets;
 pub mod engine;
 pub mod property;
+pub mod reassignment;
 pub mod replication;
 pub mod trace;
 
@@ -13,7 +15,11 @@ pub use property::{Property, PropertyKind};
 pub use trace::Trace;
 
 /// Every model kcheck knows, in the order `kcheck models` lists them.
-pub static CATALOG: &[&dyn ModelDef] = &[&Entry::<replication::Replication>::NEW];
+pub static CATALOG: &[&dyn ModelDef] = &[
+    &Entry::<replication::Replication>::NEW,
+    &Entry::<reassignment::Reassignment>::NEW,
+    &Entry::<consumer_offsets::ConsumerOffsets>::NEW,
+];
 
 /// Look a model up by name, with an error that lists the known ones.
 pub fn find(name: &str) -> Result<&'static dyn ModelDef, String> {

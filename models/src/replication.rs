@@ -116,7 +116,9 @@ impl Replica {
     pub fn leo(&self) -> Offset {
         self.log.len() as Offset
     }
-    fn new() -> Self {
+    /// A fresh replica: alive, empty log (also what reassignment leaves when it deletes a
+    /// removed replica's log, as StopReplica with deletePartition does).
+    pub fn new() -> Self {
         Replica {
             alive: true,
             log: InlineVec::new(),
@@ -433,7 +435,8 @@ impl Replication {
         }
     }
 
-    fn leader(&self, s: &State) -> Option<BrokerId> {
+    /// The partition's leader, if it is alive.
+    pub fn leader(&self, s: &State) -> Option<BrokerId> {
         s.partition.leader.filter(|l| s.replicas[*l as usize].alive)
     }
 
@@ -569,7 +572,9 @@ impl Replication {
         unreachable!("each OffsetsForLeaderEpoch round removes an epoch from the follower")
     }
 
-    fn elect(&self, s: &mut State, b: BrokerId) {
+    /// Make `b` leader in a new leader epoch (also reassignment's leader move and the leader
+    /// epoch bump of a partition change that removes replicas).
+    pub fn elect(&self, s: &mut State, b: BrokerId) {
         let p = &mut s.partition;
         if !p.isr.contains(b) && !self.has(ReplicationBug::ElectWithoutIsrReset) {
             // An ELR election makes the new leader the ISR; an unclean one also forgets the
@@ -595,7 +600,7 @@ impl Replication {
 
     /// Install a new partition state; a change bumps the partition epoch, which fences the
     /// AlterPartition request in flight.
-    fn change_partition(&self, s: &mut State, p: PartitionState) {
+    pub fn change_partition(&self, s: &mut State, p: PartitionState) {
         if p != s.partition {
             if let Some(a) = &mut s.alter_in_flight {
                 a.partition_epoch_stale = true;

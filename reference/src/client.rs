@@ -24,6 +24,14 @@ impl Client {
         })
     }
 
+    /// A client over a stream the caller connected (and set timeouts on).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            correlation: 0,
+        }
+    }
+
     /// Sends a request and (unless `expect_response` is false, as for acks=0) returns the
     /// decoded response.
     pub fn send<R: Request>(&mut self, version: i16, req: &R) -> anyhow::Result<i32> {

@@ -948,6 +948,82 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_broker_epoch_passes_only_with_no_broker_epoch_check() {
+        for bugs in [vec![], vec![ControllerBug::NoBrokerEpochCheck]] {
+            let lax = !bugs.is_empty();
+            let (mut c, epochs) = cluster(bugs);
+            let (id, _) = c.create_topic("t", 1, 3).unwrap();
+            let p = c.image().topics[&id].partitions[&0].clone();
+            let (l, f) = (p.leader, p.replicas[1]);
+            let le = epochs[l as usize - 1];
+            let mut out = Vec::new();
+            let shrink = AlterPartitionRequest {
+                topic_id: id,
+                partition_id: 0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                new_isr: vec![(l, le)],
+            };
+            c.alter_partition(l, le, &shrink, &mut out).unwrap();
+            // The follower restarts (new broker epoch); the leader re-adds it on the strength
+            // of a fetch from the previous incarnation.
+            let (f_new, _) = c.register_broker(1, f, Uuid::new_v4(), "h:f".into(), -1);
+            c.heartbeat(1, f, f_new, f_new, false, false).unwrap();
+            let stale = AlterPartitionRequest {
+                partition_epoch: c.image().topics[&id].partitions[&0].partition_epoch,
+                new_isr: vec![(l, le), (f, epochs[f as usize - 1])],
+                ..shrink
+            };
+            let r = c.alter_partition(l, le, &stale, &mut out);
+            if lax {
+                assert!(
+                    r.unwrap().isr.contains(&f),
+                    "the stale incarnation joins the ISR"
+                );
+            } else {
+                assert_eq!(r.unwrap_err(), ControllerError::IneligibleReplica);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unclean_restart_of_the_last_isr_member_reelects_it_only_with_last_replica_standing() {
+        for bugs in [vec![], vec![ControllerBug::LastReplicaStanding]] {
+            let legacy = !bugs.is_empty();
+            let (mut c, epochs) = cluster(bugs);
+            let (id, _) = c.create_topic("t", 1, 3).unwrap();
+            let l = c.image().topics[&id].partitions[&0].leader;
+            let le = epochs[l as usize - 1];
+            let mut out = Vec::new();
+            let shrink = AlterPartitionRequest {
+                topic_id: id,
+                partition_id: 0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                new_isr: vec![(l, le)],
+            };
+            c.alter_partition(l, le, &shrink, &mut out).unwrap();
+            // The leader stops heartbeating and is fenced; the others keep theirs.
+            for b in (1..=3).filter(|b| *b != l) {
+                c.heartbeat(9_000, b, epochs[b as usize - 1], 100, false, false)
+                    .unwrap();
+            }
+            c.tick(10_000);
+            // It comes back after an unclean shutdown (it may have lost unflushed records).
+            let (e, _) = c.register_broker(10_001, l, Uuid::new_v4(), "h:l".into(), -1);
+            c.heartbeat(10_002, l, e, e, false, false).unwrap();
+            let p = c.image().topics[&id].partitions[&0].clone();
+            if legacy {
+                assert_eq!((p.leader, p.isr.clone()), (l, vec![l]), "re-elected: {p:?}");
+            } else {
+                assert_ne!(p.leader, l, "{p:?}");
+                assert!(!p.isr.contains(&l) && !p.elr.contains(&l), "{p:?}");
+                assert!(p.has_leader(), "an ELR member leads: {p:?}");
+            }
+        }
+    }
+
+    #[test]
     fn reassignment_grows_waits_for_the_isr_then_shrinks() {
         let (mut c, mut epochs) = cluster(vec![]);
         let (e4, _) = c.register_broker(0, 4, Uuid::new_v4(), "h:4".into(), -1);

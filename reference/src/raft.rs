@@ -181,14 +181,33 @@ pub enum RaftBug {
     /// Forget the vote already given in this epoch: two leaders in one epoch
     /// (breaks `election-safety`).
     VoteTwiceInEpoch,
+    /// The leader serves every Fetch from its offset without comparing the fetcher's last
+    /// epoch: a follower keeps a stale suffix under new entries (breaks `log-matching`).
+    NoDivergenceCheck,
+    /// The same, only for observers ("they do not vote, so their log does not matter"): a
+    /// broker's metadata image is built on a log that was never committed
+    /// (breaks `observer-prefix`).
+    ObserverNoDivergenceCheck,
+    /// A follower copies the leader's HW even when it is lower than its own (a new leader
+    /// learns the HW late), so the HW goes backwards (breaks `hw-monotonic`).
+    HwCopiedFromLeader,
 }
 
 impl RaftBug {
-    pub const ALL: [RaftBug; 2] = [RaftBug::VoteIgnoresLog, RaftBug::VoteTwiceInEpoch];
+    pub const ALL: [RaftBug; 5] = [
+        RaftBug::VoteIgnoresLog,
+        RaftBug::VoteTwiceInEpoch,
+        RaftBug::NoDivergenceCheck,
+        RaftBug::ObserverNoDivergenceCheck,
+        RaftBug::HwCopiedFromLeader,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             RaftBug::VoteIgnoresLog => "vote-ignores-log",
             RaftBug::VoteTwiceInEpoch => "vote-twice-in-epoch",
+            RaftBug::NoDivergenceCheck => "no-divergence-check",
+            RaftBug::ObserverNoDivergenceCheck => "observer-no-divergence-check",
+            RaftBug::HwCopiedFromLeader => "hw-copied-from-leader",
         }
     }
     pub fn parse(name: &str) -> Result<RaftBug, String> {
@@ -1039,7 +1058,12 @@ impl RaftNode {
         // KIP-595/KIP-320: the fetcher's last epoch must end no earlier here than its fetch
         // offset, else it has entries this leader never had.
         let (epoch_here, end_here) = self.end_offset_for_epoch(last_fetched_epoch);
-        if fetch_offset > 0 && (epoch_here != last_fetched_epoch || end_here < fetch_offset) {
+        let skip_check = self.has(RaftBug::NoDivergenceCheck)
+            || (self.has(RaftBug::ObserverNoDivergenceCheck) && !self.voters.contains(&replica));
+        if fetch_offset > 0
+            && !skip_check
+            && (epoch_here != last_fetched_epoch || end_here < fetch_offset)
+        {
             *diverging_epoch = Some((epoch_here, end_here));
             return resp;
         }
@@ -1181,7 +1205,12 @@ impl RaftNode {
                 }
                 let n = records.len();
                 self.append_local(records, &mut out);
-                self.set_high_watermark(high_watermark.min(self.log_end_offset()));
+                let hw = high_watermark.min(self.log_end_offset());
+                if self.has(RaftBug::HwCopiedFromLeader) {
+                    self.high_watermark = hw;
+                } else {
+                    self.set_high_watermark(hw);
+                }
                 if n > 0 {
                     self.next_fetch_ms = now_ms;
                 }

@@ -320,8 +320,8 @@ impl Sim {
                 }
             }
         }
-        // log-matching
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        // log-matching (between voters; observers are held to `observer-prefix`)
+        let ids: Vec<NodeId> = VOTERS.to_vec();
         for (i, a) in ids.iter().enumerate() {
             for b in &ids[i + 1..] {
                 let (la, lb) = (self.nodes[a].log(), self.nodes[b].log());
@@ -441,6 +441,7 @@ fn correct_protocol_keeps_every_invariant_under_loss_reorder_duplication_and_cra
         total.committed += stats.committed;
         total.elections += stats.elections;
         total.crashes += stats.crashes;
+        total.max_epoch = total.max_epoch.max(stats.max_epoch);
     }
     eprintln!("kraft simulation: 24 seeds x 20 s: {total:?}");
     assert!(
@@ -464,6 +465,24 @@ fn catches(bug: RaftBug, property: &str) -> Violation {
             bug.name()
         )
     })
+}
+
+#[test]
+fn serving_fetches_without_the_divergence_check_breaks_log_matching() {
+    let v = catches(RaftBug::NoDivergenceCheck, "log-matching");
+    eprintln!("no-divergence-check: {v:?}");
+}
+
+#[test]
+fn skipping_the_divergence_check_for_observers_breaks_observer_prefix() {
+    let v = catches(RaftBug::ObserverNoDivergenceCheck, "observer-prefix");
+    eprintln!("observer-no-divergence-check: {v:?}");
+}
+
+#[test]
+fn copying_a_lower_leader_hw_breaks_hw_monotonic() {
+    let v = catches(RaftBug::HwCopiedFromLeader, "hw-monotonic");
+    eprintln!("hw-copied-from-leader: {v:?}");
 }
 
 #[test]

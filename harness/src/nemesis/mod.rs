@@ -1,0 +1,14 @@
+//! Fault injection (Jepsen's nemeses), each mechanism in its own module with a small
+//! interface the run loop drives:
+//!
+//! - [`grudge`]: *which* links a network partition cuts, in Jepsen's shapes, as a pure
+//!   function of the nodes (and a seed). Carried out by the TCP proxies ([`crate::proxy`]) or by
+//!   network namespaces ([`netns`]).
+//! - [`netns`]: real network namespaces with veth links on a bridge and nftables drop rules,
+//!   for runs as root; everything it creates is removed when it is dropped.
+//! - [`clock`]: wall-clock skew, bumps and strobes of one process through libfaketime.
+//! - [`crate::lazyfs`]: crashes that lose exactly the writes a node had not fsynced.
+
+pub mod clock;
+pub mod grudge;
+pub mod netns;

@@ -1,0 +1,726 @@
+//! One `kcheck test` run: start the system, run client workers and the nemesis on a seeded
+//! schedule, heal, read everything back, stop, check the history and write the run's folder.
+//!
+//! The pieces are Jepsen's: the *system* ([`crate::system`]), the *workload* (clients that
+//! invoke operations and record their outcome), the *nemesis* (faults on a schedule), and the
+//! *checker* ([`crate::analyze`]), which reads only the history.
+
+use crate::history::{Mop, OpType, OpValue, Process, Produce, Read, Recorder};
+use crate::kafka::{KafkaClient, Outcome};
+use crate::nemesis::grudge::NodeId;
+use crate::sim::Rng;
+use crate::system::{NodeSpec, ProcessSystem};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The faults a run can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NemesisKind {
+    /// SIGKILL a node, restart it when the fault ends.
+    Kill,
+    /// SIGSTOP a node, SIGCONT it when the fault ends.
+    Pause,
+    /// Cut the network between nodes (needs two nodes or more).
+    Partition,
+    /// Move a node's wall clock (libfaketime).
+    Clock,
+    /// SIGKILL a node and lose every write it had not fsynced (LazyFs), then restart it.
+    LoseUnsynced,
+}
+
+impl NemesisKind {
+    pub const ALL: [NemesisKind; 5] = [
+        NemesisKind::Kill,
+        NemesisKind::Pause,
+        NemesisKind::Partition,
+        NemesisKind::Clock,
+        NemesisKind::LoseUnsynced,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+            NemesisKind::Partition => "partition",
+            NemesisKind::Clock => "clock",
+            NemesisKind::LoseUnsynced => "lose-unsynced",
+        }
+    }
+
+    /// Parses `kill,pause,...` or `all`, naming the known faults on error.
+    pub fn parse_list(s: &str) -> Result<Vec<NemesisKind>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "all" {
+                out.extend(NemesisKind::ALL);
+                continue;
+            }
+            if part == "none" {
+                continue;
+            }
+            let kind = NemesisKind::ALL
+                .into_iter()
+                .find(|k| k.name() == part)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = NemesisKind::ALL.iter().map(|k| k.name()).collect();
+                    format!(
+                        "unknown nemesis '{part}' (known: {}, all, none)",
+                        known.join(", ")
+                    )
+                })?;
+            out.push(kind);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// The workloads a run can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Every partition a linearizable log: `produce` returns an offset, `read` at an offset.
+    Log,
+    /// Jepsen's Kafka queue: keyed sends, consumers that assign partitions and poll them,
+    /// checked for lost writes, duplicates, skips and the rest of `jepsen.tests.kafka`.
+    Queue,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Log => "log",
+            Workload::Queue => "queue",
+        }
+    }
+}
+
+/// Everything that defines a run; written to `test.json` in the run's folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestConfig {
+    pub brokers: usize,
+    pub controllers: usize,
+    pub workload: Workload,
+    pub nemeses: Vec<NemesisKind>,
+    pub time_limit: Duration,
+    /// Client operations per second, over all workers.
+    pub rate: f64,
+    pub concurrency: usize,
+    pub seed: u64,
+    pub bugs: Vec<String>,
+    pub store: PathBuf,
+    /// The brokers' `--flush` policy.
+    pub flush: String,
+    pub partitions: i32,
+    /// How long each fault lasts, and the quiet time between two.
+    pub nemesis_interval: Duration,
+    /// The `kcheck` executable that runs the nodes.
+    pub program: PathBuf,
+    /// Per-request client timeout.
+    pub client_timeout: Duration,
+    /// How long final reads may wait for the healed system.
+    pub final_read_limit: Duration,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub history_ops: usize,
+    pub faults: Vec<String>,
+}
+
+const TOPIC: &str = "kcheck-log";
+
+/// Nanoseconds since the run started.
+fn now_ns(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+struct Shared {
+    start: Instant,
+    recorder: Mutex<Recorder>,
+}
+
+impl Shared {
+    fn record(&self, kind: OpType, process: Process, f: &str, value: OpValue) -> u64 {
+        let mut r = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        r.push(now_ns(self.start), kind, process, f, value)
+    }
+
+    fn record_error(&self, kind: OpType, process: Process, f: &str, value: OpValue, error: &str) {
+        let mut r = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        let i = r.push(now_ns(self.start), kind, process, f, value);
+        r.set_error(i, error);
+    }
+}
+
+/// Checks what the runner cannot do before starting anything.
+pub fn validate(config: &TestConfig) -> Result<(), String> {
+    if config.controllers > 0 || config.brokers != 1 {
+        return Err(format!(
+            "--brokers {} --controllers {}: multi-node runs need the replicated reference \
+             cluster (issue 7); this build runs one broker (--brokers 1 --controllers 0)",
+            config.brokers, config.controllers
+        ));
+    }
+    if !config.bugs.is_empty() {
+        return Err(format!(
+            "--bug {}: bug flags are options of the replicated reference cluster (issue 7)",
+            config.bugs.join(",")
+        ));
+    }
+    if config.nemeses.contains(&NemesisKind::Partition) && config.brokers < 2 {
+        return Err("the partition nemesis needs at least two nodes".into());
+    }
+    if config.nemeses.contains(&NemesisKind::LoseUnsynced) {
+        crate::lazyfs::available().map_err(|e| format!("lose-unsynced: {e}"))?;
+    }
+    if config.nemeses.contains(&NemesisKind::Clock) {
+        crate::nemesis::clock::available().map_err(|e| format!("clock: {e}"))?;
+    }
+    if config.concurrency == 0 || config.rate <= 0.0 || config.partitions <= 0 {
+        return Err("--concurrency, --rate and the partition count must be positive".into());
+    }
+    Ok(())
+}
+
+/// Runs the test and writes `history.jsonl` and `test.json` into a new folder under `store`.
+pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
+    validate(config)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = config.store.join(format!(
+        "{}-seed{}-{stamp}",
+        config.workload.name(),
+        config.seed
+    ));
+    if dir.exists() {
+        return Err(format!(
+            "harness failure: run folder {} exists",
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::write(
+        dir.join("test.json"),
+        serde_json::to_string_pretty(config).expect("config serializes"),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let specs = node_specs(config, &dir).map_err(|e| format!("harness failure: {e}"))?;
+    let lazy = config.nemeses.contains(&NemesisKind::LoseUnsynced);
+    let clocks = config.nemeses.contains(&NemesisKind::Clock);
+    let mut system = ProcessSystem::start(&dir, specs, lazy, clocks)
+        .map_err(|e| format!("harness failure: starting the system: {e}"))?;
+    let bootstrap = system.bootstrap();
+    let mut admin = KafkaClient::new(&bootstrap, TOPIC, config.client_timeout);
+    admin
+        .create_topic(config.partitions, 1)
+        .map_err(|e| format!("harness failure: creating the topic: {}", e.message()))?;
+
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        recorder: Mutex::new(Recorder::default()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..config.concurrency)
+        .map(|w| {
+            let (shared, stop, config, bootstrap) = (
+                shared.clone(),
+                stop.clone(),
+                config.clone(),
+                bootstrap.clone(),
+            );
+            std::thread::spawn(move || match config.workload {
+                Workload::Log => log_worker(w, &config, &bootstrap, &shared, &stop),
+                Workload::Queue => queue_worker(w, &config, &bootstrap, &shared, &stop),
+            })
+        })
+        .collect();
+
+    let faults = nemesis_loop(config, &mut system, &shared);
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        let _ = w.join();
+    }
+    system
+        .heal()
+        .map_err(|e| format!("harness failure: healing: {e}"))?;
+    shared.record(
+        OpType::Info,
+        Process::Nemesis,
+        "heal",
+        OpValue::Other(serde_json::json!("all")),
+    );
+    match config.workload {
+        Workload::Log => final_reads(config, &system.bootstrap(), &shared),
+        Workload::Queue => final_polls(config, &system.bootstrap(), &shared),
+    }
+    system.shutdown();
+
+    let shared = Arc::try_unwrap(shared).map_err(|_| "workers still running".to_string())?;
+    let history = shared
+        .recorder
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .finish();
+    let file = std::fs::File::create(dir.join("history.jsonl")).map_err(|e| e.to_string())?;
+    history
+        .write(std::io::BufWriter::new(file))
+        .map_err(|e| e.to_string())?;
+    Ok(RunOutcome {
+        dir,
+        history_ops: history.ops.len(),
+        faults,
+    })
+}
+
+/// The nodes of the system under test, with their fixed addresses.
+fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>> {
+    let listen = format!("127.0.0.1:{}", crate::system::free_port()?);
+    let data_dir = dir.join("n1").join("data");
+    Ok(vec![NodeSpec {
+        id: 1,
+        program: config.program.clone(),
+        args: vec![
+            "broker".into(),
+            "--flush".into(),
+            config.flush.clone(),
+            "--listen".into(),
+            listen.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ],
+        data_dir,
+        client_addr: Some(listen),
+    }])
+}
+
+/// One client worker of the `log` workload: produces unique values and reads offsets it has
+/// seen, at its share of the rate, until `stop`. A crashed (`info`) process is replaced by
+/// process + concurrency, as Jepsen does.
+fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, stop: &AtomicBool) {
+    let mut rng = Rng::new(config.seed.wrapping_mul(1000).wrapping_add(w as u64));
+    let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
+    let mut process = w as u64;
+    let mut next_value = w as u64;
+    let mut highest: BTreeMap<u64, u64> = BTreeMap::new();
+    let period = Duration::from_secs_f64(config.concurrency as f64 / config.rate);
+    let mut next_at = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now < next_at {
+            std::thread::sleep((next_at - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        next_at += period;
+        let partition = rng.below(config.partitions as u64);
+        let p = Process::Client(process);
+        if rng.chance(0.6) || !highest.contains_key(&partition) {
+            let value = next_value;
+            next_value += config.concurrency as u64;
+            let invoke = Produce {
+                partition,
+                value,
+                offset: None,
+            };
+            shared.record(
+                OpType::Invoke,
+                p,
+                "produce",
+                OpValue::Produce(invoke.clone()),
+            );
+            match client.produce(partition as i32, value) {
+                Ok(offset) => {
+                    let h = highest.entry(partition).or_default();
+                    *h = (*h).max(offset + 1);
+                    let done = Produce {
+                        offset: Some(offset),
+                        ..invoke
+                    };
+                    shared.record(OpType::Ok, p, "produce", OpValue::Produce(done));
+                }
+                Err(Outcome::Definite(e)) => {
+                    shared.record_error(OpType::Fail, p, "produce", OpValue::Produce(invoke), &e)
+                }
+                Err(Outcome::Indeterminate(e)) => {
+                    shared.record_error(OpType::Info, p, "produce", OpValue::Produce(invoke), &e);
+                    process += config.concurrency as u64;
+                }
+            }
+        } else {
+            let offset = rng.below(highest[&partition] + 1);
+            let invoke = Read {
+                partition,
+                offset,
+                value: None,
+            };
+            shared.record(OpType::Invoke, p, "read", OpValue::Read(invoke.clone()));
+            match client.fetch(partition as i32, offset) {
+                Ok(fetched) => {
+                    let value = fetched
+                        .records
+                        .iter()
+                        .find(|(o, _)| *o == offset)
+                        .map(|(_, v)| *v);
+                    let done = Read { value, ..invoke };
+                    shared.record(OpType::Ok, p, "read", OpValue::Read(done));
+                }
+                // A read changes nothing: whatever went wrong, it failed.
+                Err(e) => {
+                    shared.record_error(OpType::Fail, p, "read", OpValue::Read(invoke), e.message())
+                }
+            }
+        }
+    }
+}
+
+/// Paces a worker at its share of the rate; false once the run is over.
+struct Pacer {
+    period: Duration,
+    next_at: Instant,
+}
+
+impl Pacer {
+    fn new(config: &TestConfig) -> Pacer {
+        Pacer {
+            period: Duration::from_secs_f64(config.concurrency as f64 / config.rate),
+            next_at: Instant::now(),
+        }
+    }
+
+    fn wait(&mut self, stop: &AtomicBool) -> bool {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= self.next_at {
+                self.next_at += self.period;
+                return true;
+            }
+            std::thread::sleep((self.next_at - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+/// One client of the `queue` workload: a producer and an assign-mode consumer in one process,
+/// as in Jepsen's Kafka test. It sends unique values to a random key (a key is a partition),
+/// polls the keys it is assigned from where its last poll of each ended, and now and then
+/// reassigns itself a new random set of keys (keys it keeps continue where they were; new
+/// ones start at offset 0). A crash (`info`) starts a fresh process with no assignment.
+fn queue_worker(
+    w: usize,
+    config: &TestConfig,
+    bootstrap: &str,
+    shared: &Shared,
+    stop: &AtomicBool,
+) {
+    let mut rng = Rng::new(config.seed.wrapping_mul(1000).wrapping_add(w as u64));
+    let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
+    let mut process = w as u64;
+    let mut next_value = w as u64;
+    let keys = config.partitions as u64;
+    // key → the offset the next poll starts at.
+    let mut assigned: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut pacer = Pacer::new(config);
+    while pacer.wait(stop) {
+        let p = Process::Client(process);
+        let roll = rng.below(100);
+        if assigned.is_empty() || roll < 5 {
+            let mut chosen: Vec<u64> = (0..keys).filter(|_| rng.chance(0.5)).collect();
+            if chosen.is_empty() {
+                chosen.push(rng.below(keys));
+            }
+            shared.record(OpType::Invoke, p, "assign", OpValue::Keys(chosen.clone()));
+            assigned = chosen
+                .iter()
+                .map(|k| (*k, assigned.get(k).copied().unwrap_or(0)))
+                .collect();
+            shared.record(OpType::Ok, p, "assign", OpValue::Keys(chosen));
+        } else if roll < 55 {
+            let key = rng.below(keys);
+            let value = next_value;
+            next_value += config.concurrency as u64;
+            let invoke = OpValue::Txn(vec![Mop::Send { key, value }]);
+            shared.record(OpType::Invoke, p, "send", invoke.clone());
+            match client.produce(key as i32, value) {
+                Ok(offset) => {
+                    let done = OpValue::Txn(vec![Mop::Sent {
+                        key,
+                        offset: Some(offset),
+                        value,
+                    }]);
+                    shared.record(OpType::Ok, p, "send", done);
+                }
+                Err(Outcome::Definite(e)) => {
+                    shared.record_error(OpType::Fail, p, "send", invoke, &e)
+                }
+                Err(Outcome::Indeterminate(e)) => {
+                    shared.record_error(OpType::Info, p, "send", invoke, &e);
+                    process += config.concurrency as u64;
+                    assigned.clear();
+                }
+            }
+        } else {
+            let invoke = OpValue::Txn(vec![Mop::Poll]);
+            shared.record(OpType::Invoke, p, "poll", invoke.clone());
+            let mut polled: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+            let mut error = None;
+            for (key, position) in assigned.iter_mut() {
+                match client.fetch(*key as i32, *position) {
+                    Ok(f) => {
+                        if let Some((last, _)) = f.records.last() {
+                            *position = last + 1;
+                        }
+                        polled.insert(*key, f.records);
+                    }
+                    Err(e) => {
+                        error = Some(e.message().to_string());
+                        break;
+                    }
+                }
+            }
+            match error {
+                // Nothing was consumed (positions moved only in memory): the poll failed, and
+                // the consumer re-reads from where it was, as a Kafka consumer that did not
+                // return records to the application would.
+                Some(e) => {
+                    for (key, records) in &polled {
+                        if let Some((first, _)) = records.first() {
+                            assigned.insert(*key, *first);
+                        }
+                    }
+                    shared.record_error(OpType::Fail, p, "poll", invoke, &e);
+                }
+                None => {
+                    let done = OpValue::Txn(vec![Mop::Polled(polled)]);
+                    shared.record(OpType::Ok, p, "poll", done);
+                }
+            }
+        }
+    }
+}
+
+/// After healing, the `queue` workload's final polls: one process assigns every key and polls
+/// from offset 0 until it has reached each key's HW (or `final_read_limit` passes).
+fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
+    let deadline = Instant::now() + config.final_read_limit;
+    let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
+    let process = Process::Client(1_000_000);
+    let keys: Vec<u64> = (0..config.partitions as u64).collect();
+    shared.record(
+        OpType::Invoke,
+        process,
+        "assign",
+        OpValue::Keys(keys.clone()),
+    );
+    shared.record(OpType::Ok, process, "assign", OpValue::Keys(keys.clone()));
+    for key in keys {
+        let mut position = 0;
+        loop {
+            if Instant::now() > deadline {
+                return;
+            }
+            let hw = match client.high_watermark(key as i32) {
+                Ok(hw) => hw,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            if position >= hw {
+                break;
+            }
+            shared.record(
+                OpType::Invoke,
+                process,
+                "poll",
+                OpValue::Txn(vec![Mop::Poll]),
+            );
+            match client.fetch(key as i32, position) {
+                Ok(f) => {
+                    if let Some((last, _)) = f.records.last() {
+                        position = last + 1;
+                    } else {
+                        // Nothing below the HW at this offset (a gap): step over it.
+                        position += 1;
+                    }
+                    let polled = BTreeMap::from([(key, f.records)]);
+                    let done = OpValue::Txn(vec![Mop::Polled(polled)]);
+                    shared.record(OpType::Ok, process, "poll", done);
+                }
+                Err(e) => {
+                    shared.record_error(
+                        OpType::Fail,
+                        process,
+                        "poll",
+                        OpValue::Txn(vec![Mop::Poll]),
+                        e.message(),
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+/// After healing: read every offset below each partition's HW, retrying until the system
+/// answers or `final_read_limit` passes (then the reads are missing and the check may be
+/// `unknown`, never silently valid).
+fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
+    let deadline = Instant::now() + config.final_read_limit;
+    let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
+    let process = Process::Client(1_000_000);
+    for partition in 0..config.partitions as u64 {
+        let hw = loop {
+            match client.high_watermark(partition as i32) {
+                Ok(hw) => break Some(hw),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(_) => break None,
+            }
+        };
+        let Some(hw) = hw else { continue };
+        let mut offset = 0;
+        while offset < hw && Instant::now() < deadline {
+            match client.fetch(partition as i32, offset) {
+                Ok(fetched) => {
+                    // One read op per offset, all with the value the fetch saw there.
+                    let mut at: BTreeMap<u64, u64> = fetched.records.iter().copied().collect();
+                    let upto = fetched
+                        .records
+                        .last()
+                        .map_or(offset + 1, |(o, _)| o + 1)
+                        .min(hw);
+                    for o in offset..upto {
+                        let read = Read {
+                            partition,
+                            offset: o,
+                            value: None,
+                        };
+                        shared.record(OpType::Invoke, process, "read", OpValue::Read(read.clone()));
+                        let done = Read {
+                            value: at.remove(&o),
+                            ..read
+                        };
+                        shared.record(OpType::Ok, process, "read", OpValue::Read(done));
+                    }
+                    offset = upto;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+/// The nemesis: alternates quiet periods and faults of `nemesis_interval` each, choosing the
+/// fault and its target from the seed, and records each as `start-X` / `stop-X` in the
+/// history. Returns a line per fault for the summary.
+fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared) -> Vec<String> {
+    let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
+    let end = shared.start + config.time_limit;
+    let mut faults = Vec::new();
+    let sleep_until = |t: Instant| {
+        while Instant::now() < t.min(end) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let nodes = system.node_ids();
+    loop {
+        sleep_until(Instant::now() + config.nemesis_interval);
+        if Instant::now() >= end || config.nemeses.is_empty() {
+            break;
+        }
+        let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
+        let node: NodeId = nodes[rng.below(nodes.len() as u64) as usize];
+        let value = serde_json::json!({ "node": node });
+        let start_f = format!("start-{}", kind.name());
+        let result = match kind {
+            NemesisKind::Kill => system.kill(node).map(|_| String::new()),
+            NemesisKind::LoseUnsynced => system.kill(node).and_then(|_| {
+                system.lose_unsynced(node).map(|r| {
+                    format!(
+                        " (lost {} bytes in {} files)",
+                        r.bytes_truncated,
+                        r.files.len()
+                    )
+                })
+            }),
+            NemesisKind::Pause => system.pause(node).map(|_| String::new()),
+            NemesisKind::Clock => {
+                let delta_ms = (rng.below(2 * 3_600_000) as i64) - 3_600_000;
+                system
+                    .clock(node)
+                    .map_or(Ok(()), |c| c.set_offset_ms(delta_ms))
+                    .map(|_| format!(" (wall clock {delta_ms:+} ms)"))
+            }
+            NemesisKind::Partition => Ok(String::new()),
+        };
+        match result {
+            Ok(detail) => {
+                shared.record(
+                    OpType::Info,
+                    Process::Nemesis,
+                    &start_f,
+                    OpValue::Other(value.clone()),
+                );
+                faults.push(format!("{} node {node}{detail}", kind.name()));
+            }
+            Err(e) => {
+                shared.record_error(
+                    OpType::Info,
+                    Process::Nemesis,
+                    &start_f,
+                    OpValue::Other(value.clone()),
+                    &e.to_string(),
+                );
+                faults.push(format!("{} node {node} FAILED: {e}", kind.name()));
+            }
+        }
+        sleep_until(Instant::now() + config.nemesis_interval);
+        let healed = match kind {
+            NemesisKind::Kill | NemesisKind::LoseUnsynced => system.restart(node),
+            NemesisKind::Pause => system.resume(node),
+            NemesisKind::Clock => system.clock(node).map_or(Ok(()), |c| c.reset()),
+            NemesisKind::Partition => Ok(()),
+        };
+        let stop_f = format!("stop-{}", kind.name());
+        match healed {
+            Ok(()) => {
+                shared.record(
+                    OpType::Info,
+                    Process::Nemesis,
+                    &stop_f,
+                    OpValue::Other(value),
+                );
+            }
+            Err(e) => shared.record_error(
+                OpType::Info,
+                Process::Nemesis,
+                &stop_f,
+                OpValue::Other(value),
+                &e.to_string(),
+            ),
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    faults
+}
+
+/// The default store folder for runs.
+pub fn default_store() -> PathBuf {
+    Path::new("store").to_path_buf()
+}

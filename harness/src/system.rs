@@ -1,0 +1,259 @@
+//! The system under test as real OS processes the nemesis can kill, pause and restart.
+//!
+//! A node is a `kcheck broker` process (later also controllers and ZooKeeper servers) with its
+//! own data directory, optionally on a [`LazyFsMount`] (so a crash can lose exactly what it had
+//! not fsynced) and optionally started under libfaketime (so its wall clock can be moved).
+//! A node keeps its listen address across restarts, so clients reconnect to the same place.
+
+use crate::lazyfs::{LazyFsMount, LossReport};
+use crate::nemesis::clock::FakeClock;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub type NodeId = i32;
+
+/// How to start one node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub program: PathBuf,
+    /// Every argument, including the node's fixed listen addresses and `data_dir`.
+    pub args: Vec<String>,
+    /// Where the node keeps its data (mounted on LazyFs when asked for).
+    pub data_dir: PathBuf,
+    /// The address clients use, for brokers.
+    pub client_addr: Option<String>,
+}
+
+/// A port the OS had free a moment ago on 127.0.0.1 (nodes keep their ports across restarts,
+/// so they are chosen before the first start).
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Node {
+    spec: NodeSpec,
+    /// Where the node writes (the LazyFs mount point when there is one).
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    lazyfs: Option<LazyFsMount>,
+    clock: Option<FakeClock>,
+}
+
+/// A set of node processes.
+pub struct ProcessSystem {
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+/// What a node (broker or controller) prints once it accepts connections.
+const LISTENING: &str = " listening on ";
+
+impl ProcessSystem {
+    /// Prepares the nodes in `run_dir` (one folder each) and starts them. `lazy` puts each data
+    /// directory on LazyFs, `clocks` starts each node under libfaketime.
+    pub fn start(
+        run_dir: &Path,
+        specs: Vec<NodeSpec>,
+        lazy: bool,
+        clocks: bool,
+    ) -> io::Result<ProcessSystem> {
+        let mut system = ProcessSystem {
+            nodes: BTreeMap::new(),
+        };
+        for spec in specs {
+            let dir = run_dir.join(format!("n{}", spec.id));
+            fs::create_dir_all(&dir)?;
+            fs::create_dir_all(&spec.data_dir)?;
+            let lazyfs = if lazy {
+                let backing = dir.join("data.backing");
+                fs::create_dir_all(&backing)?;
+                Some(LazyFsMount::mount(&backing, &spec.data_dir)?)
+            } else {
+                None
+            };
+            let clock = if clocks {
+                Some(FakeClock::new(&dir, spec.id)?)
+            } else {
+                None
+            };
+            let id = spec.id;
+            system.nodes.insert(
+                id,
+                Node {
+                    spec,
+                    log: dir.join("node.log"),
+                    child: None,
+                    paused: false,
+                    lazyfs,
+                    clock,
+                },
+            );
+            system.restart(id)?;
+        }
+        Ok(system)
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Every broker's client address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        let addrs: Vec<&str> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.spec.client_addr.as_deref())
+            .collect();
+        addrs.join(",")
+    }
+
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    fn node(&mut self, id: NodeId) -> io::Result<&mut Node> {
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::other(format!("no node {id}")))
+    }
+
+    /// Starts a node that is not running and waits until it listens (30 s at most).
+    pub fn restart(&mut self, id: NodeId) -> io::Result<()> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            return Ok(());
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = Command::new(&node.spec.program);
+        cmd.args(&node.spec.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(clock) = &node.clock {
+            cmd.envs(clock.env());
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut reader = BufReader::new(stdout);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let tail = fs::read_to_string(&node.log).unwrap_or_default();
+                let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                return Err(io::Error::other(format!(
+                    "node {id} exited or hung before listening: {tail}"
+                )));
+            }
+            if line.contains(LISTENING) {
+                break;
+            }
+        }
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL: the process dies at once, the kernel keeps what it wrote (see `lose_unsynced`).
+    pub fn kill(&mut self, id: NodeId) -> io::Result<()> {
+        let node = self.node(id)?;
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        node.paused = false;
+        Ok(())
+    }
+
+    /// After [`Self::kill`]: roll the node's files back to what it had fsynced.
+    pub fn lose_unsynced(&mut self, id: NodeId) -> io::Result<LossReport> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            return Err(io::Error::other(format!(
+                "node {id} is running: kill it before losing its unsynced writes"
+            )));
+        }
+        match &node.lazyfs {
+            Some(fs) => fs.lose_unsynced(),
+            None => Err(io::Error::other(format!("node {id} is not on LazyFs"))),
+        }
+    }
+
+    fn signal(&mut self, id: NodeId, signal: i32) -> io::Result<bool> {
+        let node = self.node(id)?;
+        let Some(child) = &node.child else {
+            return Ok(false);
+        };
+        // SAFETY: the pid is our own child's, which has not been reaped.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+
+    /// SIGSTOP (a GC pause, a VM stall): the node holds its sockets but answers nothing.
+    pub fn pause(&mut self, id: NodeId) -> io::Result<()> {
+        if self.signal(id, libc::SIGSTOP)? {
+            self.node(id)?.paused = true;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&mut self, id: NodeId) -> io::Result<()> {
+        if self.signal(id, libc::SIGCONT)? {
+            self.node(id)?.paused = false;
+        }
+        Ok(())
+    }
+
+    pub fn clock(&self, id: NodeId) -> Option<&FakeClock> {
+        self.nodes.get(&id).and_then(|n| n.clock.as_ref())
+    }
+
+    /// Undo every fault: resume paused nodes, restart dead ones, reset clocks.
+    pub fn heal(&mut self) -> io::Result<()> {
+        for id in self.node_ids() {
+            self.resume(id)?;
+            self.restart(id)?;
+            if let Some(c) = self.clock(id) {
+                c.reset()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every node (SIGCONT first so SIGKILL is delivered to paused ones) and unmounts.
+    pub fn shutdown(&mut self) {
+        for id in self.node_ids() {
+            let _ = self.resume(id);
+            let _ = self.kill(id);
+        }
+        for node in self.nodes.values_mut() {
+            if let Some(fs) = node.lazyfs.take() {
+                let _ = fs.unmount();
+            }
+        }
+    }
+}
+
+impl Drop for ProcessSystem {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

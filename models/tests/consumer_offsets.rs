@@ -1,0 +1,333 @@
+//! The consumer-offsets model: the correct group protocol passes exhaustively, every bug flag is
+//! caught as a counterexample of the property it is documented to violate (and of the deeper
+//! consequences named below), recorded traces replay, and random walks of the correct protocol
+//! never violate an invariant.
+
+use kcheck_models::consumer_offsets::{
+    self, ConsumerOffsets, ConsumerStatus, MemberSet, PartitionSet,
+};
+use kcheck_models::engine::{CheckOptions, Stop};
+use kcheck_models::{find, Config, KcheckModel, ModelDef, Report, Trace};
+use proptest::prelude::*;
+
+fn model() -> &'static dyn ModelDef {
+    find("consumer-offsets").expect("consumer-offsets is in the catalog")
+}
+
+fn config(bugs: &[&str]) -> Config {
+    let bugs: Vec<String> = bugs.iter().map(|b| b.to_string()).collect();
+    model().config(&bugs, &[]).expect("valid config")
+}
+
+fn trace_path(name: &str) -> String {
+    format!(
+        "{}/../specs/traces/consumer-offsets-{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn load_trace(name: &str) -> Trace {
+    let path = trace_path(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Check only the named properties with `bugs` on, deciding each (the AG EF one needs the
+/// whole state graph, the others stop at their shortest counterexample).
+fn check(bugs: &[&str], properties: &[&str]) -> Report {
+    let options = CheckOptions {
+        stop: Stop::AllOf(properties.iter().map(|p| p.to_string()).collect()),
+        ..CheckOptions::default()
+    };
+    model().check(&config(bugs), &options, &|_| {})
+}
+
+/// The status of `property` and, when violated, the length of its counterexample.
+fn verdict(report: &Report, property: &str) -> (&'static str, Option<usize>) {
+    let r = report
+        .result(property)
+        .expect("the model names this property");
+    (r.status, r.trace.as_ref().map(|t| t.steps.len()))
+}
+
+#[test]
+fn correct_protocol_passes_exhaustively_at_default_bounds() {
+    let options = CheckOptions {
+        stop: Stop::AllDecided,
+        ..CheckOptions::default()
+    };
+    let report = model().check(&config(&[]), &options, &|_| {});
+    assert!(report.complete, "the default bounds are exhausted");
+    assert!(
+        report.unique_states > 100_000,
+        "the state space is not trivial ({} states)",
+        report.unique_states
+    );
+    for r in &report.results {
+        let expected = if r.kind == "sometimes" {
+            "reached"
+        } else {
+            "holds"
+        };
+        assert_eq!(r.status, expected, "{} should be {expected}", r.name);
+    }
+    assert!(!report.failed());
+}
+
+#[test]
+fn commit_before_process_loses_a_record_in_a_crash() {
+    // Produce, join, sync, poll, commit the position, crash: the record below the committed
+    // offset was never processed and no future owner fetches it (at-most-once).
+    let report = check(
+        &["commit-before-process"],
+        &["at-least-once", "group-processes-every-record"],
+    );
+    assert_eq!(verdict(&report, "at-least-once"), ("violated", Some(7)));
+    let trace = report
+        .result("at-least-once")
+        .unwrap()
+        .trace
+        .clone()
+        .unwrap();
+    assert!(trace.steps[5].description.contains("OffsetCommit"));
+    assert!(trace.steps[6].description.contains("crashes"));
+    // The liveness view of the same loss: once faults stop, the record is never processed.
+    assert_eq!(
+        verdict(&report, "group-processes-every-record").0,
+        "violated"
+    );
+}
+
+#[test]
+fn auto_commit_loses_a_record_in_a_crash() {
+    let report = check(&["auto-commit"], &["at-least-once"]);
+    assert_eq!(verdict(&report, "at-least-once"), ("violated", Some(7)));
+    let trace = report
+        .result("at-least-once")
+        .unwrap()
+        .trace
+        .clone()
+        .unwrap();
+    assert!(trace.steps[5].description.contains("auto-commit timer"));
+}
+
+#[test]
+fn no_generation_fencing_lets_a_zombie_commit_and_move_the_offset_back() {
+    let report = check(
+        &["no-generation-fencing"],
+        &["no-zombie-commit", "committed-offset-monotonic"],
+    );
+    let (status, steps) = verdict(&report, "no-zombie-commit");
+    assert_eq!(status, "violated");
+    assert!(
+        steps.unwrap() <= 8,
+        "a short zombie commit ({steps:?} steps)"
+    );
+    // The damage: the zombie's commit lands after the new owner's OffsetFetch, so the two
+    // disagree about where p0 is, and the next commit moves the offset backwards.
+    let (status, _) = verdict(&report, "committed-offset-monotonic");
+    assert_eq!(status, "violated");
+    let trace = report
+        .result("committed-offset-monotonic")
+        .unwrap()
+        .trace
+        .clone()
+        .unwrap();
+    assert!(
+        trace
+            .steps
+            .iter()
+            .any(|s| s.description.contains("no fencing; correct answer")),
+        "the backwards move follows a zombie's commit:\n{}",
+        trace.render()
+    );
+}
+
+#[test]
+fn overlapping_assignment_breaks_exclusive_ownership() {
+    let report = check(
+        &["overlapping-assignment"],
+        &["exclusive-ownership-per-generation"],
+    );
+    assert_eq!(
+        verdict(&report, "exclusive-ownership-per-generation"),
+        ("violated", Some(5))
+    );
+}
+
+#[test]
+fn every_bug_flag_has_a_test_and_a_recorded_trace() {
+    for flag in model().bug_flags() {
+        let path = trace_path(flag.name);
+        assert!(std::path::Path::new(&path).exists(), "missing {path}");
+    }
+}
+
+#[test]
+fn recorded_traces_replay_to_their_violation() {
+    for flag in model().bug_flags() {
+        let trace = load_trace(flag.name);
+        assert_eq!(trace.bugs, vec![flag.name.to_string()]);
+        assert_eq!(trace.property, flag.violates);
+        let report = model()
+            .replay(&trace)
+            .unwrap_or_else(|e| panic!("{}: {e}", flag.name));
+        assert!(
+            report.violated.contains(&flag.violates),
+            "{} ends in a violation of {} (got {:?})",
+            flag.name,
+            flag.violates,
+            report.violated
+        );
+    }
+}
+
+#[test]
+fn the_correct_protocol_rejects_the_bug_traces() {
+    // Without their flag the traces are not behaviours of the correct protocol: the commit
+    // carries the processed offset, the zombie's commit is fenced, the timer does not exist.
+    for flag in model().bug_flags() {
+        let mut trace = load_trace(flag.name);
+        trace.bugs.clear();
+        match model().replay(&trace) {
+            Err(e) => assert!(
+                e.contains("different state")
+                    || e.contains("not enabled")
+                    || e.contains("changes nothing"),
+                "{}: {e}",
+                flag.name
+            ),
+            Ok(report) => panic!(
+                "{} replays without its flag (violated: {:?})",
+                flag.name, report.violated
+            ),
+        }
+    }
+}
+
+#[test]
+fn replay_detects_a_tampered_trace() {
+    let mut trace = load_trace("commit-before-process");
+    trace.steps[0].state[1].push_str(" tampered");
+    assert!(model()
+        .replay(&trace)
+        .unwrap_err()
+        .contains("different state"));
+}
+
+#[test]
+fn symmetry_reduces_without_changing_verdicts() {
+    let small = model()
+        .config(&[], &[("partitions".into(), 1), ("records".into(), 1)])
+        .unwrap();
+    let options = CheckOptions {
+        stop: Stop::Never,
+        ..CheckOptions::default()
+    };
+    let with = model().check(&small, &options, &|_| {});
+    let without = model().check(
+        &small,
+        &CheckOptions {
+            symmetry: false,
+            ..options.clone()
+        },
+        &|_| {},
+    );
+    assert!(
+        with.unique_states < without.unique_states,
+        "{} vs {}",
+        with.unique_states,
+        without.unique_states
+    );
+    let statuses = |r: &Report| r.results.iter().map(|x| x.status).collect::<Vec<_>>();
+    assert_eq!(statuses(&with), statuses(&without));
+}
+
+#[test]
+fn invariants_reject_hand_made_bad_states() {
+    let m = ConsumerOffsets::from_config(&config(&[]));
+    let good = m.initial_state();
+    assert!(consumer_offsets::at_least_once(&m, &good));
+    assert!(consumer_offsets::committed_offset_monotonic(&good));
+    assert!(consumer_offsets::exclusive_ownership_per_generation(
+        &m, &good
+    ));
+    assert!(consumer_offsets::no_zombie_commit(&good));
+
+    // Offset 0 committed, never processed, held by nobody: lost.
+    let mut s = good.clone();
+    s.hw[0] = 1;
+    s.coordinator.committed[0] = 1;
+    s.max_committed[0] = 1;
+    assert!(!consumer_offsets::at_least_once(&m, &s));
+    // ... unless a running consumer still holds it unprocessed.
+    let c = &mut s.consumers[0];
+    c.status = ConsumerStatus::Stable;
+    c.assigned = PartitionSet(1);
+    c.position[0] = 1;
+    assert!(consumer_offsets::at_least_once(&m, &s));
+    // A crashed one does not count.
+    s.consumers[0].status = ConsumerStatus::Down;
+    assert!(!consumer_offsets::at_least_once(&m, &s));
+
+    let mut s = good.clone();
+    s.max_committed[1] = 2;
+    s.coordinator.committed[1] = 1;
+    assert!(!consumer_offsets::committed_offset_monotonic(&s));
+
+    let mut s = good.clone();
+    for c in &mut s.consumers[..2] {
+        c.status = ConsumerStatus::Stable;
+        c.generation = 1;
+        c.assigned = PartitionSet(0b10);
+    }
+    assert!(!consumer_offsets::exclusive_ownership_per_generation(
+        &m, &s
+    ));
+    // A zombie of generation 1 and the owner of generation 2 may overlap.
+    s.consumers[1].generation = 2;
+    s.coordinator.generation = 2;
+    s.coordinator.members = MemberSet::single(1);
+    s.coordinator.assignment[1] = MemberSet::single(1);
+    s.coordinator.state = consumer_offsets::GroupState::Stable;
+    assert!(consumer_offsets::exclusive_ownership_per_generation(&m, &s));
+    assert!(consumer_offsets::zombie_overlaps_new_owner(&m, &s));
+}
+
+#[test]
+fn bad_configuration_names_the_fix() {
+    let err = model()
+        .config(&["exactly-once".to_string()], &[])
+        .unwrap_err();
+    assert!(err.contains("known: commit-before-process"), "{err}");
+    let err = model()
+        .config(&[], &[("partitions".into(), 9)])
+        .unwrap_err();
+    assert!(err.contains("between 1 and 3"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn random_walks_of_the_correct_protocol_never_violate(seed in any::<u64>()) {
+        let cfg = model()
+            .config(&[], &[("consumers".into(), 3), ("records".into(), 4), ("crashes".into(), 3), ("expiries".into(), 3)])
+            .unwrap();
+        if let Err(trace) = model().random_walk(&cfg, seed, 200) {
+            panic!("random walk violated {}:\n{}", trace.property, trace.render());
+        }
+    }
+}
+
+#[test]
+fn random_walks_find_a_bug() {
+    // The same random walks do find violations when a bug flag is on: they are not vacuous.
+    let cfg = model()
+        .config(
+            &["auto-commit".to_string()],
+            &[("records".into(), 4), ("crashes".into(), 3)],
+        )
+        .unwrap();
+    let found = (0..2000u64).any(|seed| model().random_walk(&cfg, seed, 200).is_err());
+    assert!(found);
+}

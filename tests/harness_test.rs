@@ -1,0 +1,196 @@
+//! `kcheck test` end to end against the real broker: it finds the records an unflushed broker
+//! acknowledged and then lost in a crash (exit 1), passes the same run with `--flush always`
+//! (exit 0), gives the same fault schedule for the same seed, and refuses bad arguments (2).
+
+mod broker_support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kcheck_test(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kcheck"))
+        .args([
+            "test",
+            "--time-limit",
+            "6",
+            "--nemesis-interval",
+            "1.2",
+            "--rate",
+            "150",
+        ])
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("kcheck runs")
+}
+
+fn lazyfs_usable() -> bool {
+    broker_support::require(
+        "FUSE (LazyFs)",
+        kcheck_harness::lazyfs::available().is_ok(),
+        "run as root on a kernel with /dev/fuse",
+    )
+}
+
+fn run_dirs(store: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn losing_unsynced_writes_of_an_unflushed_broker_is_found() {
+    if !lazyfs_usable() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let o = kcheck_test(
+        store.path(),
+        &["--nemesis", "lose-unsynced", "--flush", "never"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("kcheck test: INVALID"), "{out}");
+    assert!(out.contains("is not linearizable"), "{out}");
+    let dir = &run_dirs(store.path())[0];
+    for f in [
+        "history.jsonl",
+        "results.json",
+        "report.html",
+        "latency.svg",
+        "history.edn",
+        "test.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f} in the run folder");
+    }
+}
+
+#[test]
+fn the_same_run_with_flush_always_is_valid() {
+    if !lazyfs_usable() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let o = kcheck_test(
+        store.path(),
+        &["--nemesis", "lose-unsynced,kill,pause", "--flush", "always"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("kcheck test: VALID"), "{out}");
+    assert!(out.contains("faults injected: 2"), "{out}");
+}
+
+/// The nemesis operations of a run's history, as (f, value).
+fn schedule(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|op| op["process"] == "nemesis")
+        .map(|op| (op["f"].to_string(), op["value"].to_string()))
+        .collect()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_fault_schedule() {
+    let store = tempfile::tempdir().unwrap();
+    let args = [
+        "--nemesis",
+        "kill,pause",
+        "--seed",
+        "42",
+        "--flush",
+        "always",
+    ];
+    for _ in 0..2 {
+        let o = kcheck_test(store.path(), &args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    let dirs = run_dirs(store.path());
+    let (a, b) = (schedule(&dirs[0]), schedule(&dirs[1]));
+    assert!(a.len() >= 4, "faults were injected: {a:?}");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_arguments_are_refused_with_exit_2() {
+    let store = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            &["--nemesis", "meteor"][..],
+            "unknown nemesis 'meteor' (known: kill, pause",
+        ),
+        (
+            &["--partitions=0"][..],
+            "--concurrency, --rate and the partition count must be positive",
+        ),
+        (
+            &["--nemesis", "partition"][..],
+            "the partition nemesis needs at least two nodes",
+        ),
+    ] {
+        let o = kcheck_test(store.path(), args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_queue_workload_finds_the_lost_writes_and_passes_a_durable_broker() {
+    if !lazyfs_usable() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let lossy = kcheck_test(
+        store.path(),
+        &[
+            "--workload",
+            "queue",
+            "--nemesis",
+            "lose-unsynced",
+            "--flush",
+            "never",
+        ],
+    );
+    let out = String::from_utf8_lossy(&lossy.stdout);
+    assert_eq!(lossy.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("inconsistent-offsets") || out.contains("lost-write"),
+        "a rewritten offset or a lost write is reported: {out}"
+    );
+    let durable = kcheck_test(
+        store.path(),
+        &[
+            "--workload",
+            "queue",
+            "--nemesis",
+            "lose-unsynced,kill",
+            "--flush",
+            "always",
+        ],
+    );
+    let out = String::from_utf8_lossy(&durable.stdout);
+    assert_eq!(durable.status.code(), Some(0), "{out}");
+    assert!(out.contains("workloads: queue"), "{out}");
+}
