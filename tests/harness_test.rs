@@ -148,6 +148,11 @@ fn bad_arguments_are_refused_with_exit_2() {
             &["--nemesis", "partition"][..],
             "the partition nemesis needs at least two nodes",
         ),
+        (&["--brokers", "3"][..], "needs a controller quorum"),
+        (
+            &["--brokers", "3", "--controllers", "3", "--bug", "nope"][..],
+            "unknown bug flag 'nope'",
+        ),
     ] {
         let o = kcheck_test(store.path(), args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
@@ -193,4 +198,42 @@ fn the_queue_workload_finds_the_lost_writes_and_passes_a_durable_broker() {
     let out = String::from_utf8_lossy(&durable.stdout);
     assert_eq!(durable.status.code(), Some(0), "{out}");
     assert!(out.contains("workloads: queue"), "{out}");
+}
+
+#[test]
+fn a_replicated_cluster_under_kills_stays_linearizable() {
+    let store = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kcheck"))
+        .args([
+            "test",
+            "--brokers",
+            "3",
+            "--controllers",
+            "3",
+            "--nemesis",
+            "kill",
+        ])
+        .args([
+            "--time-limit",
+            "12",
+            "--nemesis-interval",
+            "2",
+            "--rate",
+            "100",
+            "--seed",
+            "3",
+        ])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .expect("kcheck runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("kill node"), "faults were injected: {out}");
+    assert!(out.contains("kcheck test: VALID"), "{out}");
 }

@@ -180,6 +180,16 @@ impl KafkaClient {
         Err(last)
     }
 
+    /// Brokers in the last Metadata (Kafka lists only registered, unfenced ones).
+    pub fn broker_count(&self) -> usize {
+        self.brokers.len()
+    }
+
+    /// Partitions of the topic that had a leader in the last Metadata.
+    pub fn leader_count(&self) -> usize {
+        self.leaders.len()
+    }
+
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {
         if !self.leaders.contains_key(&partition) {
             self.refresh_metadata()?;

@@ -101,7 +101,8 @@ impl Report {
 #[derive(Clone, Debug, Serialize)]
 pub struct ReplayReport {
     pub steps: usize,
-    /// The `always` properties the final state violates (empty: all hold).
+    /// The `always` properties the final state violates, and the `always-can-reach` ones whose
+    /// goal is unreachable from it (empty: all hold).
     pub violated: Vec<&'static str>,
     /// Human-readable numbered steps.
     pub rendered: String,
@@ -373,6 +374,13 @@ impl<M: KcheckModel> ModelDef for Entry<M> {
             .iter()
             .filter_map(|p| match p.kind {
                 PropertyKind::Always(holds) if !holds(&model, &state) => Some(p.name),
+                // A counterexample of AG EF ends in a state from which the goal is unreachable:
+                // re-explore from it to confirm.
+                PropertyKind::AlwaysCanReach { goal, via }
+                    if !engine::can_reach(&model, &state, goal, via) =>
+                {
+                    Some(p.name)
+                }
                 _ => None,
             })
             .collect();

@@ -19,9 +19,9 @@
 //! Ghost (history) variables the invariants read, never seen by consumers or the coordinator:
 //! `processed` (which offsets some consumer's application has processed), `max_committed` (the
 //! highest offset ever committed per partition: the committed history as far as monotonicity
-//! needs it), `zombie_commit` (an OffsetCommit from outside the current generation changed a
-//! committed offset)
-//! and `duplicate` (some offset was processed twice).
+//! needs it), `zombie_commit` (a commit from someone other than the partition's owner in the
+//! current generation changed its committed offset) and `duplicate` (some offset was processed
+//! twice).
 
 use crate::catalog::{Bound, BugFlag, Config, KcheckModel};
 use crate::property::Property;
@@ -135,6 +135,11 @@ pub struct Coordinator {
     pub assignment: [MemberSet; MAX_PARTITIONS],
     /// The committed offset of each partition: the next offset the group has to process.
     pub committed: [Offset; MAX_PARTITIONS],
+    /// Partitions with a committed offset at all; OffsetFetch of the others answers "none" and
+    /// the consumer falls back to `auto.offset.reset`. Tracked only under
+    /// `auto-offset-reset-latest`: with `earliest`, "none" positions a consumer at 0 like a
+    /// committed 0 does.
+    pub has_committed: PartitionSet,
 }
 
 /// Where a consumer process is in the group protocol, as the consumer itself believes.
@@ -208,8 +213,8 @@ pub struct State {
     pub processed: [u8; MAX_PARTITIONS],
     /// Ghost: the highest offset ever committed per partition.
     pub max_committed: [Offset; MAX_PARTITIONS],
-    /// Ghost: an OffsetCommit from a member outside the current generation changed a committed
-    /// offset.
+    /// Ghost: an OffsetCommit changed the committed offset of a partition although the
+    /// committer was not its owner in the current generation (an older generation's zombie).
     pub zombie_commit: bool,
     /// Ghost: some offset was processed twice (at-least-once allows it).
     pub duplicate: bool,
@@ -267,6 +272,7 @@ pub enum OffsetsBug {
     NoGenerationFencing,
     AutoCommit,
     OverlappingAssignment,
+    AutoOffsetResetLatest,
 }
 
 impl OffsetsBug {
@@ -276,13 +282,15 @@ impl OffsetsBug {
             OffsetsBug::NoGenerationFencing => "no-generation-fencing",
             OffsetsBug::AutoCommit => "auto-commit",
             OffsetsBug::OverlappingAssignment => "overlapping-assignment",
+            OffsetsBug::AutoOffsetResetLatest => "auto-offset-reset-latest",
         }
     }
-    pub const ALL: [OffsetsBug; 4] = [
+    pub const ALL: [OffsetsBug; 5] = [
         OffsetsBug::CommitBeforeProcess,
         OffsetsBug::NoGenerationFencing,
         OffsetsBug::AutoCommit,
         OffsetsBug::OverlappingAssignment,
+        OffsetsBug::AutoOffsetResetLatest,
     ];
 }
 
@@ -311,6 +319,12 @@ static BUG_FLAGS: &[BugFlag] = &[
         source: "mutation; KIP-848 moves assignment to the coordinator",
         violates: "exclusive-ownership-per-generation",
     },
+    BugFlag {
+        name: "auto-offset-reset-latest",
+        meaning: "auto.offset.reset=latest (Kafka's default): a partition without a committed offset starts at the log end",
+        source: "Kafka consumer docs: auto.offset.reset",
+        violates: "at-least-once",
+    },
 ];
 
 static BOUNDS: &[Bound] = &[
@@ -319,7 +333,8 @@ static BOUNDS: &[Bound] = &[
         meaning: "consumer processes in the group",
         default: 2,
         release: 3,
-        min: 1,
+        // A zombie needs someone to take its partitions over (`zombie-overlaps-new-owner`).
+        min: 2,
         max: MAX_CONSUMERS as u32,
     },
     Bound {
@@ -351,7 +366,8 @@ static BOUNDS: &[Bound] = &[
         meaning: "sessions of live consumers that expire (zombies)",
         default: 1,
         release: 1,
-        min: 0,
+        // The non-vacuity properties need a zombie.
+        min: 1,
         max: 4,
     },
 ];
@@ -469,11 +485,22 @@ impl ConsumerOffsets {
             let offsets = self.commit_offsets(&c, auto);
             for p in c.assigned.iter() {
                 let p = p as usize;
-                if !current && s.coordinator.committed[p] != offsets[p] {
-                    // A fenced member moved a committed offset: the ghost remembers it.
+                let g = &s.coordinator;
+                let owner = c.generation == g.generation && g.assignment[p].contains(m);
+                if !owner && g.committed[p] != offsets[p] {
+                    // Judged from the generation and the assignment, not from the membership
+                    // check the coordinator makes: the ghost records the harm, whatever let
+                    // the commit through.
                     s.zombie_commit = true;
                 }
                 s.coordinator.committed[p] = offsets[p];
+                if self.has(OffsetsBug::AutoOffsetResetLatest) {
+                    // With auto.offset.reset=earliest "no committed offset" and "committed
+                    // offset 0" position a consumer alike: the model tells them apart only
+                    // when the reset policy does, which keeps the correct state space small.
+                    s.coordinator.has_committed =
+                        s.coordinator.has_committed.with(p as PartitionId);
+                }
                 s.max_committed[p] = s.max_committed[p].max(offsets[p]);
             }
         } else {
@@ -654,9 +681,17 @@ impl Model for ConsumerOffsets {
                     for p in self.partition_ids() {
                         if g.assignment[p as usize].contains(member) {
                             c.assigned = c.assigned.with(p);
-                            // OffsetFetch: start at the committed offset.
-                            c.position[p as usize] = g.committed[p as usize];
-                            c.processed_upto[p as usize] = g.committed[p as usize];
+                            // OffsetFetch: start at the committed offset, or where
+                            // auto.offset.reset says when there is none.
+                            let start = if g.has_committed.contains(p)
+                                || !self.has(OffsetsBug::AutoOffsetResetLatest)
+                            {
+                                g.committed[p as usize]
+                            } else {
+                                s.hw[p as usize]
+                            };
+                            c.position[p as usize] = start;
+                            c.processed_upto[p as usize] = start;
                         }
                     }
                 }
@@ -710,8 +745,9 @@ pub fn at_least_once(m: &ConsumerOffsets, s: &State) -> bool {
     })
 }
 
-/// No OffsetCommit from a member outside the coordinator's current generation changed a
-/// committed offset. (Fencing rejects such a commit outright; the property states the harm.)
+/// Only an owner of a partition in the current generation moves its committed offset: no commit
+/// of an older generation's member takes effect. The coordinator never checks ownership (only
+/// member id and generation id), so this holds by the protocol, not by the check.
 pub fn no_zombie_commit(s: &State) -> bool {
     !s.zombie_commit
 }
@@ -762,6 +798,22 @@ pub fn zombie_overlaps_new_owner(m: &ConsumerOffsets, s: &State) -> bool {
                             && g.state == GroupState::Stable
                     })
         })
+}
+
+/// The committed offsets, `none` for a partition without one.
+fn committed_text(m: &ConsumerOffsets, g: &Coordinator) -> String {
+    let parts: Vec<String> = (0..m.partitions)
+        .map(|p| {
+            if g.has_committed.contains(p as PartitionId)
+                || !m.has(OffsetsBug::AutoOffsetResetLatest)
+            {
+                format!("p{p}:{}", g.committed[p])
+            } else {
+                format!("p{p}:none")
+            }
+        })
+        .collect();
+    parts.join(" ")
 }
 
 fn offsets_text(m: &ConsumerOffsets, offsets: &[Offset; MAX_PARTITIONS]) -> String {
@@ -815,7 +867,7 @@ impl KcheckModel for ConsumerOffsets {
             ),
             Property::always(
                 "no-zombie-commit",
-                "an OffsetCommit from a member outside the current generation never changes a committed offset",
+                "only the partition's owner in the current generation moves its committed offset: a zombie's commit never takes effect",
                 |_, s| no_zombie_commit(s),
             ),
             Property::always(
@@ -901,8 +953,18 @@ impl KcheckModel for ConsumerOffsets {
             Action::SyncGroup { member } => {
                 if g.members.contains(member) {
                     format!(
-                        "c{member} gets its SyncGroup answer for generation {} and OffsetFetch positions it at the committed offsets",
-                        g.generation
+                        "c{member} gets its SyncGroup answer for generation {} and OffsetFetch positions it at the committed offsets{}",
+                        g.generation,
+                        if self.has(OffsetsBug::AutoOffsetResetLatest)
+                            && (0..self.partitions as PartitionId).any(|p| {
+                                g.assignment[p as usize].contains(member)
+                                    && !g.has_committed.contains(p)
+                            })
+                        {
+                            " (where there is none, auto.offset.reset=latest: the HW)"
+                        } else {
+                            ""
+                        }
                     )
                 } else {
                     format!("c{member}'s SyncGroup fails with UNKNOWN_MEMBER_ID")
@@ -981,7 +1043,7 @@ impl KcheckModel for ConsumerOffsets {
                 g.members,
                 g.joined,
                 owners.join(" "),
-                offsets_text(self, &g.committed)
+                committed_text(self, g)
             ),
             format!("log: HW=[{}]", offsets_text(self, &s.hw)),
         ];

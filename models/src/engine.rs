@@ -509,6 +509,40 @@ where
     path
 }
 
+/// Whether a state satisfying `goal` is reachable from `from` using only actions `via` accepts
+/// (EF goal from one state, by plain BFS without symmetry). Used by `replay` to confirm an
+/// `always-can-reach` counterexample: the states reachable without faults from its last state
+/// are few.
+pub fn can_reach<M>(
+    model: &M,
+    from: &M::State,
+    goal: fn(&M, &M::State) -> bool,
+    via: fn(&M::Action) -> bool,
+) -> bool
+where
+    M: Model,
+    M::State: Hash + Clone,
+{
+    let mut seen: HashSet<Fingerprint> = HashSet::from([fingerprint(from)]);
+    let mut queue = VecDeque::from([from.clone()]);
+    let mut actions = Vec::new();
+    while let Some(s) = queue.pop_front() {
+        if goal(model, &s) {
+            return true;
+        }
+        actions.clear();
+        model.actions(&s, &mut actions);
+        for a in actions.drain(..).filter(|a| via(a)) {
+            if let Some(next) = model.next_state(&s, a) {
+                if seen.insert(fingerprint(&next)) {
+                    queue.push_back(next);
+                }
+            }
+        }
+    }
+    false
+}
+
 /// A seeded random walk of at most `steps` actions from a random initial state, checking every
 /// `always` property on each state. Returns the path to the first violation. Used by the
 /// property-based tests of every model.

@@ -181,13 +181,13 @@ static BOUNDS: &[Bound] = &[
         name: "records",
         meaning: "records the producer sends",
         default: 1,
-        release: 2,
+        release: 1,
         min: 1,
         max: 6,
     },
     Bound {
         name: "epochs",
-        meaning: "highest leader epoch a failover election may reach",
+        meaning: "leader epoch below which crashes happen and up to which failovers elect (completion and cancel bumps come on top)",
         default: 2,
         release: 3,
         min: 1,
@@ -697,7 +697,7 @@ impl KcheckModel for Reassignment {
                 },
             ),
             Property::sometimes(
-                "committed-data-moves-to-added-leader",
+                "data-moves-to-added-leader",
                 "non-vacuity: a reassignment completes with a record acknowledged and the leader on a replica it added",
                 |_, s: &State| {
                     let p = &s.replication.partition;
@@ -717,7 +717,7 @@ impl KcheckModel for Reassignment {
                 },
             ),
             Property::sometimes(
-                "replacing-reassignment-completes",
+                "replaced-then-completes",
                 "non-vacuity: a reassignment replaced by a second request completes to a target other than the origin",
                 |_, s: &State| s.just_completed && s.requests >= 2 && s.target != s.origin,
             ),

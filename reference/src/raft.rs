@@ -183,31 +183,41 @@ pub enum RaftBug {
     VoteTwiceInEpoch,
     /// The leader serves every Fetch from its offset without comparing the fetcher's last
     /// epoch: a follower keeps a stale suffix under new entries (breaks `log-matching`).
-    NoDivergenceCheck,
+    NoDivergingEpoch,
     /// The same, only for observers ("they do not vote, so their log does not matter"): a
     /// broker's metadata image is built on a log that was never committed
     /// (breaks `observer-prefix`).
-    ObserverNoDivergenceCheck,
+    ObserverNoDivergingEpoch,
+    /// A voter does not keep its vote across a restart (quorum-state not persisted) and votes
+    /// again in the same epoch (breaks `election-safety`).
+    ForgetVoteOnRestart,
+    /// An observer treats everything it fetched as committed (a broker applying metadata
+    /// above the HW; breaks `observer-prefix`).
+    ApplyUncommitted,
     /// A follower copies the leader's HW even when it is lower than its own (a new leader
     /// learns the HW late), so the HW goes backwards (breaks `hw-monotonic`).
     HwCopiedFromLeader,
 }
 
 impl RaftBug {
-    pub const ALL: [RaftBug; 5] = [
+    pub const ALL: [RaftBug; 7] = [
+        RaftBug::ForgetVoteOnRestart,
+        RaftBug::ApplyUncommitted,
         RaftBug::VoteIgnoresLog,
         RaftBug::VoteTwiceInEpoch,
-        RaftBug::NoDivergenceCheck,
-        RaftBug::ObserverNoDivergenceCheck,
+        RaftBug::NoDivergingEpoch,
+        RaftBug::ObserverNoDivergingEpoch,
         RaftBug::HwCopiedFromLeader,
     ];
     pub fn name(self) -> &'static str {
         match self {
             RaftBug::VoteIgnoresLog => "vote-ignores-log",
             RaftBug::VoteTwiceInEpoch => "vote-twice-in-epoch",
-            RaftBug::NoDivergenceCheck => "no-divergence-check",
-            RaftBug::ObserverNoDivergenceCheck => "observer-no-divergence-check",
+            RaftBug::NoDivergingEpoch => "no-diverging-epoch",
+            RaftBug::ObserverNoDivergingEpoch => "observer-no-divergence-check",
             RaftBug::HwCopiedFromLeader => "hw-copied-from-leader",
+            RaftBug::ForgetVoteOnRestart => "forget-vote-on-restart",
+            RaftBug::ApplyUncommitted => "apply-uncommitted",
         }
     }
     pub fn parse(name: &str) -> Result<RaftBug, String> {
@@ -327,6 +337,10 @@ impl RaftNode {
         seed: u64,
     ) -> RaftNode {
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        let mut quorum = quorum;
+        if config.bugs.contains(&RaftBug::ForgetVoteOnRestart) && quorum.leader_id.is_none() {
+            quorum.voted_for = None;
+        }
         let role = match (quorum.leader_id, quorum.voted_for) {
             (Some(l), _) if l == id => Role::Resigned,
             (Some(_), _) => Role::Follower,
@@ -1058,8 +1072,8 @@ impl RaftNode {
         // KIP-595/KIP-320: the fetcher's last epoch must end no earlier here than its fetch
         // offset, else it has entries this leader never had.
         let (epoch_here, end_here) = self.end_offset_for_epoch(last_fetched_epoch);
-        let skip_check = self.has(RaftBug::NoDivergenceCheck)
-            || (self.has(RaftBug::ObserverNoDivergenceCheck) && !self.voters.contains(&replica));
+        let skip_check = self.has(RaftBug::NoDivergingEpoch)
+            || (self.has(RaftBug::ObserverNoDivergingEpoch) && !self.voters.contains(&replica));
         if fetch_offset > 0
             && !skip_check
             && (epoch_here != last_fetched_epoch || end_here < fetch_offset)
@@ -1205,7 +1219,11 @@ impl RaftNode {
                 }
                 let n = records.len();
                 self.append_local(records, &mut out);
-                let hw = high_watermark.min(self.log_end_offset());
+                let hw = if self.has(RaftBug::ApplyUncommitted) && !self.is_voter() {
+                    self.log_end_offset()
+                } else {
+                    high_watermark.min(self.log_end_offset())
+                };
                 if self.has(RaftBug::HwCopiedFromLeader) {
                     self.high_watermark = hw;
                 } else {
