@@ -20,6 +20,14 @@ fn kcheck(args: &[&str]) -> std::process::Output {
         .expect("run kcheck")
 }
 
+/// One cluster at a time: each test starts up to nine processes, and the machine has two
+/// cores shared with everything else.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Stops the cluster even when an assertion fails.
 struct Down<'a>(&'a Path);
 impl Drop for Down<'_> {
@@ -51,6 +59,7 @@ fn last_json(out: &str) -> serde_json::Value {
 
 #[test]
 fn kill_9_of_the_partition_leader_loses_no_acknowledged_message() {
+    let _one = one_cluster();
     if !require(
         "python3 confluent-kafka",
         has_python_module("confluent_kafka"),
@@ -162,6 +171,24 @@ fn kill_9_of_the_partition_leader_loses_no_acknowledged_message() {
         &lost[..lost.len().min(5)]
     );
 
+    // The killed broker restarts (new broker epoch), truncates or catches up as a follower
+    // and is added back to the ISR by an AlterPartition carrying its new epoch (KIP-903).
+    let mut state = state;
+    state.restart(old_leader).unwrap();
+    state.save(&data).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metadata(&survivor).unwrap();
+        if m.topics[0].partitions[0].isr_nodes.len() == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted broker {old_leader} never rejoined the ISR"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // status --json names the nodes, the quorum leader and the partition.
     let status = kcheck(&["cluster", "status", "--data-dir", data_s, "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -223,6 +250,7 @@ fn reassign(addr: &str, topic: &str, replicas: &[i32]) -> (i16, i16) {
 
 #[test]
 fn reassignment_to_three_other_brokers_under_load_loses_nothing() {
+    let _one = one_cluster();
     if !require(
         "python3 confluent-kafka",
         has_python_module("confluent_kafka"),
@@ -344,4 +372,111 @@ fn reassignment_to_three_other_brokers_under_load_loses_nothing() {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// One acks=all produce of a one-record batch to partition 0; the error code.
+fn produce_acks_all(addr: &str, topic: &str) -> i16 {
+    use kcheck_reference::kafka_protocol::messages::produce_request::{
+        PartitionProduceData, TopicProduceData,
+    };
+    use kcheck_reference::kafka_protocol::messages::*;
+    use kcheck_reference::kafka_protocol::protocol::StrBytes;
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(3000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(
+                    kcheck_reference::batch::build(0, 1, 8, 0).into(),
+                ))])]);
+    let Ok(mut c) = kcheck_reference::client::Client::connect(addr) else {
+        return -1;
+    };
+    c.request(9, &req)
+        .map_or(-1, |r| r.responses[0].partition_responses[0].error_code)
+}
+
+#[test]
+fn a_paused_follower_leaves_the_isr_and_rejoins_after_sigcont() {
+    let _one = one_cluster();
+    use kcheck_reference::kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kcheck_reference::kafka_protocol::messages::*;
+    use kcheck_reference::kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let data_s = data.to_str().unwrap();
+    let _down = Down(&data);
+    let up = kcheck(&[
+        "cluster",
+        "up",
+        "--brokers",
+        "3",
+        "--controllers",
+        "1",
+        "--data-dir",
+        data_s,
+        "--replica-lag-time-max-ms",
+        "1000",
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let state = ClusterState::load(&data).unwrap();
+    let any = state.brokers().next().unwrap().address.clone();
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("paused")))
+            .with_num_partitions(1)
+            .with_replication_factor(3)]);
+    let r = kcheck_reference::client::Client::connect(&any)
+        .unwrap()
+        .request(7, &create)
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0);
+    let wait_isr = |ask: &str, want: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = metadata(ask).unwrap();
+            let Some(p) = m.topics.first().and_then(|t| t.partitions.first()) else {
+                // The broker has not applied the topic's records yet.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            if p.leader_id.0 >= 0 && p.isr_nodes.len() == want {
+                let leader = state.node(p.leader_id.0).unwrap().address.clone();
+                let follower = p
+                    .isr_nodes
+                    .iter()
+                    .map(|b| b.0)
+                    .find(|&b| b != p.leader_id.0);
+                return (leader, follower);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ISR never reached {want} members: {p:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (leader, follower) = wait_isr(&any, 3);
+    let follower = follower.unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..20 {
+        errors.push(produce_acks_all(&leader, "paused"));
+    }
+    // SIGSTOP a follower: acks=all stalls until the leader drops it from the ISR
+    // (replica.lag.time.max.ms = 1 s), then goes on with two in-sync replicas.
+    state.pause(follower).unwrap();
+    // (Metadata from the leader: the paused broker answers nothing.)
+    wait_isr(&leader, 2);
+    assert_eq!(produce_acks_all(&leader, "paused"), 0);
+    state.resume(follower).unwrap();
+    wait_isr(&leader, 3);
+    assert_eq!(produce_acks_all(&leader, "paused"), 0);
+    assert!(errors.iter().all(|&e| e == 0), "{errors:?}");
 }

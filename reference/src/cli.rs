@@ -410,13 +410,13 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
             }
         });
         // One line per change of the topic set, for operators and the process tests.
-        let mut topics_rx = client.image();
+        let mut topics_seen = client.image();
         let node_id = cfg.node_id;
         tokio::spawn(async move {
             let mut last: Vec<String> = Vec::new();
-            while topics_rx.changed().await.is_ok() {
+            while topics_seen.changed().await.is_ok() {
                 let (offset, topics) = {
-                    let i = topics_rx.borrow();
+                    let i = topics_seen.borrow();
                     (i.offset, i.topic_ids.keys().cloned().collect::<Vec<_>>())
                 };
                 if topics != last {
@@ -431,7 +431,24 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
         let image = client.image();
         let channel: Arc<dyn crate::replication::ControllerChannel> =
             Arc::new(crate::replication::ClientChannel(client.clone()));
-        crate::server::serve_cluster(listener, cfg, image, channel, shutdown_signal()).await?;
+        // SIGTERM is a controlled shutdown: the controller fences this broker and moves its
+        // leaderships to other ISR members before the process flushes and exits, instead of
+        // waiting for its session to lapse.
+        let shutdown_client = client.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                shutdown_client.controlled_shutdown(),
+            )
+            .await
+            {
+                Ok(Ok(())) => tracing::info!("controlled shutdown accepted"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "controlled shutdown failed"),
+                Err(_) => tracing::warn!("controlled shutdown not answered in 5 s"),
+            }
+        };
+        crate::server::serve_cluster(listener, cfg, image, channel, shutdown).await?;
     } else {
         shutdown_signal().await;
     }

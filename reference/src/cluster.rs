@@ -301,15 +301,23 @@ impl ClusterState {
     }
 
     /// SIGTERM every node (a clean shutdown flushes and checkpoints), SIGKILL what is still
-    /// alive after `grace`.
+    /// alive after `grace`. Brokers go first, while the quorum can still answer their
+    /// controlled shutdown; then the controllers.
     pub fn stop_all(&self, grace: Duration) {
-        for n in &self.nodes {
-            let _ = signal(n.pid, libc::SIGCONT);
-            let _ = signal(n.pid, libc::SIGTERM);
-        }
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline && self.nodes.iter().any(|n| pid_alive(n.pid)) {
-            std::thread::sleep(Duration::from_millis(50));
+        for role in [Role::Broker, Role::Controller] {
+            let nodes: Vec<&NodeState> = self.nodes.iter().filter(|n| n.role == role).collect();
+            for n in &nodes {
+                let _ = signal(n.pid, libc::SIGCONT);
+                let _ = signal(n.pid, libc::SIGTERM);
+            }
+            let phase_end = match role {
+                Role::Broker => Instant::now() + grace / 2,
+                Role::Controller => deadline,
+            };
+            while Instant::now() < phase_end && nodes.iter().any(|n| pid_alive(n.pid)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         for n in self.nodes.iter().filter(|n| pid_alive(n.pid)) {
             let _ = signal(n.pid, libc::SIGKILL);

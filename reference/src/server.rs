@@ -694,7 +694,25 @@ fn create_topics(shared: &Shared, req: CreateTopicsRequest, v: i16) -> CreateTop
     CreateTopicsResponse::default().with_topics(topics)
 }
 
+/// Kafka TOPIC_DELETION_DISABLED: a cluster broker must not delete its local replicas on its
+/// own (deletion is the controller's RemoveTopic record, not implemented here).
+const TOPIC_DELETION_DISABLED: i16 = 73;
+
 fn delete_topics(shared: &Shared, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
+    if shared.cluster.is_some() {
+        let responses = req
+            .topics
+            .into_iter()
+            .map(|t| t.name)
+            .chain(req.topic_names.into_iter().map(Some))
+            .map(|n| {
+                DeletableTopicResult::default()
+                    .with_name(n)
+                    .with_error_code(TOPIC_DELETION_DISABLED)
+            })
+            .collect();
+        return DeleteTopicsResponse::default().with_responses(responses);
+    }
     let mut b = shared.lock();
     let names: Vec<Option<TopicName>> = if v >= 6 {
         req.topics
@@ -1042,7 +1060,14 @@ fn list_offsets(shared: &Shared, req: ListOffsetsRequest, v: i16) -> ListOffsets
                     let mut r = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index);
                     r.timestamp = -1;
-                    match b.replica(t.name.as_str(), p.partition_index) {
+                    // In a cluster only the leader answers, fenced by leader epoch (KIP-320).
+                    let replica = b.replica(t.name.as_str(), p.partition_index).and_then(|rep| {
+                        if b.cluster {
+                            rep.state.check_leader_request(p.current_leader_epoch)?;
+                        }
+                        Ok(rep)
+                    });
+                    match replica {
                         Err(c) => r.error_code = c,
                         Ok(rep) => {
                             let found = match p.timestamp {

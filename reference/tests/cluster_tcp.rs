@@ -268,6 +268,11 @@ fn acks_all_replicates_to_the_isr_and_fails_over_with_fencing() {
     let (err, hw, bytes) = consumer_fetch(&mut leader, 0, 0);
     assert_eq!((err, hw), (0, 20));
     assert!(bytes > 0);
+    // A cluster broker does not delete its replicas on its own.
+    let del = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("t"))]);
+    let r = leader.request(4, &del).unwrap();
+    assert_eq!(r.responses[0].error_code, 73, "TOPIC_DELETION_DISABLED");
     // A follower refuses produce and consumer fetches.
     let mut follower = cluster.client(1);
     assert_eq!(
