@@ -441,7 +441,7 @@ fn kafka_vote_and_truncation_rules() {
 
 #[test]
 fn invariants_reject_hand_made_bad_states() {
-    let m = Kraft::from_config(&config(&[], &[]));
+    let m = Kraft::from_config(&config(&[], &[("brokers".into(), 1)]));
     let mut s = m.initial_state();
     assert!(kraft::election_safety(&s));
     s.epoch_leaders[1] = kcheck_models::replication::BrokerSet(0b011);
@@ -481,7 +481,11 @@ fn random_walks_find_a_bug() {
     let cfg = model()
         .config(
             &["apply-uncommitted".to_string()],
-            &[("records".into(), 2), ("epochs".into(), 3)],
+            &[
+                ("records".into(), 2),
+                ("epochs".into(), 3),
+                ("brokers".into(), 1),
+            ],
         )
         .unwrap();
     assert!((0..2000u64).any(|seed| model().random_walk(&cfg, seed, 200).is_err()));
