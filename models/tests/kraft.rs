@@ -372,7 +372,14 @@ fn no_election_timeout_never_elects_a_leader() {
 
 #[test]
 fn every_bug_flag_has_a_recorded_trace_that_replays_to_its_violation() {
-    for flag in model().bug_flags() {
+    // `no-election-timeout` violates an always-can-reach property: its counterexample is a
+    // state from which no leader can be elected, which replay cannot show as a violated
+    // invariant of the last state (and `kcheck replay` would exit 0), so it has no file.
+    for flag in model()
+        .bug_flags()
+        .iter()
+        .filter(|f| f.name != "no-election-timeout")
+    {
         let path = trace_path(flag.name);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let trace: Trace = serde_json::from_str(&text).unwrap();
@@ -381,14 +388,12 @@ fn every_bug_flag_has_a_recorded_trace_that_replays_to_its_violation() {
         let report = model()
             .replay(&trace)
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        if flag.name != "no-election-timeout" {
-            assert!(
-                report.violated.contains(&flag.violates),
-                "{path} ends in a violation of {} (got {:?})",
-                flag.violates,
-                report.violated
-            );
-        }
+        assert!(
+            report.violated.contains(&flag.violates),
+            "{path} ends in a violation of {} (got {:?})",
+            flag.violates,
+            report.violated
+        );
     }
 }
 
