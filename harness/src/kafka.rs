@@ -190,6 +190,16 @@ impl KafkaClient {
         self.leaders.len()
     }
 
+    /// The partition leaders' broker ids after a fresh Metadata request, each once (the
+    /// nemesis's "leaders" target).
+    pub fn partition_leaders(&mut self) -> Result<Vec<i32>, Outcome> {
+        self.refresh_metadata()?;
+        let mut ids: Vec<i32> = self.leaders.values().copied().collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {
         if !self.leaders.contains_key(&partition) {
             self.refresh_metadata()?;
@@ -323,6 +333,27 @@ impl KafkaClient {
         }
         Ok(p.offset.max(0) as u64)
     }
+}
+
+/// The KRaft quorum leader's node id from one controller's DescribeQuorum answer on
+/// `__cluster_metadata` (KIP-595), `None` while the quorum has no leader.
+pub fn quorum_leader(controller_addr: &str, timeout: Duration) -> Result<Option<i32>, Outcome> {
+    use describe_quorum_request::{PartitionData, TopicData};
+    let mut client =
+        connect(controller_addr, timeout).map_err(|e| lost("describe quorum", e))?;
+    let req = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+        .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+        .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+    let resp = client
+        .request(0, &req)
+        .map_err(|e| lost("describe quorum", e))?;
+    let leader = resp
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map(|p| p.leader_id.0)
+        .ok_or_else(|| Outcome::Definite("describe quorum: empty response".into()))?;
+    Ok((leader >= 0).then_some(leader))
 }
 
 fn connect(addr: &str, timeout: Duration) -> std::io::Result<Client> {
