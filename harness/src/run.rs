@@ -779,6 +779,10 @@ pub enum Target {
     Majority,
     /// Every broker that leads a partition of the test topic (from Metadata).
     Leaders,
+    /// The partition leaders, then the new leaders as soon as Metadata names them: two
+    /// failovers in quick succession, the shape of KIP-101's data loss (a follower of the
+    /// short-lived leader truncated to its HW and then became leader itself).
+    LeaderChain,
     /// The KRaft controller quorum leader (from DescribeQuorum on `__cluster_metadata`).
     ControllerLeader,
 }
@@ -790,6 +794,7 @@ impl Target {
             Target::Minority => "minority",
             Target::Majority => "majority",
             Target::Leaders => "leaders",
+            Target::LeaderChain => "leader-chain",
             Target::ControllerLeader => "controller-leader",
         }
     }
@@ -812,7 +817,8 @@ fn choose_target(rng: &mut Rng, cluster: bool) -> Target {
         0 | 1 => Target::One,
         2 => Target::Minority,
         3 | 4 => Target::Majority,
-        5..=7 => Target::Leaders,
+        5 | 6 => Target::Leaders,
+        7 => Target::LeaderChain,
         _ => Target::ControllerLeader,
     }
 }
@@ -854,7 +860,7 @@ fn resolve_target(
             (target, pick(rng, group, size))
         }
         Target::Majority => (target, pick(rng, group, n / 2 + 1)),
-        Target::Leaders => match admin.partition_leaders() {
+        Target::Leaders | Target::LeaderChain => match admin.partition_leaders() {
             Ok(ids) if !ids.is_empty() => (target, ids),
             _ => (Target::One, pick(rng, &brokers, 1)),
         },
@@ -871,6 +877,21 @@ fn resolve_target(
             }
         }
     }
+}
+
+/// Polls Metadata (every 20 ms, until `deadline`) until some partition is led by a broker
+/// outside `faulted`; returns those new leaders (none if no failover happened in time).
+fn new_leaders(admin: &mut KafkaClient, faulted: &[NodeId], deadline: Instant) -> Vec<NodeId> {
+    while Instant::now() < deadline {
+        if let Ok(ids) = admin.partition_leaders() {
+            let fresh: Vec<NodeId> = ids.into_iter().filter(|id| !faulted.contains(id)).collect();
+            if !fresh.is_empty() {
+                return fresh;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Vec::new()
 }
 
 /// A fault in force.
@@ -1005,8 +1026,18 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
         let wanted = choose_target(&mut rng, cluster);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
+        let mut nodes = nodes;
+        let mut started = start_fault(kind, &nodes, &mut rng, system);
+        if target == Target::LeaderChain && started.is_ok() {
+            let deadline = Instant::now() + config.nemesis_interval;
+            let next = new_leaders(&mut admin, &nodes, deadline);
+            if !next.is_empty() {
+                started = start_fault(kind, &next, &mut rng, system)
+                    .map(|d| format!("{}{d} (new leaders {})", started.unwrap_or_default(), node_list(&next)));
+                nodes.extend(next);
+            }
+        }
         let value = serde_json::json!({ "target": target.name(), "nodes": nodes });
-        let started = start_fault(kind, &nodes, &mut rng, system);
         let summary = format!("{} node {} ({})", kind.name(), node_list(&nodes), target.name());
         match &started {
             Ok(detail) => lines.push(format!("{summary}{detail}")),
