@@ -894,6 +894,34 @@ fn new_leaders(admin: &mut KafkaClient, faulted: &[NodeId], deadline: Instant) -
     Vec::new()
 }
 
+/// Crashes never take down the last broker still running: when every replica of a partition
+/// shuts down uncleanly, KIP-966 correctly keeps it offline (no replica is known to hold the
+/// committed records), so the rest of the run and its final reads would test nothing there.
+/// Crashes of every broker but one are allowed; pauses of all of them too (they recover).
+fn spare_last_broker(
+    kind: NemesisKind,
+    mut nodes: Vec<NodeId>,
+    in_force: &[Fault],
+    system: &ProcessSystem,
+) -> Vec<NodeId> {
+    if !matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) {
+        return nodes;
+    }
+    let crashed = |n: &NodeId| {
+        nodes.contains(n)
+            || in_force.iter().any(|f| {
+                matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) && f.nodes.contains(n)
+            })
+    };
+    let brokers = system.broker_ids();
+    if brokers.len() > 1 && brokers.iter().all(crashed) {
+        if let Some(i) = nodes.iter().rposition(|n| brokers.contains(n)) {
+            nodes.remove(i);
+        }
+    }
+    nodes
+}
+
 /// A fault in force.
 struct Fault {
     kind: NemesisKind,
@@ -1026,11 +1054,18 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
         let wanted = choose_target(&mut rng, cluster);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
-        let mut nodes = nodes;
+        let mut nodes = spare_last_broker(kind, nodes, &in_force, system);
+        if nodes.is_empty() {
+            continue;
+        }
         let mut started = start_fault(kind, &nodes, &mut rng, system);
         if target == Target::LeaderChain && started.is_ok() {
             let deadline = Instant::now() + config.nemesis_interval;
             let next = new_leaders(&mut admin, &nodes, deadline);
+            let next = spare_last_broker(kind, next, &in_force, system)
+                .into_iter()
+                .filter(|n| !nodes.contains(n))
+                .collect::<Vec<_>>();
             if !next.is_empty() {
                 started = start_fault(kind, &next, &mut rng, system)
                     .map(|d| format!("{}{d} (new leaders {})", started.unwrap_or_default(), node_list(&next)));
