@@ -4,11 +4,14 @@
 //! It is deliberately plain: no retries, no batching, no idempotence, so that every operation
 //! the history records is exactly one request and its outcome is classified honestly:
 //! - [`Outcome::Definite`]: the broker answered with an error that means the operation did not
-//!   take effect (NOT_LEADER_OR_FOLLOWER, NOT_ENOUGH_REPLICAS, UNKNOWN_TOPIC_OR_PARTITION...):
+//!   take effect (NOT_ENOUGH_REPLICAS, UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER on
+//!   a fetch...):
 //!   the history records `fail`;
 //! - [`Outcome::Indeterminate`]: no answer (timeout, connection lost) or an answer that does
 //!   not say whether it took effect (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the
-//!   record was appended but not replicated in time): the history records `info`.
+//!   record was appended but not replicated in time; NOT_LEADER_OR_FOLLOWER on a produce: a
+//!   leader that stepped down fails the appended produces it was waiting on): the history
+//!   records `info`.
 //!
 //! Record values are the decimal form of the workload's unique `u64` values.
 
@@ -70,6 +73,20 @@ impl Outcome {
         match self {
             Outcome::Definite(m) | Outcome::Indeterminate(m) => m,
         }
+    }
+}
+
+/// How a produce error is recorded. A leader that loses its leadership fails the acks=all
+/// produces it had already appended and was waiting on with NOT_LEADER_OR_FOLLOWER (as Kafka's
+/// delayed produce does), and the record may survive on the new leader: the outcome is
+/// unknown, not a failure. (`kcheck test` under pauses showed it: a produce answered
+/// NOT_LEADER_OR_FOLLOWER was read back later.)
+fn produce_error(code: i16) -> Outcome {
+    match code {
+        code::NOT_LEADER_OR_FOLLOWER => Outcome::Indeterminate(
+            "produce: NOT_LEADER_OR_FOLLOWER (it may have been appended)".into(),
+        ),
+        c => Outcome::from_code("produce", c),
     }
 }
 
@@ -267,7 +284,7 @@ impl KafkaClient {
             .ok_or_else(|| lost("produce", "empty response"))?;
         if p.error_code != code::NONE {
             self.forget_leader_on(partition, p.error_code);
-            return Err(Outcome::from_code("produce", p.error_code));
+            return Err(produce_error(p.error_code));
         }
         u64::try_from(p.base_offset).map_err(|_| lost("produce", "negative base offset"))
     }
@@ -456,7 +473,15 @@ mod tests {
     #[test]
     fn errors_are_classified_as_fail_or_info() {
         assert!(matches!(
-            Outcome::from_code("produce", code::NOT_LEADER_OR_FOLLOWER),
+            Outcome::from_code("fetch", code::NOT_LEADER_OR_FOLLOWER),
+            Outcome::Definite(_)
+        ));
+        assert!(matches!(
+            produce_error(code::NOT_LEADER_OR_FOLLOWER),
+            Outcome::Indeterminate(_)
+        ));
+        assert!(matches!(
+            produce_error(code::NOT_ENOUGH_REPLICAS),
             Outcome::Definite(_)
         ));
         assert!(matches!(
