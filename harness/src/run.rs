@@ -278,6 +278,11 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         "heal",
         OpValue::Other(serde_json::json!("all")),
     );
+    // Let the healed cluster settle before the final reads, as Jepsen's final generators wait
+    // after recovery: a leader elected during the heal starts from its own follower HW, below
+    // what the old leader had committed, and raises it only once its followers fetch; a final
+    // poll that stopped at that lagging HW would report acknowledged writes as `unseen`.
+    std::thread::sleep(SETTLE_AFTER_HEAL);
     match config.workload {
         Workload::Log => final_reads(config, &system.bootstrap(), &shared),
         Workload::Queue => final_polls(config, &system.bootstrap(), &shared),
@@ -300,6 +305,9 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         faults,
     })
 }
+
+/// How long the healed system settles before the final reads.
+const SETTLE_AFTER_HEAL: Duration = Duration::from_secs(3);
 
 /// Controller node ids start here (as `kcheck cluster` numbers them), brokers at 1.
 const CONTROLLER_ID_BASE: i32 = 3000;
