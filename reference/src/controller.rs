@@ -236,6 +236,14 @@ impl Controller {
     ) {
         let cur = self.image.topics[&topic_id].partitions[&partition_id].clone();
         next.elr.retain(|b| !next.isr.contains(b));
+        // KIP-966: the ELR exists only while the ISR is below min.insync.replicas, when the HW
+        // cannot advance. Once the ISR is back at min ISR the HW moves on without the ELR
+        // members, so they are no longer safe leaders: Kafka's PartitionChangeBuilder clears
+        // the ELR then. (Keeping it let `kcheck test` elect a replica paused through a later
+        // commit and lose acknowledged records with no bug flag set.)
+        if next.isr.len() >= self.config.min_insync_replicas {
+            next.elr.clear();
+        }
         if next == cur {
             return;
         }
