@@ -1,6 +1,8 @@
 //! `kcheck test` end to end against the real broker: it finds the records an unflushed broker
 //! acknowledged and then lost in a crash (exit 1), passes the same run with `--flush always`
-//! (exit 0), gives the same fault schedule for the same seed, and refuses bad arguments (2).
+//! (exit 0), gives the same fault schedule for the same seed, refuses bad arguments (2), and
+//! runs the replicated cluster under targeted faults (partition leaders, majorities, the
+//! controller leader) with a valid result.
 
 mod broker_support;
 
