@@ -1063,6 +1063,18 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         let wanted = choose_target(&mut rng, cluster);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
         let mut nodes = spare_last_broker(kind, nodes, &in_force, system);
+        // A node another process fault already holds down or stopped is left to it: faulting
+        // it again would do nothing now and keep it down until the later fault ends.
+        let process = |k: NemesisKind| {
+            matches!(k, NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause)
+        };
+        if process(kind) {
+            nodes.retain(|n| {
+                !in_force
+                    .iter()
+                    .any(|f| process(f.kind) && f.nodes.contains(n))
+            });
+        }
         if nodes.is_empty() {
             continue;
         }
