@@ -252,7 +252,15 @@ fn a_replicated_cluster_under_kills_stays_linearizable() {
 fn targeted_faults_hit_the_partition_leaders_and_the_cluster_stays_valid() {
     let store = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_kcheck"))
-        .args(["test", "--brokers", "3", "--controllers", "3", "--workload", "queue"])
+        .args([
+            "test",
+            "--brokers",
+            "3",
+            "--controllers",
+            "3",
+            "--workload",
+            "queue",
+        ])
         .args(["--nemesis", "kill,pause", "--nemesis-interval", "1"])
         .args(["--time-limit", "10", "--rate", "100", "--seed", "3"])
         .arg("--store")
@@ -266,15 +274,16 @@ fn targeted_faults_hit_the_partition_leaders_and_the_cluster_stays_valid() {
     );
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("kcheck test: VALID"), "{out}");
-    let starts: Vec<serde_json::Value> = std::fs::read_to_string(
-        run_dirs(store.path())[0].join("history.jsonl"),
-    )
-    .unwrap()
-    .lines()
-    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-    .filter(|op| op["process"] == "nemesis" && op["f"].as_str().unwrap().starts_with("start-"))
-    .map(|op| op["value"].clone())
-    .collect();
+    let starts: Vec<serde_json::Value> =
+        std::fs::read_to_string(run_dirs(store.path())[0].join("history.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|op| {
+                op["process"] == "nemesis" && op["f"].as_str().unwrap().starts_with("start-")
+            })
+            .map(|op| op["value"].clone())
+            .collect();
     assert!(starts.len() >= 3, "faults were injected: {out}");
     for v in &starts {
         assert!(v["target"].is_string() && v["nodes"].is_array(), "{v}");

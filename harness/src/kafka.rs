@@ -356,8 +356,7 @@ impl KafkaClient {
 /// `__cluster_metadata` (KIP-595), `None` while the quorum has no leader.
 pub fn quorum_leader(controller_addr: &str, timeout: Duration) -> Result<Option<i32>, Outcome> {
     use describe_quorum_request::{PartitionData, TopicData};
-    let mut client =
-        connect(controller_addr, timeout).map_err(|e| lost("describe quorum", e))?;
+    let mut client = connect(controller_addr, timeout).map_err(|e| lost("describe quorum", e))?;
     let req = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
         .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
         .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);

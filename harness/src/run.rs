@@ -59,7 +59,11 @@ impl NemesisKind {
             if part == "all" {
                 // Every fault that runs can inject today: the partition nemesis is not wired
                 // into runs yet, so `all` leaves it out rather than refusing the run.
-                out.extend(NemesisKind::ALL.into_iter().filter(|k| *k != NemesisKind::Partition));
+                out.extend(
+                    NemesisKind::ALL
+                        .into_iter()
+                        .filter(|k| *k != NemesisKind::Partition),
+                );
                 continue;
             }
             if part == "none" {
@@ -918,7 +922,8 @@ fn spare_last_broker(
     let crashed = |n: &NodeId| {
         nodes.contains(n)
             || in_force.iter().any(|f| {
-                matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) && f.nodes.contains(n)
+                matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
+                    && f.nodes.contains(n)
             })
     };
     let brokers = system.broker_ids();
@@ -1031,7 +1036,12 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
     let mut tick = 0u64;
     let record = |f: &str, value: &serde_json::Value, error: Option<String>| match error {
         None => {
-            shared.record(OpType::Info, Process::Nemesis, f, OpValue::Other(value.clone()));
+            shared.record(
+                OpType::Info,
+                Process::Nemesis,
+                f,
+                OpValue::Other(value.clone()),
+            );
         }
         Some(e) => shared.record_error(
             OpType::Info,
@@ -1055,8 +1065,7 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             let f = format!("stop-{}", fault.kind.name());
             record(&f, &fault.value, healed.err().map(|e| e.to_string()));
         }
-        if config.nemeses.is_empty() || in_force.len() >= MAX_FAULTS_IN_FORCE || rng.below(4) == 0
-        {
+        if config.nemeses.is_empty() || in_force.len() >= MAX_FAULTS_IN_FORCE || rng.below(4) == 0 {
             continue;
         }
         let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
@@ -1066,7 +1075,10 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         // A node another process fault already holds down or stopped is left to it: faulting
         // it again would do nothing now and keep it down until the later fault ends.
         let process = |k: NemesisKind| {
-            matches!(k, NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause)
+            matches!(
+                k,
+                NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+            )
         };
         if process(kind) {
             nodes.retain(|n| {
@@ -1087,13 +1099,23 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 .filter(|n| !nodes.contains(n))
                 .collect::<Vec<_>>();
             if !next.is_empty() {
-                started = start_fault(kind, &next, &mut rng, system)
-                    .map(|d| format!("{}{d} (new leaders {})", started.unwrap_or_default(), node_list(&next)));
+                started = start_fault(kind, &next, &mut rng, system).map(|d| {
+                    format!(
+                        "{}{d} (new leaders {})",
+                        started.unwrap_or_default(),
+                        node_list(&next)
+                    )
+                });
                 nodes.extend(next);
             }
         }
         let value = serde_json::json!({ "target": target.name(), "nodes": nodes });
-        let summary = format!("{} node {} ({})", kind.name(), node_list(&nodes), target.name());
+        let summary = format!(
+            "{} node {} ({})",
+            kind.name(),
+            node_list(&nodes),
+            target.name()
+        );
         match &started {
             Ok(detail) => lines.push(format!("{summary}{detail}")),
             Err(e) => lines.push(format!("{summary} FAILED: {e}")),

@@ -942,9 +942,16 @@ mod tests {
         let r = alter(&mut c, p.partition_epoch, vec![(l, e(l)), (f2, e(f2))]);
         assert!(r.elr.is_empty(), "ISR at min ISR: no ELR {r:?}");
         let r = alter(&mut c, r.partition_epoch, vec![(l, e(l))]);
-        assert_eq!(r.elr, vec![f2], "below min ISR the removed member is eligible: {r:?}");
+        assert_eq!(
+            r.elr,
+            vec![f2],
+            "below min ISR the removed member is eligible: {r:?}"
+        );
         let r = alter(&mut c, r.partition_epoch, vec![(l, e(l)), (f1, e(f1))]);
-        assert!(r.elr.is_empty(), "back at min ISR the ELR is cleared: {r:?}");
+        assert!(
+            r.elr.is_empty(),
+            "back at min ISR the ELR is cleared: {r:?}"
+        );
     }
 
     #[test]
