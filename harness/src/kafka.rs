@@ -4,11 +4,14 @@
 //! It is deliberately plain: no retries, no batching, no idempotence, so that every operation
 //! the history records is exactly one request and its outcome is classified honestly:
 //! - [`Outcome::Definite`]: the broker answered with an error that means the operation did not
-//!   take effect (NOT_LEADER_OR_FOLLOWER, NOT_ENOUGH_REPLICAS, UNKNOWN_TOPIC_OR_PARTITION...):
+//!   take effect (NOT_ENOUGH_REPLICAS, UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER on
+//!   a fetch...):
 //!   the history records `fail`;
 //! - [`Outcome::Indeterminate`]: no answer (timeout, connection lost) or an answer that does
 //!   not say whether it took effect (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the
-//!   record was appended but not replicated in time): the history records `info`.
+//!   record was appended but not replicated in time; NOT_LEADER_OR_FOLLOWER on a produce: a
+//!   leader that stepped down fails the appended produces it was waiting on): the history
+//!   records `info`.
 //!
 //! Record values are the decimal form of the workload's unique `u64` values.
 
@@ -70,6 +73,20 @@ impl Outcome {
         match self {
             Outcome::Definite(m) | Outcome::Indeterminate(m) => m,
         }
+    }
+}
+
+/// How a produce error is recorded. A leader that loses its leadership fails the acks=all
+/// produces it had already appended and was waiting on with NOT_LEADER_OR_FOLLOWER (as Kafka's
+/// delayed produce does), and the record may survive on the new leader: the outcome is
+/// unknown, not a failure. (`kcheck test` under pauses showed it: a produce answered
+/// NOT_LEADER_OR_FOLLOWER was read back later.)
+fn produce_error(code: i16) -> Outcome {
+    match code {
+        code::NOT_LEADER_OR_FOLLOWER => Outcome::Indeterminate(
+            "produce: NOT_LEADER_OR_FOLLOWER (it may have been appended)".into(),
+        ),
+        c => Outcome::from_code("produce", c),
     }
 }
 
@@ -190,6 +207,16 @@ impl KafkaClient {
         self.leaders.len()
     }
 
+    /// The partition leaders' broker ids after a fresh Metadata request, each once (the
+    /// nemesis's "leaders" target).
+    pub fn partition_leaders(&mut self) -> Result<Vec<i32>, Outcome> {
+        self.refresh_metadata()?;
+        let mut ids: Vec<i32> = self.leaders.values().copied().collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {
         if !self.leaders.contains_key(&partition) {
             self.refresh_metadata()?;
@@ -257,7 +284,7 @@ impl KafkaClient {
             .ok_or_else(|| lost("produce", "empty response"))?;
         if p.error_code != code::NONE {
             self.forget_leader_on(partition, p.error_code);
-            return Err(Outcome::from_code("produce", p.error_code));
+            return Err(produce_error(p.error_code));
         }
         u64::try_from(p.base_offset).map_err(|_| lost("produce", "negative base offset"))
     }
@@ -323,6 +350,26 @@ impl KafkaClient {
         }
         Ok(p.offset.max(0) as u64)
     }
+}
+
+/// The KRaft quorum leader's node id from one controller's DescribeQuorum answer on
+/// `__cluster_metadata` (KIP-595), `None` while the quorum has no leader.
+pub fn quorum_leader(controller_addr: &str, timeout: Duration) -> Result<Option<i32>, Outcome> {
+    use describe_quorum_request::{PartitionData, TopicData};
+    let mut client = connect(controller_addr, timeout).map_err(|e| lost("describe quorum", e))?;
+    let req = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+        .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+        .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+    let resp = client
+        .request(0, &req)
+        .map_err(|e| lost("describe quorum", e))?;
+    let leader = resp
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map(|p| p.leader_id.0)
+        .ok_or_else(|| Outcome::Definite("describe quorum: empty response".into()))?;
+    Ok((leader >= 0).then_some(leader))
 }
 
 fn connect(addr: &str, timeout: Duration) -> std::io::Result<Client> {
@@ -425,7 +472,15 @@ mod tests {
     #[test]
     fn errors_are_classified_as_fail_or_info() {
         assert!(matches!(
-            Outcome::from_code("produce", code::NOT_LEADER_OR_FOLLOWER),
+            Outcome::from_code("fetch", code::NOT_LEADER_OR_FOLLOWER),
+            Outcome::Definite(_)
+        ));
+        assert!(matches!(
+            produce_error(code::NOT_LEADER_OR_FOLLOWER),
+            Outcome::Indeterminate(_)
+        ));
+        assert!(matches!(
+            produce_error(code::NOT_ENOUGH_REPLICAS),
             Outcome::Definite(_)
         ));
         assert!(matches!(

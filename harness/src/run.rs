@@ -57,7 +57,13 @@ impl NemesisKind {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "all" {
-                out.extend(NemesisKind::ALL);
+                // Every fault that runs can inject today: the partition nemesis is not wired
+                // into runs yet, so `all` leaves it out rather than refusing the run.
+                out.extend(
+                    NemesisKind::ALL
+                        .into_iter()
+                        .filter(|k| *k != NemesisKind::Partition),
+                );
                 continue;
             }
             if part == "none" {
@@ -276,6 +282,11 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         "heal",
         OpValue::Other(serde_json::json!("all")),
     );
+    // Let the healed cluster settle before the final reads, as Jepsen's final generators wait
+    // after recovery: a leader elected during the heal starts from its own follower HW, below
+    // what the old leader had committed, and raises it only once its followers fetch; a final
+    // poll that stopped at that lagging HW would report acknowledged writes as `unseen`.
+    std::thread::sleep(SETTLE_AFTER_HEAL);
     match config.workload {
         Workload::Log => final_reads(config, &system.bootstrap(), &shared),
         Workload::Queue => final_polls(config, &system.bootstrap(), &shared),
@@ -298,6 +309,9 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         faults,
     })
 }
+
+/// How long the healed system settles before the final reads.
+const SETTLE_AFTER_HEAL: Duration = Duration::from_secs(3);
 
 /// Controller node ids start here (as `kcheck cluster` numbers them), brokers at 1.
 const CONTROLLER_ID_BASE: i32 = 3000;
@@ -766,100 +780,364 @@ fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
     }
 }
 
-/// The nemesis: alternates quiet periods and faults of `nemesis_interval` each, choosing the
-/// fault and its target from the seed, and records each as `start-X` / `stop-X` in the
-/// history. Returns a line per fault for the summary.
+/// Which nodes a fault hits, in Jepsen's terms (`jepsen.nemesis.combined`'s node specs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One random node.
+    One,
+    /// A random minority (at least one node).
+    Minority,
+    /// A random majority.
+    Majority,
+    /// Every broker that leads a partition of the test topic (from Metadata).
+    Leaders,
+    /// The partition leaders, then the new leaders as soon as Metadata names them: two
+    /// failovers in quick succession, the shape of KIP-101's data loss (a follower of the
+    /// short-lived leader truncated to its HW and then became leader itself).
+    LeaderChain,
+    /// The KRaft controller quorum leader (from DescribeQuorum on `__cluster_metadata`).
+    ControllerLeader,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::One => "one",
+            Target::Minority => "minority",
+            Target::Majority => "majority",
+            Target::Leaders => "leaders",
+            Target::LeaderChain => "leader-chain",
+            Target::ControllerLeader => "controller-leader",
+        }
+    }
+}
+
+/// At most this many faults are in force at once. Two overlapping faults are what the
+/// replication bugs need: the model counterexamples (specs/traces/replication-*.json) all have
+/// a second failure while the first is unhealed (the new leader crashes while the old one is
+/// down under truncate-to-hw, KIP-101; the ISR's last members crash while a lagging replica
+/// is out of it under unclean-election and last-replica-standing, KIP-966).
+const MAX_FAULTS_IN_FORCE: usize = 2;
+
+/// Chooses the kind of target, seeded. Partition leaders are favoured: every replication bug
+/// of the reference cluster needs a leader to fail. A standalone broker has one node.
+fn choose_target(rng: &mut Rng, cluster: bool) -> Target {
+    if !cluster {
+        return Target::One;
+    }
+    match rng.below(10) {
+        0 | 1 => Target::One,
+        2 => Target::Minority,
+        3 | 4 => Target::Majority,
+        5 | 6 => Target::Leaders,
+        7 => Target::LeaderChain,
+        _ => Target::ControllerLeader,
+    }
+}
+
+/// `count` distinct nodes of `group`, seeded.
+fn pick(rng: &mut Rng, group: &[NodeId], count: usize) -> Vec<NodeId> {
+    let mut left = group.to_vec();
+    let mut out = Vec::new();
+    while out.len() < count && !left.is_empty() {
+        out.push(left.remove(rng.below(left.len() as u64) as usize));
+    }
+    out.sort();
+    out
+}
+
+/// The nodes a target names right now. Random targets choose among the brokers, or one time
+/// in four among the controllers; leaders are looked up, and when the lookup fails (no
+/// leader, nobody answers) the fault falls back to one random node of the same role, so the
+/// schedule never stalls. Returns the target actually used.
+fn resolve_target(
+    target: Target,
+    rng: &mut Rng,
+    system: &ProcessSystem,
+    admin: &mut KafkaClient,
+) -> (Target, Vec<NodeId>) {
+    let brokers = system.broker_ids();
+    let controllers = system.controller_ids();
+    let group = if !controllers.is_empty() && rng.below(4) == 0 {
+        &controllers
+    } else {
+        &brokers
+    };
+    let n = group.len();
+    match target {
+        Target::One => (target, pick(rng, group, 1)),
+        Target::Minority => {
+            // 1 ..= (n - 1) / 2 nodes (one of three, one or two of five).
+            let size = 1 + rng.below(((n.max(2) - 1) / 2).max(1) as u64) as usize;
+            (target, pick(rng, group, size))
+        }
+        Target::Majority => (target, pick(rng, group, n / 2 + 1)),
+        Target::Leaders | Target::LeaderChain => match admin.partition_leaders() {
+            Ok(ids) if !ids.is_empty() => (target, ids),
+            _ => (Target::One, pick(rng, &brokers, 1)),
+        },
+        Target::ControllerLeader => {
+            let leader = controllers.iter().find_map(|&c| {
+                let addr = system.controller_addr(c)?;
+                crate::kafka::quorum_leader(&addr, Duration::from_secs(1))
+                    .ok()
+                    .flatten()
+            });
+            match leader {
+                Some(id) if controllers.contains(&id) => (target, vec![id]),
+                _ => (Target::One, pick(rng, &controllers, 1)),
+            }
+        }
+    }
+}
+
+/// Polls Metadata (every 20 ms, until `deadline`) until some partition is led by a broker
+/// outside `faulted`; returns those new leaders (none if no failover happened in time).
+fn new_leaders(admin: &mut KafkaClient, faulted: &[NodeId], deadline: Instant) -> Vec<NodeId> {
+    while Instant::now() < deadline {
+        if let Ok(ids) = admin.partition_leaders() {
+            let fresh: Vec<NodeId> = ids.into_iter().filter(|id| !faulted.contains(id)).collect();
+            if !fresh.is_empty() {
+                return fresh;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Vec::new()
+}
+
+/// Crashes never take down the last broker still running: when every replica of a partition
+/// shuts down uncleanly, KIP-966 correctly keeps it offline (no replica is known to hold the
+/// committed records), so the rest of the run and its final reads would test nothing there.
+/// Crashes of every broker but one are allowed; pauses of all of them too (they recover).
+fn spare_last_broker(
+    kind: NemesisKind,
+    mut nodes: Vec<NodeId>,
+    in_force: &[Fault],
+    system: &ProcessSystem,
+) -> Vec<NodeId> {
+    if !matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) {
+        return nodes;
+    }
+    let crashed = |n: &NodeId| {
+        nodes.contains(n)
+            || in_force.iter().any(|f| {
+                matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
+                    && f.nodes.contains(n)
+            })
+    };
+    let brokers = system.broker_ids();
+    if brokers.len() > 1 && brokers.iter().all(crashed) {
+        if let Some(i) = nodes.iter().rposition(|n| brokers.contains(n)) {
+            nodes.remove(i);
+        }
+    }
+    nodes
+}
+
+/// A fault in force.
+struct Fault {
+    kind: NemesisKind,
+    nodes: Vec<NodeId>,
+    value: serde_json::Value,
+    /// The nemesis tick at which it is healed.
+    until_tick: u64,
+}
+
+fn node_list(nodes: &[NodeId]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts one fault on its nodes; the detail for the summary, or what failed.
+fn start_fault(
+    kind: NemesisKind,
+    nodes: &[NodeId],
+    rng: &mut Rng,
+    system: &mut ProcessSystem,
+) -> std::io::Result<String> {
+    let mut detail = String::new();
+    for &node in nodes {
+        match kind {
+            NemesisKind::Kill => system.kill(node)?,
+            NemesisKind::LoseUnsynced => {
+                system.kill(node)?;
+                let r = system.lose_unsynced(node)?;
+                detail.push_str(&format!(
+                    " (n{node} lost {} bytes in {} files)",
+                    r.bytes_truncated,
+                    r.files.len()
+                ));
+            }
+            NemesisKind::Pause => system.pause(node)?,
+            NemesisKind::Clock => {
+                let delta_ms = (rng.below(2 * 3_600_000) as i64) - 3_600_000;
+                if let Some(c) = system.clock(node) {
+                    c.set_offset_ms(delta_ms)?;
+                }
+                detail.push_str(&format!(" (n{node} wall clock {delta_ms:+} ms)"));
+            }
+            NemesisKind::Partition => {}
+        }
+    }
+    Ok(detail)
+}
+
+/// Heals a fault's nodes, except those another fault still in force holds the same way (a
+/// node killed twice restarts when the last kill ends).
+fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> std::io::Result<()> {
+    let holds = |kind: NemesisKind, node: NodeId| {
+        others.iter().any(|o| {
+            o.nodes.contains(&node)
+                && match kind {
+                    NemesisKind::Kill | NemesisKind::LoseUnsynced => {
+                        matches!(o.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
+                    }
+                    k => o.kind == k,
+                }
+        })
+    };
+    for &node in &fault.nodes {
+        if holds(fault.kind, node) {
+            continue;
+        }
+        match fault.kind {
+            NemesisKind::Kill | NemesisKind::LoseUnsynced => system.restart(node)?,
+            NemesisKind::Pause => system.resume(node)?,
+            NemesisKind::Clock => system.clock(node).map_or(Ok(()), |c| c.reset())?,
+            NemesisKind::Partition => {}
+        }
+    }
+    Ok(())
+}
+
+/// The nemesis, a seeded random schedule (same seed, same choices): every
+/// `nemesis_interval` (a *tick*) it heals the faults whose time is up, then, with fewer than
+/// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a random kind
+/// and a random [`Target`] (one node, a minority, a majority, the partition leaders, the
+/// controller quorum leader), lasting one to three ticks. Faults may overlap, as Jepsen's
+/// combined nemesis packages do. Each is recorded as `start-X` / `stop-X` with its target and
+/// nodes; returns a line per fault for the summary.
 fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared) -> Vec<String> {
     let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
     let end = shared.start + config.time_limit;
-    let mut faults = Vec::new();
+    let mut lines = Vec::new();
     let sleep_until = |t: Instant| {
         while Instant::now() < t.min(end) {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let nodes = system.node_ids();
-    loop {
-        sleep_until(Instant::now() + config.nemesis_interval);
-        if Instant::now() >= end || config.nemeses.is_empty() {
-            break;
-        }
-        let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
-        let node: NodeId = nodes[rng.below(nodes.len() as u64) as usize];
-        let value = serde_json::json!({ "node": node });
-        let start_f = format!("start-{}", kind.name());
-        let result = match kind {
-            NemesisKind::Kill => system.kill(node).map(|_| String::new()),
-            NemesisKind::LoseUnsynced => system.kill(node).and_then(|_| {
-                system.lose_unsynced(node).map(|r| {
-                    format!(
-                        " (lost {} bytes in {} files)",
-                        r.bytes_truncated,
-                        r.files.len()
-                    )
-                })
-            }),
-            NemesisKind::Pause => system.pause(node).map(|_| String::new()),
-            NemesisKind::Clock => {
-                let delta_ms = (rng.below(2 * 3_600_000) as i64) - 3_600_000;
-                system
-                    .clock(node)
-                    .map_or(Ok(()), |c| c.set_offset_ms(delta_ms))
-                    .map(|_| format!(" (wall clock {delta_ms:+} ms)"))
-            }
-            NemesisKind::Partition => Ok(String::new()),
-        };
-        match result {
-            Ok(detail) => {
-                shared.record(
-                    OpType::Info,
-                    Process::Nemesis,
-                    &start_f,
-                    OpValue::Other(value.clone()),
-                );
-                faults.push(format!("{} node {node}{detail}", kind.name()));
-            }
-            Err(e) => {
-                shared.record_error(
-                    OpType::Info,
-                    Process::Nemesis,
-                    &start_f,
-                    OpValue::Other(value.clone()),
-                    &e.to_string(),
-                );
-                faults.push(format!("{} node {node} FAILED: {e}", kind.name()));
-            }
-        }
-        sleep_until(Instant::now() + config.nemesis_interval);
-        let healed = match kind {
-            NemesisKind::Kill | NemesisKind::LoseUnsynced => system.restart(node),
-            NemesisKind::Pause => system.resume(node),
-            NemesisKind::Clock => system.clock(node).map_or(Ok(()), |c| c.reset()),
-            NemesisKind::Partition => Ok(()),
-        };
-        let stop_f = format!("stop-{}", kind.name());
-        match healed {
-            Ok(()) => {
-                shared.record(
-                    OpType::Info,
-                    Process::Nemesis,
-                    &stop_f,
-                    OpValue::Other(value),
-                );
-            }
-            Err(e) => shared.record_error(
+    let cluster = config.controllers > 0;
+    let mut admin = KafkaClient::new(&system.bootstrap(), TOPIC, Duration::from_secs(1));
+    let mut in_force: Vec<Fault> = Vec::new();
+    let mut tick = 0u64;
+    let record = |f: &str, value: &serde_json::Value, error: Option<String>| match error {
+        None => {
+            shared.record(
                 OpType::Info,
                 Process::Nemesis,
-                &stop_f,
-                OpValue::Other(value),
-                &e.to_string(),
-            ),
+                f,
+                OpValue::Other(value.clone()),
+            );
         }
+        Some(e) => shared.record_error(
+            OpType::Info,
+            Process::Nemesis,
+            f,
+            OpValue::Other(value.clone()),
+            &e,
+        ),
+    };
+    loop {
+        sleep_until(Instant::now() + config.nemesis_interval);
         if Instant::now() >= end {
             break;
         }
+        tick += 1;
+        let (due, kept): (Vec<Fault>, Vec<Fault>) =
+            in_force.drain(..).partition(|f| f.until_tick <= tick);
+        in_force = kept;
+        for fault in &due {
+            let healed = stop_fault(fault, &in_force, system);
+            let f = format!("stop-{}", fault.kind.name());
+            record(&f, &fault.value, healed.err().map(|e| e.to_string()));
+        }
+        if config.nemeses.is_empty() || in_force.len() >= MAX_FAULTS_IN_FORCE || rng.below(4) == 0 {
+            continue;
+        }
+        let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
+        let wanted = choose_target(&mut rng, cluster);
+        let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
+        let mut nodes = spare_last_broker(kind, nodes, &in_force, system);
+        // A node another process fault already holds down or stopped is left to it: faulting
+        // it again would do nothing now and keep it down until the later fault ends.
+        let process = |k: NemesisKind| {
+            matches!(
+                k,
+                NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+            )
+        };
+        if process(kind) {
+            nodes.retain(|n| {
+                !in_force
+                    .iter()
+                    .any(|f| process(f.kind) && f.nodes.contains(n))
+            });
+        }
+        if nodes.is_empty() {
+            continue;
+        }
+        let mut started = start_fault(kind, &nodes, &mut rng, system);
+        if target == Target::LeaderChain && started.is_ok() {
+            let deadline = Instant::now() + config.nemesis_interval;
+            let next = new_leaders(&mut admin, &nodes, deadline);
+            let next = spare_last_broker(kind, next, &in_force, system)
+                .into_iter()
+                .filter(|n| !nodes.contains(n))
+                .collect::<Vec<_>>();
+            if !next.is_empty() {
+                started = start_fault(kind, &next, &mut rng, system).map(|d| {
+                    format!(
+                        "{}{d} (new leaders {})",
+                        started.unwrap_or_default(),
+                        node_list(&next)
+                    )
+                });
+                nodes.extend(next);
+            }
+        }
+        let value = serde_json::json!({ "target": target.name(), "nodes": nodes });
+        let summary = format!(
+            "{} node {} ({})",
+            kind.name(),
+            node_list(&nodes),
+            target.name()
+        );
+        match &started {
+            Ok(detail) => lines.push(format!("{summary}{detail}")),
+            Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+        }
+        record(
+            &format!("start-{}", kind.name()),
+            &value,
+            started.err().map(|e| e.to_string()),
+        );
+        in_force.push(Fault {
+            kind,
+            nodes,
+            value,
+            until_tick: tick + 1 + rng.below(3),
+        });
     }
-    faults
+    while let Some(fault) = in_force.pop() {
+        let healed = stop_fault(&fault, &in_force, system);
+        let f = format!("stop-{}", fault.kind.name());
+        record(&f, &fault.value, healed.err().map(|e| e.to_string()));
+    }
+    lines
 }
 
 /// The default store folder for runs.

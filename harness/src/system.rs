@@ -104,6 +104,31 @@ impl ProcessSystem {
         self.nodes.keys().copied().collect()
     }
 
+    /// Broker nodes (those clients talk to), in id order.
+    pub fn broker_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.spec.client_addr.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// KRaft controller nodes, in id order.
+    pub fn controller_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.spec.client_addr.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The quorum address a controller listens on (its `--controller-listen` argument).
+    pub fn controller_addr(&self, id: NodeId) -> Option<String> {
+        let args = &self.nodes.get(&id)?.spec.args;
+        let i = args.iter().position(|a| a == "--controller-listen")?;
+        args.get(i + 1).cloned()
+    }
+
     /// Every broker's client address, comma-separated.
     pub fn bootstrap(&self) -> String {
         let addrs: Vec<&str> = self

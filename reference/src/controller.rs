@@ -236,6 +236,14 @@ impl Controller {
     ) {
         let cur = self.image.topics[&topic_id].partitions[&partition_id].clone();
         next.elr.retain(|b| !next.isr.contains(b));
+        // KIP-966: the ELR exists only while the ISR is below min.insync.replicas, when the HW
+        // cannot advance. Once the ISR is back at min ISR the HW moves on without the ELR
+        // members, so they are no longer safe leaders: Kafka's PartitionChangeBuilder clears
+        // the ELR then. (Keeping it let `kcheck test` elect a replica paused through a later
+        // commit and lose acknowledged records with no bug flag set.)
+        if next.isr.len() >= self.config.min_insync_replicas {
+            next.elr.clear();
+        }
         if next == cur {
             return;
         }
@@ -906,6 +914,44 @@ mod tests {
                 assert_eq!(p.leader, NO_LEADER, "stays offline without the flag: {p:?}");
             }
         }
+    }
+
+    /// KIP-966: a replica enters the ELR when the ISR drops below min.insync.replicas and
+    /// leaves it once the ISR is back at min ISR (the HW then advances without it, so it is
+    /// no longer a safe leader). Fails if `partition_change` keeps the ELR.
+    #[test]
+    fn the_elr_is_cleared_once_the_isr_is_back_at_min_isr() {
+        let (mut c, epochs) = cluster(vec![]);
+        let (id, _) = c.create_topic("t", 1, 3).unwrap();
+        let p = c.image().topics[&id].partitions[&0].clone();
+        let l = p.leader;
+        let others: Vec<BrokerId> = p.replicas.iter().copied().filter(|b| *b != l).collect();
+        let (f1, f2) = (others[0], others[1]);
+        let e = |b: BrokerId| epochs[b as usize - 1];
+        let mut out = Vec::new();
+        let mut alter = |c: &mut Controller, partition_epoch, new_isr| {
+            let req = AlterPartitionRequest {
+                topic_id: id,
+                partition_id: 0,
+                leader_epoch: p.leader_epoch,
+                partition_epoch,
+                new_isr,
+            };
+            c.alter_partition(l, e(l), &req, &mut out).unwrap()
+        };
+        let r = alter(&mut c, p.partition_epoch, vec![(l, e(l)), (f2, e(f2))]);
+        assert!(r.elr.is_empty(), "ISR at min ISR: no ELR {r:?}");
+        let r = alter(&mut c, r.partition_epoch, vec![(l, e(l))]);
+        assert_eq!(
+            r.elr,
+            vec![f2],
+            "below min ISR the removed member is eligible: {r:?}"
+        );
+        let r = alter(&mut c, r.partition_epoch, vec![(l, e(l)), (f1, e(f1))]);
+        assert!(
+            r.elr.is_empty(),
+            "back at min ISR the ELR is cleared: {r:?}"
+        );
     }
 
     #[test]
