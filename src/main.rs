@@ -1,8 +1,8 @@
 //! `kcheck`: model-check Kafka's protocols, replay counterexamples, run the reference broker
 //! cluster and the Jepsen-style harness.
 
-mod gate;
 mod compare_cli;
+mod gate;
 mod models_cli;
 
 use clap::{Arg, ArgAction, Command};

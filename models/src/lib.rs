@@ -2,8 +2,8 @@
 //! with named invariants, stated bounds and switchable historical bug flags.
 
 pub mod catalog;
-pub mod compare;
 pub mod compact;
+pub mod compare;
 pub mod consumer_offsets;
 pub mod engine;
 pub mod kraft;

@@ -315,7 +315,10 @@ pub async fn bench_cluster(cfg: &BenchConfig) -> anyhow::Result<ProduceFigures> 
                     .ok_or_else(|| anyhow::anyhow!("leader not among the brokers"))?;
                 break format!("{}:{}", b.host.as_str(), b.port);
             }
-            anyhow::ensure!(Instant::now() < deadline, "topic bench got no full ISR in 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "topic bench got no full ISR in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         // The leader may apply the image a moment after the broker that answered Metadata:
@@ -334,7 +337,10 @@ pub async fn bench_cluster(cfg: &BenchConfig) -> anyhow::Result<ProduceFigures> 
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        anyhow::ensure!(ready, "the leader of topic bench refused acks=all produce for 10 s");
+        anyhow::ensure!(
+            ready,
+            "the leader of topic bench refused acks=all produce for 10 s"
+        );
         let stream = TcpStream::connect(&leader).await?;
         stream.set_nodelay(true)?;
         drive_produce(stream, "bench", cfg, -1).await

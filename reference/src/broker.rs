@@ -4,8 +4,8 @@
 
 use crate::group::GroupCoordinator;
 use crate::log::{FlushPolicy, LogConfig, LogError, PartitionLog, ReadResult};
-use crate::offsets::{OffsetStore, OFFSETS_TOPIC};
 use crate::metadata::MetadataImage;
+use crate::offsets::{OffsetStore, OFFSETS_TOPIC};
 use crate::partition::{
     AlterPartitionRequest, BrokerBugs, FetchBound, FollowerFetch, FollowerFetchOutcome,
     PartitionState, ProduceError, Transition,
@@ -240,8 +240,7 @@ impl Broker {
                 let t = self.topics.get_mut(&topic.name).expect("inserted above");
                 while (t.partitions.len() as i32) < count.max(p + 1) {
                     let next = t.partitions.len() as i32;
-                    match open_follower_replica(&self.config, &topic.name, topic.topic_id, next)
-                    {
+                    match open_follower_replica(&self.config, &topic.name, topic.topic_id, next) {
                         Ok(r) => t.partitions.push(r),
                         Err(e) => {
                             tracing::error!(topic = %topic.name, partition = next, error = %e, "cannot open replica");
@@ -334,12 +333,21 @@ impl Broker {
                     epoch,
                     end_offset,
                 );
-                tracing::info!(topic, partition = p, epoch, end_offset, truncate_to = to, "diverging epoch: truncating");
+                tracing::info!(
+                    topic,
+                    partition = p,
+                    epoch,
+                    end_offset,
+                    truncate_to = to,
+                    "diverging epoch: truncating"
+                );
                 let leo = r.log.truncate_to(to).map_err(storage_error)?;
                 r.state.on_truncated(leo);
                 Ok(true)
             }
-            FetchedPartition::OffsetOutOfRange { leader_log_end_offset } => {
+            FetchedPartition::OffsetOutOfRange {
+                leader_log_end_offset,
+            } => {
                 let leo = r
                     .log
                     .truncate_to(leader_log_end_offset)
@@ -590,16 +598,29 @@ pub fn write_checkpoints(snapshot: Vec<(PathBuf, i64, Option<i64>)>) {
 /// What a follower got back for one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchedPartition {
-    Records { records: Vec<u8>, high_watermark: i64 },
-    Diverging { epoch: i32, end_offset: i64 },
-    OffsetOutOfRange { leader_log_end_offset: i64 },
+    Records {
+        records: Vec<u8>,
+        high_watermark: i64,
+    },
+    Diverging {
+        epoch: i32,
+        end_offset: i64,
+    },
+    OffsetOutOfRange {
+        leader_log_end_offset: i64,
+    },
 }
 
 fn carry_out(r: &mut Replica, t: &Transition) -> Result<(), LogError> {
     match t {
         Transition::BecomeLeader { leader_epoch } => {
             r.log.assign_epoch_at_leo(*leader_epoch)?;
-            tracing::info!(partition = r.state.partition, leader_epoch, leo = r.log.log_end_offset(), "became leader");
+            tracing::info!(
+                partition = r.state.partition,
+                leader_epoch,
+                leo = r.log.log_end_offset(),
+                "became leader"
+            );
         }
         Transition::BecomeFollower {
             leader,
@@ -610,7 +631,12 @@ fn carry_out(r: &mut Replica, t: &Transition) -> Result<(), LogError> {
                 let leo = r.log.truncate_to(*offset)?;
                 r.state.on_truncated(leo);
             }
-            tracing::info!(partition = r.state.partition, leader, leader_epoch, "became follower");
+            tracing::info!(
+                partition = r.state.partition,
+                leader,
+                leader_epoch,
+                "became follower"
+            );
         }
         _ => {}
     }

@@ -48,11 +48,9 @@ pub fn broker_command() -> Command {
                 .value_parser(clap::value_parser!(i32))
                 .help("Partitions of auto-created topics (num.partitions)"),
         )
-        .arg(
-            Arg::new("process-roles")
-                .long("process-roles")
-                .help("KRaft roles: broker | controller | broker,controller (none: single-node broker)"),
-        )
+        .arg(Arg::new("process-roles").long("process-roles").help(
+            "KRaft roles: broker | controller | broker,controller (none: single-node broker)",
+        ))
         .arg(
             Arg::new("controller-listen")
                 .long("controller-listen")
@@ -236,7 +234,8 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
             }
         }
     }
-    let voters = voters.ok_or("--process-roles needs --controller-quorum-voters ID@HOST:PORT,...")?;
+    let voters =
+        voters.ok_or("--process-roles needs --controller-quorum-voters ID@HOST:PORT,...")?;
     let voters = crate::controller_client::parse_voters(voters)?;
     let node_id = *m.get_one::<i32>("node-id").expect("has default");
     let bugs = controller_bugs
@@ -251,7 +250,8 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
         }
     }
     let controller = if controller {
-        let listen = listen.ok_or("--process-roles controller needs --controller-listen HOST:PORT")?;
+        let listen =
+            listen.ok_or("--process-roles controller needs --controller-listen HOST:PORT")?;
         let listen: std::net::SocketAddr = listen
             .parse()
             .map_err(|e| format!("bad --controller-listen {listen:?}: {e}"))?;
@@ -268,7 +268,9 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
             }
             Some(_) => {}
         }
-        let election = *m.get_one::<u64>("election-timeout-ms").expect("has default");
+        let election = *m
+            .get_one::<u64>("election-timeout-ms")
+            .expect("has default");
         let data_dir = PathBuf::from(m.get_one::<String>("data-dir").expect("has default"));
         Some(crate::controller_server::ControllerNodeConfig {
             node_id,
@@ -293,7 +295,10 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
         })
     } else {
         if listen.is_some() {
-            return Err("--controller-listen is only for --process-roles controller or broker,controller".into());
+            return Err(
+                "--controller-listen is only for --process-roles controller or broker,controller"
+                    .into(),
+            );
         }
         if let Some(b) = controller_bugs.iter().find(|b| !broker_bugs.contains(b)) {
             return Err(format!(
@@ -377,11 +382,15 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
     use crate::controller_server::{serve_node, start};
     let node = match &k.controller {
         Some(c) => {
-            let listener = tokio::net::TcpListener::bind(c.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot bind --controller-listen {}: {e}", c.listen))?;
+            let listener = tokio::net::TcpListener::bind(c.listen).await.map_err(|e| {
+                anyhow::anyhow!("cannot bind --controller-listen {}: {e}", c.listen)
+            })?;
             let node = start(c.clone())?;
-            println!("kcheck controller {} listening on {}", c.node_id, listener.local_addr()?);
+            println!(
+                "kcheck controller {} listening on {}",
+                c.node_id,
+                listener.local_addr()?
+            );
             let n = node.clone();
             tokio::spawn(async move { serve_node(listener, n, std::future::pending()).await });
             Some(node)
@@ -389,7 +398,8 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
         None => None,
     };
     if k.broker {
-        let client_cfg = ControllerClientConfig::new(cfg.node_id, k.voters.clone(), cfg.listen.to_string());
+        let client_cfg =
+            ControllerClientConfig::new(cfg.node_id, k.voters.clone(), cfg.listen.to_string());
         let client = match &node {
             Some(n) => ControllerClient::start_combined(client_cfg, n.clone()),
             None => ControllerClient::start(client_cfg),
@@ -420,7 +430,9 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
                     (i.offset, i.topic_ids.keys().cloned().collect::<Vec<_>>())
                 };
                 if topics != last {
-                    println!("kcheck broker {node_id}: metadata offset {offset}, topics {topics:?}");
+                    println!(
+                        "kcheck broker {node_id}: metadata offset {offset}, topics {topics:?}"
+                    );
                     last = topics;
                 }
             }
@@ -524,9 +536,21 @@ pub fn bench_quorum_command() -> Command {
 pub fn run_bench_quorum(m: &ArgMatches) -> u8 {
     let cfg = crate::bench_quorum::BenchQuorumConfig {
         data_dir: PathBuf::from(m.get_one::<String>("data-dir").expect("has default")),
-        trials: m.get_one::<usize>("trials").copied().unwrap_or(5).clamp(1, 100),
-        election_timeout_ms: m.get_one::<u64>("election-timeout-ms").copied().unwrap_or(1000).clamp(10, 60_000),
-        base_port: m.get_one::<u16>("base-port").copied().unwrap_or(19193).clamp(1024, 65_000),
+        trials: m
+            .get_one::<usize>("trials")
+            .copied()
+            .unwrap_or(5)
+            .clamp(1, 100),
+        election_timeout_ms: m
+            .get_one::<u64>("election-timeout-ms")
+            .copied()
+            .unwrap_or(1000)
+            .clamp(10, 60_000),
+        base_port: m
+            .get_one::<u16>("base-port")
+            .copied()
+            .unwrap_or(19193)
+            .clamp(1024, 65_000),
     };
     match crate::bench_quorum::run(&cfg) {
         Ok(()) => 0,

@@ -88,7 +88,10 @@ pub enum FollowerAppendError {
     #[error("fetched records are corrupt: {0}")]
     Corrupt(BatchError),
     #[error("fetched batch at offset {base_offset} does not continue the log at its LEO {log_end_offset}")]
-    OutOfOrder { base_offset: i64, log_end_offset: i64 },
+    OutOfOrder {
+        base_offset: i64,
+        log_end_offset: i64,
+    },
     #[error(transparent)]
     Log(LogError),
 }

@@ -586,7 +586,13 @@ fn metadata_from_image(
         .with_brokers(brokers)
         .with_topics(topics);
     if v >= 1 {
-        r.controller_id = BrokerId(image.active_brokers().map(|b| b.broker_id).min().unwrap_or(-1));
+        r.controller_id = BrokerId(
+            image
+                .active_brokers()
+                .map(|b| b.broker_id)
+                .min()
+                .unwrap_or(-1),
+        );
     }
     if v >= 2 {
         r.cluster_id = Some(s("kcheck-reference"));
@@ -782,9 +788,9 @@ async fn produce(shared: &Shared, req: ProduceRequest, v: i16) -> ProduceRespons
                                 }
                                 // acks=all waits in the purgatory until the HW passes the
                                 // batch (at once when this broker is the whole ISR).
-                                let satisfied = b
-                                    .replica(&topic, p.index)
-                                    .map_or(true, |rep| rep.state.acks_all_satisfied(a.last_offset));
+                                let satisfied = b.replica(&topic, p.index).map_or(true, |rep| {
+                                    rep.state.acks_all_satisfied(a.last_offset)
+                                });
                                 if req.acks == -1 && !satisfied {
                                     let id = shared.next_ack.fetch_add(1, Ordering::Relaxed);
                                     let (tx, rx) = oneshot::channel();
@@ -879,7 +885,12 @@ fn follower_fetch_once(
     let broker_epoch = shared
         .cluster
         .as_ref()
-        .and_then(|c| c.current_image().brokers.get(&replica_id).map(|b| b.broker_epoch))
+        .and_then(|c| {
+            c.current_image()
+                .brokers
+                .get(&replica_id)
+                .map(|b| b.broker_epoch)
+        })
         .unwrap_or(-1);
     let mut b = shared.lock();
     let mut total = 0usize;
@@ -1061,12 +1072,14 @@ fn list_offsets(shared: &Shared, req: ListOffsetsRequest, v: i16) -> ListOffsets
                         .with_partition_index(p.partition_index);
                     r.timestamp = -1;
                     // In a cluster only the leader answers, fenced by leader epoch (KIP-320).
-                    let replica = b.replica(t.name.as_str(), p.partition_index).and_then(|rep| {
-                        if b.cluster {
-                            rep.state.check_leader_request(p.current_leader_epoch)?;
-                        }
-                        Ok(rep)
-                    });
+                    let replica = b
+                        .replica(t.name.as_str(), p.partition_index)
+                        .and_then(|rep| {
+                            if b.cluster {
+                                rep.state.check_leader_request(p.current_leader_epoch)?;
+                            }
+                            Ok(rep)
+                        });
                     match replica {
                         Err(c) => r.error_code = c,
                         Ok(rep) => {
