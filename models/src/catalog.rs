@@ -215,6 +215,46 @@ pub trait KcheckModel:
     fn describe_state(&self, state: &Self::State) -> Vec<String>;
 }
 
+/// The shortest counterexample of one named `always` property of `model`, checked alone (what
+/// each bug flag's test asks), or the verdict it got instead. Every model's tests use this
+/// rather than repeating the search; the path is checked to end in a violating state.
+/// Panics on a name the model does not declare as `always` (a mistake in the test).
+pub fn shortest_violation<M: KcheckModel>(
+    model: &M,
+    property: &str,
+) -> Result<Path<M::State, M::Action>, String> {
+    let properties: Vec<Property<M>> = M::named_properties()
+        .into_iter()
+        .filter(|p| p.name == property)
+        .collect();
+    let [only] = properties.as_slice() else {
+        panic!("{property} is not a property of model {}", M::NAME);
+    };
+    let PropertyKind::Always(holds) = only.kind else {
+        panic!(
+            "{property} of model {} is not an `always` property",
+            M::NAME
+        );
+    };
+    let outcome = engine::check(
+        model,
+        &properties,
+        M::representative,
+        &CheckOptions::default(),
+        &|_| {},
+    );
+    match outcome.verdict(property) {
+        Some(Verdict::Violated(path)) => {
+            assert!(
+                !holds(model, path.last_state()),
+                "the counterexample of {property} ends in a violating state"
+            );
+            Ok(path.clone())
+        }
+        other => Err(format!("no counterexample of {property}: {other:?}")),
+    }
+}
+
 /// The catalog entry of a [`KcheckModel`].
 pub struct Entry<M>(PhantomData<fn() -> M>);
 

@@ -2,9 +2,9 @@
 //! as its documented property (and the other invariants are shown able to fail), recorded
 //! traces replay, and random walks of the correct protocol never violate an invariant.
 
-use kcheck_models::engine::{self, CheckOptions, Verdict};
+use kcheck_models::engine::CheckOptions;
 use kcheck_models::zk_controller::{self, ZkController};
-use kcheck_models::{find, Config, KcheckModel, ModelDef, PropertyKind, Trace};
+use kcheck_models::{find, Config, KcheckModel, ModelDef, Trace};
 use proptest::prelude::*;
 
 fn model() -> &'static dyn ModelDef {
@@ -37,30 +37,9 @@ fn correct_protocol_passes_exhaustively_at_default_bounds() {
 /// The shortest counterexample of `property` with `bugs` on: its length.
 fn counterexample(bugs: &[&str], property: &str) -> usize {
     let m = ZkController::from_config(&config(bugs));
-    let properties: Vec<_> = ZkController::named_properties()
-        .into_iter()
-        .filter(|p| p.name == property)
-        .collect();
-    assert_eq!(properties.len(), 1, "{property} is a property of the model");
-    let outcome = engine::check(
-        &m,
-        &properties,
-        ZkController::representative,
-        &CheckOptions::default(),
-        &|_| {},
-    );
-    match outcome.verdict(property) {
-        Some(Verdict::Violated(path)) => {
-            let PropertyKind::Always(holds) = properties[0].kind else {
-                unreachable!("safety property")
-            };
-            assert!(
-                !holds(&m, path.last_state()),
-                "the path ends in a violation"
-            );
-            path.steps.len()
-        }
-        other => panic!("{bugs:?}: expected a counterexample of {property}, got {other:?}"),
+    match kcheck_models::catalog::shortest_violation(&m, property) {
+        Ok(path) => path.steps.len(),
+        Err(e) => panic!("{bugs:?}: {e}"),
     }
 }
 
