@@ -11,6 +11,7 @@ pub mod kraft_failover;
 pub mod property;
 pub mod reassignment;
 pub mod replication;
+pub mod testkit;
 pub mod trace;
 pub mod zk_controller;
 pub mod zk_election;

@@ -7,29 +7,20 @@ use kcheck_models::consumer_offsets::{
     self, ConsumerOffsets, ConsumerStatus, MemberSet, PartitionSet,
 };
 use kcheck_models::engine::{CheckOptions, Stop};
-use kcheck_models::{find, Config, KcheckModel, ModelDef, Report, Trace};
+use kcheck_models::testkit::Suite;
+use kcheck_models::{Config, KcheckModel, ModelDef, Report};
 use proptest::prelude::*;
 
+fn suite() -> Suite {
+    Suite::new("consumer-offsets")
+}
+
 fn model() -> &'static dyn ModelDef {
-    find("consumer-offsets").expect("consumer-offsets is in the catalog")
+    suite().model
 }
 
 fn config(bugs: &[&str]) -> Config {
-    let bugs: Vec<String> = bugs.iter().map(|b| b.to_string()).collect();
-    model().config(&bugs, &[]).expect("valid config")
-}
-
-fn trace_path(name: &str) -> String {
-    format!(
-        "{}/../specs/traces/consumer-offsets-{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-fn load_trace(name: &str) -> Trace {
-    let path = trace_path(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    suite().config(bugs, &[])
 }
 
 /// Check only the named properties with `bugs` on, deciding each (the AG EF one needs the
@@ -52,26 +43,7 @@ fn verdict(report: &Report, property: &str) -> (&'static str, Option<usize>) {
 
 #[test]
 fn correct_protocol_passes_exhaustively_at_default_bounds() {
-    let options = CheckOptions {
-        stop: Stop::AllDecided,
-        ..CheckOptions::default()
-    };
-    let report = model().check(&config(&[]), &options, &|_| {});
-    assert!(report.complete, "the default bounds are exhausted");
-    assert!(
-        report.unique_states > 100_000,
-        "the state space is not trivial ({} states)",
-        report.unique_states
-    );
-    for r in &report.results {
-        let expected = if r.kind == "sometimes" {
-            "reached"
-        } else {
-            "holds"
-        };
-        assert_eq!(r.status, expected, "{} should be {expected}", r.name);
-    }
-    assert!(!report.failed());
+    suite().assert_passes_exhaustively(&[], Stop::AllDecided, 100_000);
 }
 
 #[test]
@@ -182,92 +154,25 @@ fn auto_offset_reset_latest_skips_records_produced_before_the_first_commit() {
 }
 
 #[test]
-fn every_bug_flag_has_a_test_and_a_recorded_trace() {
-    for flag in model().bug_flags() {
-        let path = trace_path(flag.name);
-        assert!(std::path::Path::new(&path).exists(), "missing {path}");
-    }
-}
-
-#[test]
 fn recorded_traces_replay_to_their_violation() {
-    for flag in model().bug_flags() {
-        let trace = load_trace(flag.name);
-        assert_eq!(trace.bugs, vec![flag.name.to_string()]);
-        assert_eq!(trace.property, flag.violates);
-        let report = model()
-            .replay(&trace)
-            .unwrap_or_else(|e| panic!("{}: {e}", flag.name));
-        assert!(
-            report.violated.contains(&flag.violates),
-            "{} ends in a violation of {} (got {:?})",
-            flag.name,
-            flag.violates,
-            report.violated
-        );
-    }
+    suite().assert_traces_replay_to_their_violation();
 }
 
 #[test]
 fn the_correct_protocol_rejects_the_bug_traces() {
     // Without their flag the traces are not behaviours of the correct protocol: the commit
     // carries the processed offset, the zombie's commit is fenced, the timer does not exist.
-    for flag in model().bug_flags() {
-        let mut trace = load_trace(flag.name);
-        trace.bugs.clear();
-        match model().replay(&trace) {
-            Err(e) => assert!(
-                e.contains("different state")
-                    || e.contains("not enabled")
-                    || e.contains("changes nothing")
-                    || e.contains("not an initial state"),
-                "{}: {e}",
-                flag.name
-            ),
-            Ok(report) => panic!(
-                "{} replays without its flag (violated: {:?})",
-                flag.name, report.violated
-            ),
-        }
-    }
+    suite().assert_correct_protocol_rejects_every_trace(false);
 }
 
 #[test]
 fn replay_detects_a_tampered_trace() {
-    let mut trace = load_trace("commit-before-process");
-    trace.steps[0].state[1].push_str(" tampered");
-    assert!(model()
-        .replay(&trace)
-        .unwrap_err()
-        .contains("different state"));
+    suite().assert_replay_detects_tampering("commit-before-process", 1);
 }
 
 #[test]
 fn symmetry_reduces_without_changing_verdicts() {
-    let small = model()
-        .config(&[], &[("partitions".into(), 1), ("records".into(), 1)])
-        .unwrap();
-    let options = CheckOptions {
-        stop: Stop::Never,
-        ..CheckOptions::default()
-    };
-    let with = model().check(&small, &options, &|_| {});
-    let without = model().check(
-        &small,
-        &CheckOptions {
-            symmetry: false,
-            ..options.clone()
-        },
-        &|_| {},
-    );
-    assert!(
-        with.unique_states < without.unique_states,
-        "{} vs {}",
-        with.unique_states,
-        without.unique_states
-    );
-    let statuses = |r: &Report| r.results.iter().map(|x| x.status).collect::<Vec<_>>();
-    assert_eq!(statuses(&with), statuses(&without));
+    suite().assert_symmetry_keeps_verdicts(&[("partitions", 1), ("records", 1)], Stop::Never);
 }
 
 #[test]

@@ -3,52 +3,33 @@
 //! every bug flag is caught as a counterexample of the property it is documented to violate,
 //! recorded traces replay, and random walks of the correct model never violate an invariant.
 
-use kcheck_models::engine::{self, CheckOptions, Verdict};
+use kcheck_models::engine::{self, CheckOptions, Stop, Verdict};
 use kcheck_models::reassignment::{self, Action, Reassignment, ReassignmentAction};
 use kcheck_models::replication::{self, BrokerSet};
-use kcheck_models::{find, Config, KcheckModel, ModelDef, PropertyKind, Trace};
+use kcheck_models::testkit::Suite;
+use kcheck_models::{Config, KcheckModel, ModelDef, PropertyKind, Trace};
 use proptest::prelude::*;
 use std::collections::{HashSet, VecDeque};
 
+fn suite() -> Suite {
+    Suite::new("reassignment")
+}
+
 fn model() -> &'static dyn ModelDef {
-    find("reassignment").expect("reassignment is in the catalog")
+    suite().model
 }
 
 fn config(bugs: &[&str], bounds: &[(&str, u32)]) -> Config {
-    let bugs: Vec<String> = bugs.iter().map(|b| b.to_string()).collect();
-    let bounds: Vec<(String, u32)> = bounds.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    model().config(&bugs, &bounds).expect("valid config")
-}
-
-fn trace_path(flag: &str) -> String {
-    format!(
-        "{}/../specs/traces/reassignment-{flag}.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    suite().config(bugs, bounds)
 }
 
 fn read_trace(flag: &str) -> Trace {
-    let path = trace_path(flag);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    suite().read_trace(flag)
 }
 
 #[test]
 fn correct_protocol_passes_exhaustively_at_default_bounds() {
-    let report = model().check(&config(&[], &[]), &CheckOptions::default(), &|_| {});
-    assert!(report.complete, "the default bounds are exhausted");
-    assert!(
-        report.unique_states > 100_000,
-        "the state space is not trivial"
-    );
-    for r in &report.results {
-        let expected = if r.kind == "sometimes" {
-            "reached"
-        } else {
-            "holds"
-        };
-        assert_eq!(r.status, expected, "{} should be {expected}", r.name);
-    }
-    assert!(!report.failed());
+    suite().assert_passes_exhaustively(&[], Stop::FirstViolation, 100_000);
 }
 
 /// Check only the property a bug flag is documented to violate and return the length of its
@@ -126,22 +107,7 @@ fn no_leader_move_cannot_complete_without_faults() {
 
 #[test]
 fn every_bug_flag_has_a_recorded_trace_that_replays() {
-    for flag in model().bug_flags() {
-        let path = trace_path(flag.name);
-        assert!(std::path::Path::new(&path).exists(), "missing {path}");
-        let trace = read_trace(flag.name);
-        assert_eq!(trace.bugs, vec![flag.name.to_string()]);
-        assert_eq!(trace.property, flag.violates);
-        let report = model()
-            .replay(&trace)
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert!(
-            report.violated.contains(&flag.violates),
-            "{path} ends in a violation of {} (got {:?})",
-            flag.violates,
-            report.violated
-        );
-    }
+    suite().assert_traces_replay_to_their_violation();
 }
 
 /// Rebuild the last state of a recorded trace under `bugs`.
@@ -222,12 +188,7 @@ fn replay_without_the_bug_flag_rejects_the_trace() {
 
 #[test]
 fn replay_detects_a_tampered_trace() {
-    let mut trace = read_trace("replace-from-grown-set");
-    trace.steps[0].state[0].push_str(" tampered");
-    assert!(model()
-        .replay(&trace)
-        .unwrap_err()
-        .contains("different state"));
+    suite().assert_replay_detects_tampering("replace-from-grown-set", 0);
 }
 
 #[test]
@@ -240,20 +201,8 @@ fn replay_rejects_a_target_naming_an_unknown_broker() {
 
 #[test]
 fn symmetry_reduces_without_changing_verdicts() {
-    let small = config(&[], &[("crashes", 0), ("requests", 1)]);
-    let with = model().check(&small, &CheckOptions::default(), &|_| {});
-    let without = model().check(
-        &small,
-        &CheckOptions {
-            symmetry: false,
-            ..CheckOptions::default()
-        },
-        &|_| {},
-    );
-    assert!(with.unique_states < without.unique_states);
-    let statuses =
-        |r: &kcheck_models::Report| r.results.iter().map(|x| x.status).collect::<Vec<_>>();
-    assert_eq!(statuses(&with), statuses(&without));
+    suite()
+        .assert_symmetry_keeps_verdicts(&[("crashes", 0), ("requests", 1)], Stop::FirstViolation);
 }
 
 #[test]

@@ -2,45 +2,32 @@
 //! as its documented property (and the other invariants are shown able to fail), recorded
 //! traces replay, and random walks of the correct protocol never violate an invariant.
 
-use kcheck_models::engine::CheckOptions;
+use kcheck_models::engine::Stop;
+use kcheck_models::testkit::{violation_steps, Suite};
 use kcheck_models::zk_controller::{self, ZkController};
-use kcheck_models::{find, Config, KcheckModel, ModelDef, Trace};
+use kcheck_models::{Config, KcheckModel};
 use proptest::prelude::*;
 
-fn model() -> &'static dyn ModelDef {
-    find("zk-controller").expect("zk-controller is in the catalog")
+fn suite() -> Suite {
+    Suite::new("zk-controller")
 }
 
 fn config(bugs: &[&str]) -> Config {
-    let bugs: Vec<String> = bugs.iter().map(|b| b.to_string()).collect();
-    model().config(&bugs, &[]).expect("valid config")
+    suite().config(bugs, &[])
+}
+
+fn config_with(bugs: &[&str], bounds: &[(&str, u32)]) -> Config {
+    suite().config(bugs, bounds)
 }
 
 #[test]
 fn correct_protocol_passes_exhaustively_at_default_bounds() {
-    let report = model().check(&config(&[]), &CheckOptions::default(), &|_| {});
-    assert!(report.complete, "the default bounds are exhausted");
-    assert!(
-        report.unique_states > 500_000,
-        "the state space is not trivial"
-    );
-    for r in &report.results {
-        let expected = if r.kind == "sometimes" {
-            "reached"
-        } else {
-            "holds"
-        };
-        assert_eq!(r.status, expected, "{} should be {expected}", r.name);
-    }
+    suite().assert_passes_exhaustively(&[], Stop::FirstViolation, 500_000);
 }
 
 /// The shortest counterexample of `property` with `bugs` on: its length.
 fn counterexample(bugs: &[&str], property: &str) -> usize {
-    let m = ZkController::from_config(&config(bugs));
-    match kcheck_models::catalog::shortest_violation(&m, property) {
-        Ok(path) => path.steps.len(),
-        Err(e) => panic!("{bugs:?}: {e}"),
-    }
+    violation_steps(&ZkController::from_config(&config(bugs)), property)
 }
 
 #[test]
@@ -73,82 +60,27 @@ fn zombie_controller_without_any_check_elects_two_leaders_in_one_epoch() {
     );
 }
 
-fn trace_path(flag: &str) -> String {
-    format!(
-        "{}/../specs/traces/zk-controller-{flag}.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-fn read_trace(flag: &str) -> Trace {
-    let path = trace_path(flag);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 #[test]
 fn recorded_traces_replay_to_their_violation() {
-    for flag in model().bug_flags() {
-        let trace = read_trace(flag.name);
-        assert_eq!(trace.bugs, vec![flag.name.to_string()]);
-        let report = model()
-            .replay(&trace)
-            .unwrap_or_else(|e| panic!("{}: {e}", flag.name));
-        assert!(
-            report.violated.contains(&flag.violates),
-            "{} ends in a violation of {} (got {:?})",
-            flag.name,
-            flag.violates,
-            report.violated
-        );
-    }
+    suite().assert_traces_replay_to_their_violation();
 }
 
 #[test]
 fn the_correct_protocol_rejects_the_recorded_traces() {
-    for flag in model().bug_flags() {
-        let mut trace = read_trace(flag.name);
-        trace.bugs.clear();
-        match model().replay(&trace) {
-            Err(e) => assert!(
-                e.contains("different state")
-                    || e.contains("not enabled")
-                    || e.contains("changes nothing"),
-                "{e}"
-            ),
-            Ok(report) => assert!(report.violated.is_empty(), "{:?}", report.violated),
-        }
-    }
+    suite().assert_correct_protocol_rejects_every_trace(true);
 }
 
 #[test]
 fn replay_detects_a_tampered_trace() {
-    let mut trace = read_trace("no-zkversion-check");
-    trace.steps[0].state[0].push_str(" tampered");
-    assert!(model()
-        .replay(&trace)
-        .unwrap_err()
-        .contains("different state"));
+    suite().assert_replay_detects_tampering("no-zkversion-check", 0);
 }
 
 #[test]
 fn symmetry_reduces_without_changing_verdicts() {
-    let small = model()
-        .config(&[], &[("expiries".into(), 1), ("isr-changes".into(), 0)])
-        .unwrap();
-    let with = model().check(&small, &CheckOptions::default(), &|_| {});
-    let without = model().check(
-        &small,
-        &CheckOptions {
-            symmetry: false,
-            ..CheckOptions::default()
-        },
-        &|_| {},
+    suite().assert_symmetry_keeps_verdicts(
+        &[("expiries", 1), ("isr-changes", 0)],
+        Stop::FirstViolation,
     );
-    assert!(with.unique_states < without.unique_states);
-    let statuses =
-        |r: &kcheck_models::Report| r.results.iter().map(|x| x.status).collect::<Vec<_>>();
-    assert_eq!(statuses(&with), statuses(&without));
 }
 
 #[test]
@@ -173,8 +105,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
     fn random_walks_of_the_correct_protocol_never_violate(seed in any::<u64>()) {
-        let cfg = model().config(&[], &[("expiries".into(), 4), ("epochs".into(), 5), ("records".into(), 2), ("isr-changes".into(), 3)]).unwrap();
-        if let Err(trace) = model().random_walk(&cfg, seed, 200) {
+        let cfg = config_with(&[], &[("expiries", 4), ("epochs", 5), ("records", 2), ("isr-changes", 3)]);
+        if let Err(trace) = suite().model.random_walk(&cfg, seed, 200) {
             panic!("random walk violated {}:\n{}", trace.property, trace.render());
         }
     }
@@ -182,12 +114,7 @@ proptest! {
 
 #[test]
 fn random_walks_find_a_bug() {
-    let cfg = model()
-        .config(
-            &["no-controller-epoch-check".to_string()],
-            &[("expiries".into(), 4)],
-        )
-        .unwrap();
-    let found = (0..2000u64).any(|seed| model().random_walk(&cfg, seed, 200).is_err());
+    let cfg = config_with(&["no-controller-epoch-check"], &[("expiries", 4)]);
+    let found = (0..2000u64).any(|seed| suite().model.random_walk(&cfg, seed, 200).is_err());
     assert!(found);
 }
