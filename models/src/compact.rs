@@ -153,3 +153,78 @@ mod tests {
         a.push(2);
     }
 }
+
+/// A set of small ids (brokers, consumers) as a bit set in one byte: ISR, ELR, replica sets,
+/// group membership. `PREFIX` is the letter ids print with (`b0` for a broker, `c0` for a
+/// consumer), so one type serves every model while traces stay readable.
+#[derive(
+    Clone, Copy, Default, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct IdSet<const PREFIX: char>(pub u8);
+
+impl<const PREFIX: char> IdSet<PREFIX> {
+    /// The set with these bits (bit `i` = id `i`).
+    pub const fn from_bits(bits: u8) -> Self {
+        IdSet(bits)
+    }
+    /// Ids `0..n`.
+    pub fn all(n: usize) -> Self {
+        IdSet(((1u16 << n) - 1) as u8)
+    }
+    pub fn single(id: u8) -> Self {
+        IdSet(1 << id)
+    }
+    pub fn contains(self, id: u8) -> bool {
+        self.0 & (1 << id) != 0
+    }
+    pub fn with(self, id: u8) -> Self {
+        IdSet(self.0 | (1 << id))
+    }
+    pub fn without(self, id: u8) -> Self {
+        IdSet(self.0 & !(1 << id))
+    }
+    pub fn union(self, o: Self) -> Self {
+        IdSet(self.0 | o.0)
+    }
+    pub fn intersection(self, o: Self) -> Self {
+        IdSet(self.0 & o.0)
+    }
+    /// The ids of `self` that are not in `o`.
+    pub fn difference(self, o: Self) -> Self {
+        IdSet(self.0 & !o.0)
+    }
+    pub fn is_subset(self, o: Self) -> bool {
+        self.0 & !o.0 == 0
+    }
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The ids of `self` for which `keep` holds.
+    pub fn filter(self, keep: impl Fn(u8) -> bool) -> Self {
+        IdSet(
+            self.iter()
+                .filter(|id| keep(*id))
+                .fold(0, |acc, id| acc | 1 << id),
+        )
+    }
+    pub fn iter(self) -> impl Iterator<Item = u8> {
+        (0..8u8).filter(move |id| self.contains(*id))
+    }
+    /// Relabel: id `i` becomes `perm[i]` (symmetry reduction).
+    pub fn permute(self, perm: &[u8]) -> Self {
+        IdSet(
+            self.iter()
+                .fold(0, |acc, id| acc | (1 << perm[id as usize])),
+        )
+    }
+}
+
+impl<const PREFIX: char> fmt::Debug for IdSet<PREFIX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<String> = self.iter().map(|id| format!("{PREFIX}{id}")).collect();
+        write!(f, "{{{}}}", ids.join(","))
+    }
+}

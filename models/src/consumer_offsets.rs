@@ -46,40 +46,7 @@ pub const MAX_PARTITIONS: usize = 3;
 pub const MAX_RECORDS: usize = 8;
 
 /// A set of member ids (group membership, rejoined members, a partition's owners).
-#[derive(Clone, Copy, Default, Hash, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MemberSet(pub u8);
-
-impl MemberSet {
-    pub fn single(m: MemberId) -> Self {
-        MemberSet(1 << m)
-    }
-    pub fn contains(self, m: MemberId) -> bool {
-        self.0 & (1 << m) != 0
-    }
-    pub fn with(self, m: MemberId) -> Self {
-        MemberSet(self.0 | (1 << m))
-    }
-    pub fn without(self, m: MemberId) -> Self {
-        MemberSet(self.0 & !(1 << m))
-    }
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    pub fn iter(self) -> impl Iterator<Item = MemberId> {
-        (0..8u8).filter(move |m| self.contains(*m))
-    }
-    /// Relabel: member `m` becomes `perm[m]`.
-    pub fn permute(self, perm: &[MemberId]) -> Self {
-        MemberSet(self.iter().fold(0, |acc, m| acc | (1 << perm[m as usize])))
-    }
-}
-
-impl fmt::Debug for MemberSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ids: Vec<String> = self.iter().map(|m| format!("c{m}")).collect();
-        write!(f, "{{{}}}", ids.join(","))
-    }
-}
+pub type MemberSet = crate::compact::IdSet<'c'>;
 
 /// A set of partitions of the subscribed topic (a member's assignment).
 #[derive(Clone, Copy, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -441,7 +408,7 @@ impl ConsumerOffsets {
         let choices: Vec<MemberSet> = if self.has(OffsetsBug::OverlappingAssignment) {
             (1..=joined.0)
                 .filter(|bits| bits & !joined.0 == 0)
-                .map(MemberSet)
+                .map(MemberSet::from_bits)
                 .collect()
         } else {
             joined.iter().map(MemberSet::single).collect()

@@ -249,11 +249,7 @@ impl Reassignment {
     }
 
     fn alive(&self, s: &State, set: BrokerSet) -> BrokerSet {
-        BrokerSet(
-            set.iter()
-                .filter(|b| s.replication.replicas[*b as usize].alive)
-                .fold(0, |acc, b| acc | 1 << b),
-        )
+        set.filter(|b| s.replication.replicas[b as usize].alive)
     }
 
     /// The leaders a partition change leaving `replicas` / `isr` may have: the current one if
@@ -275,7 +271,7 @@ impl Reassignment {
         let heading_to = s.replication.partition.replicas.0 & !s.removing.0;
         let n = self.replication.brokers;
         (0..(1u16 << n))
-            .map(|bits| BrokerSet(bits as u8))
+            .map(|bits| BrokerSet::from_bits(bits as u8))
             .filter(move |t| t.len() == self.replication_factor && t.0 != heading_to)
     }
 
@@ -286,14 +282,14 @@ impl Reassignment {
         if self.has(ReassignmentBug::ReplaceFromGrownSet) {
             replicas
         } else {
-            BrokerSet(replicas.0 & !s.adding.0)
+            replicas.difference(s.adding)
         }
     }
 
     fn reassign_plan(&self, s: &State, target: BrokerSet) -> (BrokerSet, BrokerSet, BrokerSet) {
         let origin = self.origin_of(s);
-        let adding = BrokerSet(target.0 & !origin.0);
-        let removing = BrokerSet(origin.0 & !target.0);
+        let adding = target.difference(origin);
+        let removing = origin.difference(target);
         (origin.union(target), adding, removing)
     }
 
@@ -302,14 +298,14 @@ impl Reassignment {
         if self.has(ReassignmentBug::CancelKeepsAddingInIsr) {
             isr
         } else {
-            BrokerSet(isr.0 & !s.adding.0)
+            isr.difference(s.adding)
         }
     }
 
     /// The ISR after completion: the removing replicas leave it; under
     /// `remove-before-caught-up` the adding replicas are taken as in sync.
     fn completion_isr(&self, s: &State) -> BrokerSet {
-        let isr = BrokerSet(s.replication.partition.isr.0 & !s.removing.0);
+        let isr = s.replication.partition.isr.difference(s.removing);
         if self.has(ReassignmentBug::RemoveBeforeCaughtUp) {
             isr.union(s.adding)
         } else {
@@ -325,7 +321,7 @@ impl Reassignment {
     }
 
     fn completion_leaders(&self, s: &State) -> Vec<BrokerId> {
-        let target = BrokerSet(s.replication.partition.replicas.0 & !s.removing.0);
+        let target = s.replication.partition.replicas.difference(s.removing);
         let Some(l) = self.replication.leader(&s.replication) else {
             return Vec::new();
         };
@@ -343,12 +339,12 @@ impl Reassignment {
         if s.requests < self.max_requests {
             for target in self.targets(s) {
                 let (replicas, _, _) = self.reassign_plan(s, target);
-                let dropped = BrokerSet(p.replicas.0 & !replicas.0);
+                let dropped = p.replicas.difference(replicas);
                 let leaders = if dropped.is_empty() {
                     // Growing only: the leader (even none) is unchanged.
                     vec![p.leader.unwrap_or(0)]
                 } else {
-                    let isr = BrokerSet(p.isr.0 & replicas.0);
+                    let isr = p.isr.intersection(replicas);
                     if isr.is_empty() {
                         continue;
                     }
@@ -364,7 +360,7 @@ impl Reassignment {
             if s.reassigning() && !self.cancel_isr(s).is_empty() {
                 // Kafka refuses a revert that would empty the ISR (unless unclean leader
                 // election is enabled for the topic, which this model does not enable).
-                let origin = BrokerSet(p.replicas.0 & !s.adding.0);
+                let origin = p.replicas.difference(s.adding);
                 let leaders = if s.adding.is_empty() {
                     vec![p.leader.unwrap_or(0)]
                 } else {
@@ -397,10 +393,10 @@ impl Reassignment {
     ) -> Option<()> {
         let r = &mut s.replication;
         let mut p = r.partition.clone();
-        let dropped = BrokerSet(p.replicas.0 & !replicas.0);
+        let dropped = p.replicas.difference(replicas);
         p.replicas = replicas;
         p.isr = isr;
-        p.elr = BrokerSet(p.elr.0 & replicas.0);
+        p.elr = p.elr.intersection(replicas);
         self.replication.change_partition(r, p);
         if dropped.is_empty() {
             return Some(());
@@ -429,7 +425,7 @@ impl Reassignment {
                     s.replication.partition.replicas
                 };
                 let (replicas, adding, removing) = self.reassign_plan(s, target);
-                let isr = BrokerSet(s.replication.partition.isr.0 & replicas.0);
+                let isr = s.replication.partition.isr.intersection(replicas);
                 if isr.is_empty() {
                     return None;
                 }
@@ -448,7 +444,7 @@ impl Reassignment {
                 if !s.reassigning() {
                     return None;
                 }
-                let replicas = BrokerSet(s.replication.partition.replicas.0 & !s.adding.0);
+                let replicas = s.replication.partition.replicas.difference(s.adding);
                 let isr = self.cancel_isr(s);
                 self.change_assignment(s, replicas, isr, leader)?;
                 s.requests += 1;
@@ -461,7 +457,7 @@ impl Reassignment {
                 if !self.may_complete(s) {
                     return None;
                 }
-                let replicas = BrokerSet(s.replication.partition.replicas.0 & !s.removing.0);
+                let replicas = s.replication.partition.replicas.difference(s.removing);
                 let isr = self.completion_isr(s);
                 self.change_assignment(s, replicas, isr, leader)?;
                 if s.removing.is_empty() {
@@ -579,7 +575,7 @@ pub fn completes_to_target(s: &State) -> bool {
         return true;
     }
     let p = &s.replication.partition;
-    let added = BrokerSet(s.target.0 & !s.origin.0);
+    let added = s.target.difference(s.origin);
     p.replicas == s.target
         && !s.reassigning()
         && p.isr.is_subset(s.target)
@@ -756,7 +752,7 @@ impl KcheckModel for Reassignment {
                 text
             }
             Action::Reassignment(ReassignmentAction::Cancel { leader }) => {
-                let origin = BrokerSet(p.replicas.0 & !s.adding.0);
+                let origin = p.replicas.difference(s.adding);
                 let mut text = format!(
                     "admin cancels the reassignment (AlterPartitionReassignments, null target): replicas revert to {origin:?}"
                 );
@@ -769,7 +765,7 @@ impl KcheckModel for Reassignment {
                 text
             }
             Action::Reassignment(ReassignmentAction::CompleteReassignment { leader }) => {
-                let target = BrokerSet(p.replicas.0 & !s.removing.0);
+                let target = p.replicas.difference(s.removing);
                 format!(
                     "controller completes the reassignment: replicas {target:?} ISR {:?}, {} in leader epoch {}",
                     self.completion_isr(s),

@@ -21,7 +21,6 @@ use crate::compact::InlineVec;
 use crate::property::Property;
 use serde::{Deserialize, Serialize};
 use stateright::Model;
-use std::fmt;
 
 pub type BrokerId = u8;
 pub type LeaderEpoch = u8;
@@ -36,52 +35,7 @@ pub const MAX_RECORDS: usize = 8;
 pub const MAX_EPOCHS: usize = 8;
 
 /// A set of broker ids (ISR, ELR, replica set) as a bit set.
-#[derive(Clone, Copy, Default, Hash, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BrokerSet(pub u8);
-
-impl BrokerSet {
-    pub fn all(n: usize) -> Self {
-        BrokerSet(((1u16 << n) - 1) as u8)
-    }
-    pub fn single(b: BrokerId) -> Self {
-        BrokerSet(1 << b)
-    }
-    pub fn contains(self, b: BrokerId) -> bool {
-        self.0 & (1 << b) != 0
-    }
-    pub fn with(self, b: BrokerId) -> Self {
-        BrokerSet(self.0 | (1 << b))
-    }
-    pub fn without(self, b: BrokerId) -> Self {
-        BrokerSet(self.0 & !(1 << b))
-    }
-    pub fn union(self, o: BrokerSet) -> Self {
-        BrokerSet(self.0 | o.0)
-    }
-    pub fn is_subset(self, o: BrokerSet) -> bool {
-        self.0 & !o.0 == 0
-    }
-    pub fn len(self) -> usize {
-        self.0.count_ones() as usize
-    }
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    pub fn iter(self) -> impl Iterator<Item = BrokerId> {
-        (0..8u8).filter(move |b| self.contains(*b))
-    }
-    /// Relabel: broker `b` becomes `perm[b]`.
-    pub fn permute(self, perm: &[BrokerId]) -> Self {
-        BrokerSet(self.iter().fold(0, |acc, b| acc | (1 << perm[b as usize])))
-    }
-}
-
-impl fmt::Debug for BrokerSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ids: Vec<String> = self.iter().map(|b| format!("b{b}")).collect();
-        write!(f, "{{{}}}", ids.join(","))
-    }
-}
+pub type BrokerSet = crate::compact::IdSet<'b'>;
 
 /// What the controller owns for the partition (KRaft's PartitionRecord / PartitionChangeRecord).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -611,13 +565,7 @@ impl Replication {
 
     fn electable(&self, s: &State) -> BrokerSet {
         let p = &s.partition;
-        let alive = |set: BrokerSet| {
-            BrokerSet(
-                set.iter()
-                    .filter(|b| s.replicas[*b as usize].alive)
-                    .fold(0, |a, b| a | 1 << b),
-            )
-        };
+        let alive = |set: BrokerSet| set.filter(|b| s.replicas[b as usize].alive);
         let in_isr = alive(p.isr);
         if !in_isr.is_empty() {
             return in_isr;

@@ -471,7 +471,7 @@ impl ZkController {
         let written = LeaderAndIsr {
             leader: Some(leader),
             leader_epoch: ctx.partition.leader_epoch + 1,
-            isr: BrokerSet(ctx.partition.isr.0 & ctx.live.0),
+            isr: ctx.partition.isr.intersection(ctx.live),
             zk_version: s.zk.partition.zk_version + 1,
         };
         s.zk.partition = written;
@@ -490,7 +490,7 @@ impl ZkController {
         if p.leader.is_some_and(|l| ctx.live.contains(l)) || p.leader_epoch >= self.max_epoch {
             return BrokerSet::default();
         }
-        BrokerSet(p.isr.0 & ctx.live.0)
+        p.isr.intersection(ctx.live)
     }
 
     /// The requests a controller action sends (to check they fit in the network).
@@ -710,8 +710,8 @@ impl Model for ZkController {
                 if ctx.live == now {
                     return None;
                 }
-                let joined = BrokerSet(now.0 & !ctx.live.0);
-                let left = BrokerSet(ctx.live.0 & !now.0);
+                let joined = now.difference(ctx.live);
+                let left = ctx.live.difference(now);
                 ctx.live = now;
                 s.brokers[controller as usize].controller = Some(ctx);
                 // onBrokerStartup: the new brokers learn the partition state.
@@ -722,7 +722,7 @@ impl Model for ZkController {
                     Self::send(
                         &mut s,
                         ctx.epoch,
-                        BrokerSet(now.0 & !joined.0),
+                        now.difference(joined),
                         false,
                         ctx.partition,
                     );

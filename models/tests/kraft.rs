@@ -449,7 +449,7 @@ fn invariants_reject_hand_made_bad_states() {
     let m = Kraft::from_config(&config(&[], &[("brokers".into(), 1)]));
     let mut s = m.initial_state();
     assert!(kraft::election_safety(&s));
-    s.epoch_leaders[1] = kcheck_models::replication::BrokerSet(0b011);
+    s.epoch_leaders[1] = kcheck_models::replication::BrokerSet::from_bits(0b011);
     assert!(!kraft::election_safety(&s), "two leaders in epoch 1");
     let mut s = m.initial_state();
     let r = |epoch| kraft::Record {

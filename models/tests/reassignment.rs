@@ -212,7 +212,7 @@ fn canonical_form_is_invariant_under_relabelling() {
     let mut s = m.initial_state();
     for a in [
         Action::Reassignment(ReassignmentAction::Reassign {
-            target: BrokerSet(0b1110),
+            target: BrokerSet::from_bits(0b1110),
             leader: 0,
         }),
         Action::Replication(replication::Action::Produce {
@@ -241,7 +241,7 @@ fn invariants_reject_hand_made_bad_states() {
     let m = Reassignment::from_config(&config(&[], &[]));
     let mut s = m.initial_state();
     assert!(reassignment::leader_in_replicas(&s));
-    s.replication.partition.replicas = BrokerSet(0b1110);
+    s.replication.partition.replicas = BrokerSet::from_bits(0b1110);
     assert!(
         !reassignment::leader_in_replicas(&s),
         "b0 leads, not a replica"
@@ -250,15 +250,15 @@ fn invariants_reject_hand_made_bad_states() {
     // Completed to {b1,b2,b3} from {b0,b1,b2}, but b3 (added) is not in the ISR.
     let mut s = m.initial_state();
     s.just_completed = true;
-    s.origin = BrokerSet(0b0111);
-    s.target = BrokerSet(0b1110);
-    s.replication.partition.replicas = BrokerSet(0b1110);
+    s.origin = BrokerSet::from_bits(0b0111);
+    s.target = BrokerSet::from_bits(0b1110);
+    s.replication.partition.replicas = BrokerSet::from_bits(0b1110);
     s.replication.partition.leader = Some(1);
-    s.replication.partition.isr = BrokerSet(0b0110);
+    s.replication.partition.isr = BrokerSet::from_bits(0b0110);
     assert!(!reassignment::completes_to_target(&s), "b3 out of the ISR");
-    s.replication.partition.isr = BrokerSet(0b1010);
+    s.replication.partition.isr = BrokerSet::from_bits(0b1010);
     assert!(reassignment::completes_to_target(&s), "b2 kept may lag");
-    s.replication.partition.replicas = BrokerSet(0b1111);
+    s.replication.partition.replicas = BrokerSet::from_bits(0b1111);
     assert!(!reassignment::completes_to_target(&s), "b0 still assigned");
 }
 
