@@ -307,7 +307,13 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
             None => wanted,
         };
         correlation = correlation.wrapping_add(1);
-        let request = fetch_request(me, &wanted);
+        let mut request = fetch_request(me, &wanted);
+        if cluster.test_control.as_ref().is_some_and(|c| c.fetcher.is_held()) {
+            // A stepped round is answered at once: a long poll would be re-read when it
+            // expires and carry the HW this very fetch moved, where the model's follower
+            // learns it one round later.
+            request.max_wait_ms = 0;
+        }
         let stream = conn.as_mut().expect("connected above");
         let response =
             tokio::time::timeout(FETCH_TIMEOUT, round_trip(stream, correlation, &request)).await;

@@ -176,7 +176,7 @@ pub async fn serve_cluster_with(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut cluster = crate::replication::Cluster::new(image, controller);
-    let control = test_control.map(|l| (l, Arc::new(crate::test_control::TestControl::default())));
+    let control = test_control.map(|l| (l, Arc::new(crate::test_control::TestControl::fetcher_held())));
     if let Some((_, c)) = &control {
         cluster = cluster.with_test_control(c.clone());
     }

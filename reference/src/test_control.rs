@@ -10,7 +10,8 @@
 //! condition instead of sleeping. The hold points are gates the tokio adapters pass before
 //! doing IO ([`Gate::pass`]); the sans-IO protocol cores never see them.
 //!
-//! Off unless the flag is given, and only on a loopback address: anyone who can reach it
+//! A broker starts with its fetcher held ([`TestControl::fetcher_held`]). Off unless the flag
+//! is given, and only on a loopback address: anyone who can reach it
 //! can stop the broker's replication.
 //!
 //! The protocol is one line per request and one line per answer over TCP:
@@ -85,6 +86,11 @@ impl Gate {
         self.changed.notify_waiters();
     }
 
+    /// Whether rounds pass only when stepped.
+    pub fn is_held(&self) -> bool {
+        self.lock().held
+    }
+
     pub fn hold(&self) {
         let mut s = self.lock();
         s.held = true;
@@ -135,6 +141,15 @@ pub struct TestControl {
 }
 
 impl TestControl {
+    /// What a broker started with `--test-control` begins with: its replica fetcher held, so
+    /// a follower copies nothing until the replayer steps it (a restarted broker must not
+    /// fetch ahead of the schedule before the replayer reconnects); AlterPartition open.
+    pub fn fetcher_held() -> Self {
+        let c = TestControl::default();
+        c.fetcher.hold();
+        c
+    }
+
     fn gate(&self, name: &str) -> Option<&Gate> {
         match name {
             "fetcher" => Some(&self.fetcher),
