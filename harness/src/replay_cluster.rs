@@ -323,6 +323,9 @@ fn field_usize(a: &serde_json::Value, name: &str) -> Result<usize, String> {
 
 /// The schedule of a replication trace, or why it cannot run on a cluster.
 pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
+    if trace.model == "kraft" {
+        return Err("the kraft model's mutations (RaftBug in reference/src/raft.rs) are not switchable from `kcheck broker --bug`, and its traces are schedules of single Vote/Fetch/BeginQuorumEpoch deliveries, drops and timeouts between controllers, which the test control endpoint does not hold; `kcheck replay TRACE` replays it in the model".into());
+    }
     if !REPLAYABLE_MODELS.contains(&trace.model.as_str()) {
         return Err(format!(
             "the {} model has no bug flag in the broker or controller processes (`kcheck broker --bug` knows {}), so its traces cannot be replayed against a cluster; `kcheck replay TRACE` replays it in the model",
@@ -1192,7 +1195,12 @@ mod tests {
         let e = plan(&trace("replication-single-round-epoch-lookup")).unwrap_err();
         assert!(e.contains("no counterpart"), "{e}");
         let e = plan(&trace("kraft-forget-vote-on-restart")).unwrap_err();
-        assert!(e.contains("kraft model has no bug flag"), "{e}");
+        assert!(
+            e.contains("not switchable from `kcheck broker --bug`"),
+            "{e}"
+        );
+        let e = plan(&trace("reassignment-remove-before-caught-up")).unwrap_err();
+        assert!(e.contains("reassignment model has no bug flag"), "{e}");
     }
 
     #[test]
