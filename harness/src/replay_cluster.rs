@@ -99,6 +99,8 @@ pub struct ReplayReport {
     pub steps: Vec<StepReport>,
     pub acknowledged: Vec<Acknowledged>,
     pub violations: Vec<Violation>,
+    /// (offset, value) a consumer read after the cluster healed, or why it could not.
+    pub consumed_after_heal: Result<Vec<(u64, u64)>, String>,
     pub seconds: f64,
 }
 
@@ -149,6 +151,17 @@ impl ReplayReport {
             .map(|a| format!("v{}@{} (acks={})", a.value, a.offset, ack_name(a.acks)))
             .collect();
         out.push_str(&format!("acknowledged: [{}]\n", acked.join(", ")));
+        match &self.consumed_after_heal {
+            Ok(records) => out.push_str(&format!(
+                "after healing (restarts, fetchers free), a consumer reads: [{}]\n",
+                records
+                    .iter()
+                    .map(|(o, v)| format!("v{v}@{o}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(why) => out.push_str(&format!("no consumer read-back: {why}\n")),
+        }
         if self.violations.is_empty() {
             out.push_str("no anomaly: every acknowledged record is in the leader's log and the replicas agree below their HWs\n");
             if !self.bugs.is_empty() {
@@ -494,6 +507,29 @@ pub fn check_committed(acked: &[Acknowledged], leader: Option<&ReplicaLog>) -> V
         out.push(Violation {
             property: "no-committed-data-loss".into(),
             detail,
+        });
+    }
+    out
+}
+
+/// `no-committed-data-loss` as a client sees it: every acknowledged record is read back by a
+/// consumer of the healed cluster, at its offset.
+pub fn check_consumed(acked: &[Acknowledged], consumed: &[(u64, u64)]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for a in acked {
+        let how = match consumed.iter().find(|(o, _)| *o == a.offset) {
+            Some((_, v)) if *v == a.value => continue,
+            Some((_, v)) => format!("a consumer reads v{v} there: replaced"),
+            None => "a consumer of the healed cluster does not read it: lost".to_string(),
+        };
+        out.push(Violation {
+            property: "no-committed-data-loss".into(),
+            detail: format!(
+                "offset {} acknowledged as v{} (acks={}), {how}",
+                a.offset,
+                a.value,
+                ack_name(a.acks)
+            ),
         });
     }
     out
@@ -892,6 +928,47 @@ impl Cluster {
         }
     }
 
+    /// Heals the cluster — restarts the brokers that are down, lets every fetcher run — and
+    /// reads the partition as a consumer does (Fetch up to the HW) once a leader has all three
+    /// replicas in its ISR and its HW at its LEO: what is gone then is gone for clients too.
+    fn heal_and_consume(&mut self) -> Result<Vec<(u64, u64)>, String> {
+        for i in 0..self.brokers.len() {
+            let id = self.brokers[i].id;
+            if !self.system.is_running(id) {
+                self.system.restart(id).map_err(|e| e.to_string())?;
+            }
+        }
+        for b in &self.brokers {
+            control(&b.control, "release fetcher")?;
+        }
+        wait_for(Duration::from_secs(20), || {
+            let m = self.meta()?;
+            let leader = self.brokers.iter().find(|b| b.id == m.leader)?;
+            let p = self.state(leader)?;
+            (m.isr.len() == 3 && p.role == "leader" && p.high_watermark == p.log_end_offset)
+                .then_some(())
+        })
+        .ok_or("the healed cluster did not settle in 20 s (a leader with all three replicas in the ISR and its HW at its LEO)")?;
+        let bootstrap: Vec<String> = self.brokers.iter().map(|b| b.addr.clone()).collect();
+        let mut consumer = KafkaClient::new(&bootstrap.join(","), TOPIC, Duration::from_secs(5));
+        let mut records = Vec::new();
+        let mut offset = 0;
+        for _ in 0..1000 {
+            let f = consumer
+                .fetch(0, offset)
+                .map_err(|e| format!("consumer fetch at offset {offset}: {e:?}"))?;
+            let Some(last) = f.records.last().map(|r| r.0) else {
+                break;
+            };
+            records.extend(f.records);
+            offset = last + 1;
+            if offset >= f.high_watermark {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
     fn read_back(&self) -> Vec<ReplicaLog> {
         let leader = self.meta().map(|m| m.leader);
         let mut out = Vec::new();
@@ -1138,6 +1215,10 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
         .clone();
     let mut violations = check_committed(&acknowledged, logs.iter().find(|l| l.leader));
     violations.extend(check_consistency(&logs));
+    let consumed = cluster.heal_and_consume();
+    if let Ok(records) = &consumed {
+        violations.extend(check_consumed(&acknowledged, records));
+    }
     let brokers = (0..3).map(|m| cluster.node(m).id).collect();
     drop(cluster);
     Ok(ReplayReport {
@@ -1148,6 +1229,7 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
         steps: reports,
         acknowledged,
         violations,
+        consumed_after_heal: consumed,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -1245,6 +1327,24 @@ mod tests {
         assert!(replaced[0].detail.contains("now v7"), "{replaced:?}");
         // An offline partition is unavailable, not lossy.
         assert!(check_committed(&acked, None).is_empty());
+    }
+
+    #[test]
+    fn consumer_checker_passes_a_read_record_and_catches_a_missing_or_replaced_one() {
+        let acked = [Acknowledged {
+            offset: 1,
+            value: 2,
+            acks: -1,
+        }];
+        assert!(check_consumed(&acked, &[(0, 1), (1, 2)]).is_empty());
+        let lost = check_consumed(&acked, &[(0, 1)]);
+        assert!(
+            lost[0].detail.contains("offset 1 acknowledged as v2"),
+            "{lost:?}"
+        );
+        assert!(lost[0].detail.ends_with("lost"), "{lost:?}");
+        let replaced = check_consumed(&acked, &[(1, 9)]);
+        assert!(replaced[0].detail.contains("reads v9"), "{replaced:?}");
     }
 
     #[test]
