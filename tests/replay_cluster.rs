@@ -109,6 +109,11 @@ fn last_replica_standing_reelects_the_replica_that_lost_its_unflushed_record() {
     );
     assert_eq!(with.exit_code(), 1, "{}", with.text());
     assert_eq!(with.violations[0].property, "no-committed-data-loss");
+    // The healed cluster settles: b1, restarted after LazyFs dropped its unsynced files,
+    // leads with the committed topic id and its AlterPartition is accepted (it was refused
+    // with UNKNOWN_TOPIC_OR_PARTITION when partition.metadata was not fsynced).
+    let consumed = with.consumed_after_heal.as_ref().expect("healed and read back");
+    assert!(!consumed.iter().any(|r| r.1 == 1), "{consumed:?}");
 }
 
 #[test]

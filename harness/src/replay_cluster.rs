@@ -948,7 +948,17 @@ impl Cluster {
             (m.isr.len() == 3 && p.role == "leader" && p.high_watermark == p.log_end_offset)
                 .then_some(())
         })
-        .ok_or("the healed cluster did not settle in 20 s (a leader with all three replicas in the ISR and its HW at its LEO)")?;
+        .ok_or_else(|| {
+            let m = self.meta();
+            let leader = m
+                .as_ref()
+                .and_then(|m| self.brokers.iter().find(|b| b.id == m.leader))
+                .and_then(|b| self.state(b))
+                .map(|p| format!("LEO={} HW={}", p.log_end_offset, p.high_watermark));
+            format!(
+                "the healed cluster did not settle in 20 s (a leader with all three replicas in the ISR and its HW at its LEO): metadata {m:?}, leader {leader:?}"
+            )
+        })?;
         let bootstrap: Vec<String> = self.brokers.iter().map(|b| b.addr.clone()).collect();
         let mut consumer = KafkaClient::new(&bootstrap.join(","), TOPIC, Duration::from_secs(5));
         let mut records = Vec::new();
