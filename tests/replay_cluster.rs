@@ -112,7 +112,10 @@ fn last_replica_standing_reelects_the_replica_that_lost_its_unflushed_record() {
     // The healed cluster settles: b1, restarted after LazyFs dropped its unsynced files,
     // leads with the committed topic id and its AlterPartition is accepted (it was refused
     // with UNKNOWN_TOPIC_OR_PARTITION when partition.metadata was not fsynced).
-    let consumed = with.consumed_after_heal.as_ref().expect("healed and read back");
+    let consumed = with
+        .consumed_after_heal
+        .as_ref()
+        .expect("healed and read back");
     assert!(!consumed.iter().any(|r| r.1 == 1), "{consumed:?}");
 }
 
@@ -134,7 +137,10 @@ fn traces_that_cannot_run_on_a_cluster_exit_2_with_the_reason() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("not switchable from `kcheck broker --bug`"), "{err}");
+    assert!(
+        err.contains("not switchable from `kcheck broker --bug`"),
+        "{err}"
+    );
     // A flag the trace was not recorded with.
     let out = kcheck(&[
         "replay",
@@ -156,4 +162,32 @@ fn traces_that_cannot_run_on_a_cluster_exit_2_with_the_reason() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the only target is `cluster`"));
+}
+
+#[test]
+fn the_test_control_endpoint_is_refused_off_loopback_and_outside_a_cluster() {
+    let kcheck = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcheck"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kcheck(&[
+        "broker",
+        "--process-roles",
+        "broker",
+        "--node-id",
+        "1",
+        "--controller-quorum-voters",
+        "3001@127.0.0.1:1",
+        "--test-control",
+        "0.0.0.0:7000",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+    let out = kcheck(&["broker", "--test-control", "127.0.0.1:7000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs --process-roles broker"), "{err}");
 }
