@@ -1157,8 +1157,8 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
     })
     .ok_or("the replay topic did not get a leader and three in-sync replicas in 10 s")?;
     let order = replica_order(trace, steps)?;
-    for model_broker in 0..3 {
-        let node = meta.replicas[order[model_broker]];
+    for (model_broker, replica) in order.into_iter().enumerate() {
+        let node = meta.replicas[replica];
         cluster.map[model_broker] = cluster
             .brokers
             .iter()
