@@ -153,6 +153,26 @@ pub fn replay_command() -> Command {
                 .value_parser(value_parser!(PathBuf)),
         )
         .arg(json_arg())
+        .arg(
+            Arg::new("against")
+                .long("against")
+                .value_name("cluster")
+                .help("Replay the trace as a schedule on real broker processes (`cluster`) instead of in the model"),
+        )
+        .arg(
+            Arg::new("bug")
+                .long("bug")
+                .action(ArgAction::Append)
+                .value_name("NAME")
+                .help("With --against cluster: switch on this bug flag of the trace in the processes (none: the correct protocol)"),
+        )
+        .arg(
+            Arg::new("run-dir")
+                .long("run-dir")
+                .value_name("DIR")
+                .value_parser(value_parser!(PathBuf))
+                .help("With --against cluster: where the nodes keep data and logs (kept; default: a temporary directory, removed)"),
+        )
 }
 
 pub fn bench_command() -> Command {
@@ -519,6 +539,19 @@ pub fn run_replay(m: &ArgMatches) -> u8 {
             return EXIT_USAGE;
         }
     };
+    match m.get_one::<String>("against").map(String::as_str) {
+        None => {
+            if m.get_many::<String>("bug").is_some() || m.get_one::<PathBuf>("run-dir").is_some() {
+                eprintln!("kcheck: --bug and --run-dir are for --against cluster (the model replay uses the trace's own flags)");
+                return EXIT_USAGE;
+            }
+        }
+        Some("cluster") => return run_replay_against_cluster(m, path, &trace),
+        Some(other) => {
+            eprintln!("kcheck: unknown --against {other:?}: the only target is `cluster`");
+            return EXIT_USAGE;
+        }
+    }
     let model = match kcheck_models::find(&trace.model) {
         Ok(model) => model,
         Err(e) => {
@@ -558,6 +591,54 @@ pub fn run_replay(m: &ArgMatches) -> u8 {
         EXIT_OK
     } else {
         EXIT_VIOLATION
+    }
+}
+
+/// `kcheck replay TRACE --against cluster [--bug NAME]...` (issue 9): the trace as a schedule
+/// on real broker processes; exit 1 when the model's invariant is violated there, 0 when no
+/// anomaly shows without bug flags, 2 when the trace cannot be replayed or a bug flag's
+/// violation did not show.
+fn run_replay_against_cluster(m: &ArgMatches, path: &std::path::Path, trace: &Trace) -> u8 {
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kcheck: cannot find the kcheck executable to start brokers: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (run_dir, temporary) = match m.get_one::<PathBuf>("run-dir") {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("kcheck-replay-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = kcheck_harness::replay_cluster::ReplayOptions {
+        program,
+        run_dir: run_dir.clone(),
+        bugs: m
+            .get_many::<String>("bug")
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default(),
+        verbose: false,
+    };
+    let result = kcheck_harness::replay_cluster::replay(trace, &opts);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    match result {
+        Ok(report) => {
+            if m.get_flag("json") {
+                println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+            } else {
+                print!("{}", report.text());
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("kcheck: {}: cannot replay against a cluster: {e}", path.display());
+            EXIT_USAGE
+        }
     }
 }
 

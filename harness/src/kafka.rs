@@ -267,9 +267,20 @@ impl KafkaClient {
 
     /// Appends `value` with acks=all; `Ok(offset)` once the leader acknowledged it.
     pub fn produce(&mut self, partition: i32, value: u64) -> Result<u64, Outcome> {
+        self.produce_with_acks(partition, value, -1)
+    }
+
+    /// Appends `value` with `acks` (-1 all, 1 leader only: the replication model's `acks-1`
+    /// producer setting); `Ok(offset)` once the leader acknowledged it.
+    pub fn produce_with_acks(
+        &mut self,
+        partition: i32,
+        value: u64,
+        acks: i16,
+    ) -> Result<u64, Outcome> {
         let addr = self.leader_addr(partition)?;
         let req = ProduceRequest::default()
-            .with_acks(-1)
+            .with_acks(acks)
             .with_timeout_ms(self.timeout.as_millis() as i32)
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(self.topic.clone())

@@ -16,6 +16,7 @@ pub mod nemesis;
 pub mod plots;
 pub mod proxy;
 pub mod queue;
+pub mod replay_cluster;
 pub mod report;
 pub mod run;
 pub mod sim;

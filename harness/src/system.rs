@@ -206,6 +206,32 @@ impl ProcessSystem {
         Ok(())
     }
 
+    /// SIGTERM (a broker's controlled shutdown: it flushes and checkpoints), then SIGKILL if
+    /// it is still running after `grace`. Returns whether it exited on its own.
+    pub fn terminate(&mut self, id: NodeId, grace: Duration) -> io::Result<bool> {
+        let node = self.node(id)?;
+        let Some(mut child) = node.child.take() else {
+            return Ok(true);
+        };
+        // SAFETY: the pid is our own child's, which has not been reaped (SIGCONT first, so a
+        // paused node handles the SIGTERM).
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGCONT);
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        node.paused = false;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(false)
+    }
+
     /// After [`Self::kill`]: roll the node's files back to what it had fsynced.
     pub fn lose_unsynced(&mut self, id: NodeId) -> io::Result<LossReport> {
         let node = self.node(id)?;

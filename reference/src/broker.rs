@@ -227,6 +227,20 @@ impl Broker {
                 continue;
             }
             let count = topic.partitions.keys().max().map_or(0, |m| m + 1);
+            if let Some(t) = self.topics.get_mut(&topic.name) {
+                // The committed metadata names the topic's id; a local id that differs (lost
+                // with an unsynced partition.metadata, or a topic re-created) would make every
+                // AlterPartition of this broker name an unknown topic.
+                if t.id != topic.topic_id {
+                    tracing::warn!(topic = %topic.name, local = %t.id, committed = %topic.topic_id, "topic id differs from the metadata log: taking the committed one");
+                    t.id = topic.topic_id;
+                    for r in &t.partitions {
+                        if let Err(e) = write_topic_id(r.log.dir(), topic.topic_id) {
+                            tracing::error!(topic = %topic.name, error = %e, "cannot rewrite partition.metadata");
+                        }
+                    }
+                }
+            }
             if !self.topics.contains_key(&topic.name) {
                 self.topics.insert(
                     topic.name.clone(),
@@ -671,6 +685,17 @@ fn follower_state(cfg: &BrokerConfig, r: &Replica, hw: i64) -> PartitionState {
     state
 }
 
+/// Writes `partition.metadata` and fsyncs it, as Kafka's `PartitionMetadataFile` does: an
+/// unsynced file comes back empty after a power loss, and a broker that then invents a topic
+/// id sends AlterPartition for a topic the controller does not know (found by `kcheck replay
+/// --against cluster`, whose LazyFs crash lost it).
+fn write_topic_id(dir: &Path, id: Uuid) -> std::io::Result<()> {
+    let path = dir.join(METADATA_FILE);
+    let mut f = fs::File::create(&path)?;
+    std::io::Write::write_all(&mut f, format!("version: 0\ntopic_id: {id}\n").as_bytes())?;
+    f.sync_all()
+}
+
 fn read_topic_id(dir: &Path) -> Option<Uuid> {
     let text = fs::read_to_string(dir.join(METADATA_FILE)).ok()?;
     text.lines()
@@ -681,10 +706,7 @@ fn read_topic_id(dir: &Path) -> Option<Uuid> {
 fn open_replica(cfg: &BrokerConfig, topic: &str, id: Uuid, p: i32) -> anyhow::Result<Replica> {
     let dir = partition_dir(&cfg.data_dir, topic, p);
     let (log, report) = PartitionLog::open(&dir, cfg.log)?;
-    fs::write(
-        dir.join(METADATA_FILE),
-        format!("version: 0\ntopic_id: {id}\n"),
-    )?;
+    write_topic_id(&dir, id)?;
     if let Some((file, pos, offset, dropped, reason)) = &report.truncated {
         tracing::warn!(topic, partition = p, file = %file.display(), position = pos, offset, dropped_bytes = dropped, %reason,
             "recovered partition by truncating a torn tail");

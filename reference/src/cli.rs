@@ -96,6 +96,11 @@ pub fn broker_command() -> Command {
                 .help("controller.quorum.election.timeout.ms (fetch timeout is twice this)"),
         )
         .arg(
+            Arg::new("test-control")
+                .long("test-control")
+                .help("TESTS ONLY: serve the hold/release control endpoint on this loopback address (kcheck replay --against cluster); off when absent"),
+        )
+        .arg(
             Arg::new("max-request-bytes")
                 .long("max-request-bytes")
                 .default_value("104857600")
@@ -337,6 +342,20 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
             return 2;
         }
     };
+    let test_control = match m.get_one::<String>("test-control") {
+        None => None,
+        Some(a) => match crate::test_control::parse_addr(a) {
+            Ok(a) if kraft.as_ref().is_some_and(|k| k.broker) => Some(a),
+            Ok(_) => {
+                eprintln!("kcheck broker: --test-control holds a cluster broker's replication: it needs --process-roles broker or broker,controller");
+                return 2;
+            }
+            Err(e) => {
+                eprintln!("kcheck broker: {e}");
+                return 2;
+            }
+        },
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -350,7 +369,7 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
     // Clean shutdown (flush + checkpoints) on Ctrl-C or SIGTERM, as Kafka's controlled shutdown.
     let res = match kraft {
         None => rt.block_on(crate::server::serve(cfg, shutdown_signal())),
-        Some(k) => rt.block_on(run_kraft_roles(cfg, k)),
+        Some(k) => rt.block_on(run_kraft_roles(cfg, k, test_control)),
     };
     match res {
         Ok(()) => 0,
@@ -377,7 +396,11 @@ async fn shutdown_signal() {
 }
 
 /// `--process-roles`: a controller node, a broker following the quorum, or both.
-async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> {
+async fn run_kraft_roles(
+    cfg: BrokerConfig,
+    k: KraftArgs,
+    m_test_control: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     use crate::controller_client::{ControllerClient, ControllerClientConfig};
     use crate::controller_server::{serve_node, start};
     let node = match &k.controller {
@@ -440,6 +463,12 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", cfg.listen))?;
+        let test_control = match m_test_control {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                anyhow::anyhow!("cannot bind --test-control {a}: {e}")
+            })?),
+            None => None,
+        };
         let image = client.image();
         let channel: Arc<dyn crate::replication::ControllerChannel> =
             Arc::new(crate::replication::ClientChannel(client.clone()));
@@ -460,7 +489,8 @@ async fn run_kraft_roles(cfg: BrokerConfig, k: KraftArgs) -> anyhow::Result<()> 
                 Err(_) => tracing::warn!("controlled shutdown not answered in 5 s"),
             }
         };
-        crate::server::serve_cluster(listener, cfg, image, channel, shutdown).await?;
+        crate::server::serve_cluster_with(listener, cfg, image, channel, test_control, shutdown)
+            .await?;
     } else {
         shutdown_signal().await;
     }

@@ -79,6 +79,9 @@ pub struct Cluster {
     pub image: watch::Receiver<Arc<MetadataImage>>,
     pub controller: Arc<dyn ControllerChannel>,
     fetchers: Mutex<HashMap<BrokerId, JoinHandle<()>>>,
+    /// The hold points of `--test-control` (issue 9's replay of model traces); `None` in
+    /// production, when nothing is ever held.
+    pub test_control: Option<Arc<crate::test_control::TestControl>>,
 }
 
 impl Cluster {
@@ -90,7 +93,14 @@ impl Cluster {
             image,
             controller,
             fetchers: Mutex::new(HashMap::new()),
+            test_control: None,
         }
+    }
+
+    /// Adds the test-only hold points (`kcheck broker --test-control`).
+    pub fn with_test_control(mut self, control: Arc<crate::test_control::TestControl>) -> Self {
+        self.test_control = Some(control);
+        self
     }
 
     pub fn current_image(&self) -> Arc<MetadataImage> {
@@ -194,9 +204,16 @@ pub fn send_alter_partition(
         return;
     };
     let controller = cluster.controller.clone();
+    let control = cluster.test_control.clone();
     tokio::spawn(async move {
         let partition = req.partition;
+        if let Some(c) = &control {
+            c.alter_partition.pass().await;
+        }
         let result = controller.alter_partition(topic_id, req).await;
+        if let Some(c) = &control {
+            c.alter_partition.done();
+        }
         if let Err(c) = &result {
             tracing::info!(%topic, partition, error_code = c, "AlterPartition refused");
         }
@@ -275,8 +292,28 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
                 }
             }
         }
+        // A replay may hold this broker's fetchers between rounds (`--test-control`): the
+        // request is built after the gate opens, from the replica's position then.
+        let wanted = match &cluster.test_control {
+            Some(c) => {
+                c.fetcher.pass().await;
+                let wanted = wanted_from(&shared, leader);
+                if wanted.is_empty() {
+                    tracing::info!(leader, "replica fetcher stopped: nothing to follow");
+                    return;
+                }
+                wanted
+            }
+            None => wanted,
+        };
         correlation = correlation.wrapping_add(1);
-        let request = fetch_request(me, &wanted);
+        let mut request = fetch_request(me, &wanted);
+        if cluster.test_control.as_ref().is_some_and(|c| c.fetcher.is_held()) {
+            // A stepped round is answered at once: a long poll would be re-read when it
+            // expires and carry the HW this very fetch moved, where the model's follower
+            // learns it one round later.
+            request.max_wait_ms = 0;
+        }
         let stream = conn.as_mut().expect("connected above");
         let response =
             tokio::time::timeout(FETCH_TIMEOUT, round_trip(stream, correlation, &request)).await;
@@ -340,6 +377,9 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
         }
         if changed {
             shared.appended.notify_waiters();
+        }
+        if let Some(c) = &cluster.test_control {
+            c.fetcher.done();
         }
         if backoff {
             tokio::time::sleep(FETCH_BACKOFF).await;

@@ -149,7 +149,7 @@ pub async fn serve_listener(
     config: BrokerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    serve_inner(listener, config, None, shutdown).await
+    serve_inner(listener, config, None, None, shutdown).await
 }
 
 /// Serves a broker of a replicated cluster: partitions lead and follow as the committed
@@ -162,14 +162,32 @@ pub async fn serve_cluster(
     controller: Arc<dyn crate::replication::ControllerChannel>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let cluster = crate::replication::Cluster::new(image, controller);
-    serve_inner(listener, config, Some(cluster), shutdown).await
+    serve_cluster_with(listener, config, image, controller, None, shutdown).await
+}
+
+/// [`serve_cluster`] with the test-only control endpoint (`kcheck broker --test-control`)
+/// listening on `test_control` when given.
+pub async fn serve_cluster_with(
+    listener: TcpListener,
+    config: BrokerConfig,
+    image: tokio::sync::watch::Receiver<Arc<crate::metadata::MetadataImage>>,
+    controller: Arc<dyn crate::replication::ControllerChannel>,
+    test_control: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut cluster = crate::replication::Cluster::new(image, controller);
+    let control = test_control.map(|l| (l, Arc::new(crate::test_control::TestControl::fetcher_held())));
+    if let Some((_, c)) = &control {
+        cluster = cluster.with_test_control(c.clone());
+    }
+    serve_inner(listener, config, Some(cluster), control, shutdown).await
 }
 
 async fn serve_inner(
     listener: TcpListener,
     config: BrokerConfig,
     cluster: Option<crate::replication::Cluster>,
+    test_control: Option<(TcpListener, Arc<crate::test_control::TestControl>)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -193,6 +211,10 @@ async fn serve_inner(
     tracing::info!(%addr, "kcheck broker listening");
     println!("kcheck broker listening on {addr}");
     spawn_timers(shared.clone(), flush);
+    if let Some((l, c)) = test_control {
+        println!("kcheck broker test control on {}", l.local_addr()?);
+        tokio::spawn(crate::test_control::serve(l, shared.clone(), c));
+    }
     if shared.cluster.is_some() {
         crate::replication::start(shared.clone());
     }

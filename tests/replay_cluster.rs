@@ -1,0 +1,193 @@
+//! Model counterexamples replayed on real broker processes (issue 9): each trace's schedule
+//! runs on a fresh KRaft cluster (one controller, three brokers on 127.0.0.1) twice — with
+//! the trace's bug flag the cluster shows the model's violation, named as the model names
+//! it; without it the same schedule shows no anomaly. The fastest traces only (a few seconds
+//! each); `kcheck replay TRACE --against cluster` runs the others.
+
+mod broker_support;
+
+use kcheck_harness::replay_cluster::{replay, ReplayOptions, ReplayReport};
+use kcheck_models::Trace;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// One cluster at a time: the machine has two cores shared with everything else.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn trace(name: &str) -> Trace {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("specs/traces")
+        .join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Replays `name` with `bugs` switched on; the cluster's processes are stopped when the
+/// replay returns (or panics: the process system is dropped on unwind).
+fn run(name: &str, bugs: &[&str]) -> ReplayReport {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ReplayOptions {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_kcheck")),
+        run_dir: dir.path().to_path_buf(),
+        bugs: bugs.iter().map(|b| b.to_string()).collect(),
+        verbose: false,
+    };
+    let report = replay(&trace(name), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!("{}", report.text());
+    report
+}
+
+/// With the flag: exit 1 and the trace's own property among the violations. Without it:
+/// exit 0, no violation. Returns the run with the flag.
+fn reproduces_only_with_the_flag(name: &str, flag: &str) -> ReplayReport {
+    let t = trace(name);
+    let with = run(name, &[flag]);
+    assert_eq!(with.exit_code(), 1, "{name} --bug {flag}:\n{}", with.text());
+    assert!(
+        with.violations.iter().any(|v| v.property == t.property),
+        "{name} --bug {flag} must violate {}:\n{}",
+        t.property,
+        with.text()
+    );
+    let without = run(name, &[]);
+    assert_eq!(
+        without.exit_code(),
+        0,
+        "{name} correct:\n{}",
+        without.text()
+    );
+    assert!(without.violations.is_empty(), "{}", without.text());
+    // The same schedule ran: every step is reported in both runs.
+    assert_eq!(with.steps.len(), t.steps.len());
+    assert_eq!(without.steps.len(), t.steps.len());
+    with
+}
+
+#[test]
+fn truncate_to_hw_loses_the_acknowledged_record_only_with_the_flag() {
+    let with = reproduces_only_with_the_flag("replication-truncate-to-hw", "truncate-to-hw");
+    // Kafka's terms: the acknowledged offset and value, and where it went.
+    let v = &with.violations[0];
+    assert!(
+        v.detail.contains("offset 0 acknowledged as v1 (acks=all)") && v.detail.contains("lost"),
+        "{v:?}"
+    );
+    // The model's step 8: b2 truncated to its HW (0) on becoming follower; every step ran.
+    assert!(with.steps.iter().all(|s| s.happened), "{}", with.text());
+}
+
+#[test]
+fn acks_1_loses_the_record_the_leader_alone_acknowledged() {
+    let with = reproduces_only_with_the_flag("replication-acks-1", "acks-1");
+    assert!(with.acknowledged.iter().all(|a| a.acks == 1));
+}
+
+#[test]
+fn single_epoch_lookup_leaves_replicas_that_differ_below_the_hw() {
+    let with =
+        reproduces_only_with_the_flag("replication-single-epoch-lookup", "single-epoch-lookup");
+    assert!(
+        with.violations[0].detail.contains("below both HWs"),
+        "{:?}",
+        with.violations
+    );
+}
+
+#[test]
+fn last_replica_standing_reelects_the_replica_that_lost_its_unflushed_record() {
+    // The unclean crash loses b1's unflushed record through LazyFs (root and /dev/fuse).
+    if !broker_support::require(
+        "LazyFs (root and /dev/fuse)",
+        kcheck_harness::lazyfs::available().is_ok(),
+        "run as root on a kernel with FUSE",
+    ) {
+        return;
+    }
+    let with = run(
+        "replication-last-replica-standing",
+        &["last-replica-standing"],
+    );
+    assert_eq!(with.exit_code(), 1, "{}", with.text());
+    assert_eq!(with.violations[0].property, "no-committed-data-loss");
+    // The healed cluster settles: b1, restarted after LazyFs dropped its unsynced files,
+    // leads with the committed topic id and its AlterPartition is accepted (it was refused
+    // with UNKNOWN_TOPIC_OR_PARTITION when partition.metadata was not fsynced).
+    let consumed = with
+        .consumed_after_heal
+        .as_ref()
+        .expect("healed and read back");
+    assert!(!consumed.iter().any(|r| r.1 == 1), "{consumed:?}");
+}
+
+#[test]
+fn traces_that_cannot_run_on_a_cluster_exit_2_with_the_reason() {
+    let kcheck = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcheck"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    // No flag of the processes for the KRaft model's mutations.
+    let out = kcheck(&[
+        "replay",
+        "specs/traces/kraft-forget-vote-on-restart.json",
+        "--against",
+        "cluster",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not switchable from `kcheck broker --bug`"),
+        "{err}"
+    );
+    // A flag the trace was not recorded with.
+    let out = kcheck(&[
+        "replay",
+        "specs/traces/replication-acks-1.json",
+        "--against",
+        "cluster",
+        "--bug",
+        "truncate-to-hw",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not this trace's flag"), "{err}");
+    // An unknown target.
+    let out = kcheck(&[
+        "replay",
+        "specs/traces/replication-acks-1.json",
+        "--against",
+        "zookeeper",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the only target is `cluster`"));
+}
+
+#[test]
+fn the_test_control_endpoint_is_refused_off_loopback_and_outside_a_cluster() {
+    let kcheck = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcheck"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kcheck(&[
+        "broker",
+        "--process-roles",
+        "broker",
+        "--node-id",
+        "1",
+        "--controller-quorum-voters",
+        "3001@127.0.0.1:1",
+        "--test-control",
+        "0.0.0.0:7000",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+    let out = kcheck(&["broker", "--test-control", "127.0.0.1:7000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs --process-roles broker"), "{err}");
+}
