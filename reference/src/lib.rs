@@ -27,6 +27,7 @@ pub mod raft;
 pub mod replication;
 pub mod server;
 pub mod zk_controller;
+pub mod zk_ensemble;
 
 /// Re-exported so tests and tools build requests with the same codec version.
 pub use kafka_protocol;
