@@ -14,6 +14,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod cluster_zookeeper;
 pub mod controller;
 pub mod controller_client;
 pub mod controller_server;
