@@ -2,6 +2,7 @@
 //! cluster and the Jepsen-style harness.
 
 mod compare_cli;
+mod real_failover;
 mod gate;
 mod models_cli;
 
