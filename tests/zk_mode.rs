@@ -249,10 +249,12 @@ fn zombie_run(bug: bool) -> (i32, String, i32, i32) {
 
     let log = state.node(zombie).unwrap().log_file.clone();
     let pid = state.node(zombie).unwrap().pid as i32;
-    // SAFETY: a signal to a broker this test started (pending until SIGCONT).
-    unsafe {
-        libc::kill(pid, libc::SIGUSR1);
-    }
+    // The trigger stays pending while the process is stopped and runs on SIGCONT.
+    let sent = Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
     state.resume(zombie).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let answers = loop {
