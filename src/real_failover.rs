@@ -65,7 +65,10 @@ pub fn measure_both(dir: &Path, brokers: usize, runs: usize) -> anyhow::Result<V
         };
         let mut c = Running(ClusterState::start_zookeeper(&spec)?);
         c.0.wait_ready_zookeeper(spec.ready_timeout)?;
-        let ms = runs_of(&mut c.0, Mode::Zookeeper, runs)?;
+        let ms = runs_of(&mut c.0, Mode::Zookeeper, runs);
+        // Restarts changed pids: keep the state file true for `cluster down` and the tests.
+        c.0.save(&spec.data_dir)?;
+        let ms = ms?;
         RealFailover {
             mode: "zookeeper",
             failover_ms: ms,
@@ -89,7 +92,9 @@ pub fn measure_both(dir: &Path, brokers: usize, runs: usize) -> anyhow::Result<V
         };
         let mut c = Running(ClusterState::start(&spec)?);
         c.0.wait_ready(spec.ready_timeout)?;
-        let ms = runs_of(&mut c.0, Mode::Kraft, runs)?;
+        let ms = runs_of(&mut c.0, Mode::Kraft, runs);
+        c.0.save(&spec.data_dir)?;
+        let ms = ms?;
         RealFailover {
             mode: "kraft",
             failover_ms: ms,
@@ -122,7 +127,12 @@ fn runs_of(state: &mut ClusterState, mode: Mode, runs: usize) -> anyhow::Result<
                     .ok_or_else(|| anyhow::anyhow!("no ZooKeeper-mode controller"))?;
                 let mut replicas = vec![c];
                 replicas.extend(brokers.iter().copied().filter(|&b| b != c));
-                create_topic(&state.node(brokers[0])?.address, &topic, Some(&replicas))?;
+                create_topic(
+                    &state.node(brokers[0])?.address,
+                    &topic,
+                    Some(&replicas),
+                    -1,
+                )?;
                 wait_agree(state, &topic, &[])?;
                 vec![c]
             }
@@ -130,7 +140,12 @@ fn runs_of(state: &mut ClusterState, mode: Mode, runs: usize) -> anyhow::Result<
                 let (c, _) = state
                     .quorum_leader()?
                     .ok_or_else(|| anyhow::anyhow!("no KRaft quorum leader"))?;
-                create_topic(&state.node(brokers[0])?.address, &topic, None)?;
+                create_topic(
+                    &state.node(brokers[0])?.address,
+                    &topic,
+                    None,
+                    brokers.len() as i16,
+                )?;
                 let leader = wait_agree(state, &topic, &[])?;
                 vec![c, leader]
             }
@@ -158,7 +173,13 @@ fn runs_of(state: &mut ClusterState, mode: Mode, runs: usize) -> anyhow::Result<
     Ok(out)
 }
 
-fn create_topic(addr: &str, topic: &str, replicas: Option<&[i32]>) -> anyhow::Result<()> {
+/// CreateTopics: a manual assignment, or `replication_factor` replicas placed by the cluster.
+fn create_topic(
+    addr: &str,
+    topic: &str,
+    replicas: Option<&[i32]>,
+    replication_factor: i16,
+) -> anyhow::Result<()> {
     let mut c = Client::connect(addr)?;
     c.stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut t = CreatableTopic::default()
@@ -172,7 +193,7 @@ fn create_topic(addr: &str, topic: &str, replicas: Option<&[i32]>) -> anyhow::Re
                 .with_partition_index(0)
                 .with_broker_ids(r.iter().map(|&b| BrokerId(b)).collect())]);
     } else {
-        t = t.with_replication_factor(3);
+        t = t.with_replication_factor(replication_factor);
     }
     let r = c.request(
         5,

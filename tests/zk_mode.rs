@@ -344,3 +344,66 @@ fn bad_zookeeper_arguments_exit_2_naming_the_fix() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KRaft"));
 }
+
+#[test]
+fn compare_real_measures_a_failover_in_both_modes() {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("compare");
+    let out = kcheck(&[
+        "compare",
+        "controller-failover",
+        "--real",
+        "--runs",
+        "1",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let real = v["real"].as_array().unwrap();
+    let modes: Vec<&str> = real.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["zookeeper", "kraft"]);
+    for r in real {
+        assert_eq!(r["failover_ms"].as_array().unwrap().len(), 1, "{r}");
+        assert!(r["median_ms"].as_u64().unwrap() > 0, "{r}");
+    }
+    // The model column sits beside it.
+    assert_eq!(v["failover"][0]["steps"], 4);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("zookeeper run 1") && stderr.contains("kraft run 1"),
+        "{stderr}"
+    );
+    // Every process the runs started is gone.
+    for mode in ["zookeeper-mode", "kraft-mode"] {
+        let s = ClusterState::load(&data.join(mode)).unwrap();
+        let mut pids: Vec<u32> = s.nodes.iter().map(|n| n.pid).collect();
+        pids.extend(
+            s.zookeeper
+                .iter()
+                .flat_map(|z| z.servers.iter().map(|x| x.pid)),
+        );
+        assert!(
+            pids.iter()
+                .all(|&p| !kcheck_reference::cluster::pid_alive(p)),
+            "{mode}: {pids:?}"
+        );
+    }
+}
+
+#[test]
+fn compare_runs_without_real_is_refused() {
+    let out = kcheck(&["compare", "controller-failover", "--runs", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--real"));
+}
