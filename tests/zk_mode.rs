@@ -208,6 +208,22 @@ fn kill_9_of_the_controller_elects_a_new_one_with_the_next_epoch_and_the_partiti
         got, want,
         "every acknowledged record, in order, after the failover"
     );
+
+    // A ZooKeeper-side fault: kill -9 of the ensemble's leader. Two of three servers are a
+    // quorum; the brokers' sessions move to them and the partition keeps serving.
+    let zk_leader = state.zookeeper_leader().expect("the ensemble has a leader");
+    state.kill_zookeeper(zk_leader).unwrap();
+    produce(&live_bootstrap, "zk", 20..30);
+    let got = consume(&live_bootstrap, "zk");
+    let want: Vec<String> = (0..30).map(|v| format!("m{v}")).collect();
+    assert_eq!(
+        got, want,
+        "after the ZooKeeper leader {zk_leader} was killed"
+    );
+    let (c, _) = state
+        .wait_zk_controller(None, Duration::from_secs(30))
+        .unwrap();
+    assert_ne!(c, controller, "the killed broker cannot be controller");
 }
 
 /// The zombie: the controller `c` is paused past its session timeout while the partition's

@@ -244,3 +244,60 @@ impl ClusterState {
         }
     }
 }
+
+/// ZooKeeper-side faults on a running ZooKeeper-mode cluster (the brokers' faults are
+/// [`ClusterState::kill`], [`ClusterState::pause`]: a broker paused past its session timeout is
+/// how a controller's session expires).
+impl ClusterState {
+    fn zk_server(&self, myid: u32) -> anyhow::Result<&ZkServer> {
+        let zk = self
+            .zookeeper
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this cluster runs in KRaft mode (no ZooKeeper)"))?;
+        zk.servers.iter().find(|s| s.myid == myid).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no ZooKeeper server {myid} (myids: {:?})",
+                zk.servers.iter().map(|s| s.myid).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    fn zk_signal(&self, myid: u32, sig: i32) -> anyhow::Result<()> {
+        let pid = self.zk_server(myid)?.pid;
+        anyhow::ensure!(pid_alive(pid), "ZooKeeper server {myid} is not running");
+        // SAFETY: kill(2) on a server this cluster started.
+        let r = unsafe { libc::kill(pid as i32, sig) };
+        anyhow::ensure!(
+            r == 0,
+            "signal {sig} to ZooKeeper server {myid} failed: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    /// `kill -9` of one ZooKeeper server.
+    pub fn kill_zookeeper(&self, myid: u32) -> anyhow::Result<()> {
+        self.zk_signal(myid, libc::SIGKILL)
+    }
+
+    /// SIGSTOP / SIGCONT of one ZooKeeper server.
+    pub fn pause_zookeeper(&self, myid: u32) -> anyhow::Result<()> {
+        self.zk_signal(myid, libc::SIGSTOP)
+    }
+
+    pub fn resume_zookeeper(&self, myid: u32) -> anyhow::Result<()> {
+        self.zk_signal(myid, libc::SIGCONT)
+    }
+
+    /// The ZooKeeper server that leads the ensemble (asked with `srvr`).
+    pub fn zookeeper_leader(&self) -> Option<u32> {
+        let zk = self.zookeeper.as_ref()?;
+        zk.servers.iter().find_map(|s| {
+            let text =
+                crate::zk_ensemble::four_letter_word(s.client_port, "srvr", Duration::from_secs(1))
+                    .ok()?;
+            (crate::zk_ensemble::parse_mode(&text) == crate::zk_ensemble::ZkMode::Leader)
+                .then_some(s.myid)
+        })
+    }
+}

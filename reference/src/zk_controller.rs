@@ -827,6 +827,9 @@ impl ZkNode {
                         let reason = Controller::run(self.clone(), client.clone(), epoch).await;
                         tracing::warn!(%reason, "resigned as controller");
                         self.view.send_modify(|v| v.active_epoch = None);
+                        // Resigned over a ZooKeeper error with the session alive: give the role
+                        // up in ZooKeeper too, or /controller would name a broker not acting.
+                        self.release_controller(&client).await;
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -846,6 +849,17 @@ impl ZkNode {
                     tracing::warn!(error = %e, "watching /controller failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+        }
+    }
+
+    /// Deletes `/controller` if it names this broker (conditionally on the version read).
+    async fn release_controller(&self, client: &zk::Client) {
+        if let Ok((data, stat)) = client.get_data(CONTROLLER).await {
+            if from_json::<ControllerZnode>(CONTROLLER, &data)
+                .is_ok_and(|z| z.brokerid == self.node_id)
+            {
+                let _ = client.delete(CONTROLLER, Some(stat.version)).await;
             }
         }
     }
@@ -1117,13 +1131,28 @@ fn spawn_watch(
     tx: mpsc::UnboundedSender<Event>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
+        // A failed re-arm (connection loss while the ensemble elects a leader) is retried;
+        // a change may have been missed meanwhile, so one event is sent once it is armed again.
+        let mut missed = false;
+        for _ in 0..100_000u32 {
             let watcher = if children {
                 client.list_and_watch_children(path).await.map(|(_, w)| w)
             } else {
                 client.check_and_watch_stat(path).await.map(|(_, w)| w)
             };
-            let Ok(watcher) = watcher else { return };
+            let watcher = match watcher {
+                Ok(w) => w,
+                Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => return,
+                Err(e) => {
+                    tracing::debug!(path, error = %e, "re-arming a watch failed; retrying");
+                    missed = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if std::mem::take(&mut missed) && tx.send(event()).is_err() {
+                return;
+            }
             let ev = watcher.changed().await;
             if ev.session_state.is_terminated() || tx.send(event()).is_err() {
                 return;
