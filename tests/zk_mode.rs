@@ -178,6 +178,14 @@ fn kill_9_of_the_controller_elects_a_new_one_with_the_next_epoch_and_the_partiti
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let controller = status["zookeeper"]["controller"].as_i64().unwrap() as i32;
     assert_eq!(status["zookeeper"]["controller_epoch"], 1, "{status}");
+    assert_eq!(
+        status["zookeeper_connect"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .count(),
+        3
+    );
 
     // The controller leads the partition (ZooKeeper mode co-locates the two, as the models'
     // failover scenario does).
@@ -186,6 +194,20 @@ fn kill_9_of_the_controller_elects_a_new_one_with_the_next_epoch_and_the_partiti
     create_topic(&state.node(controller).unwrap().address, "zk", &replicas);
     produce(&bootstrap, "zk", 0..10);
     assert_eq!(consume(&bootstrap, "zk").len(), 10);
+    // A balanced consumer group (FindCoordinator, JoinGroup, SyncGroup, OffsetCommit) too.
+    let group = Command::new("timeout")
+        .args([
+            "30", "kcat", "-b", &bootstrap, "-G", "zk-group", "zk", "-e", "-q",
+        ])
+        .args(["-X", "auto.offset.reset=earliest"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&group.stdout).lines().count(),
+        10,
+        "{}",
+        String::from_utf8_lossy(&group.stderr)
+    );
 
     state.kill(controller).unwrap();
     let (next, epoch) = state

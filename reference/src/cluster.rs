@@ -432,6 +432,9 @@ pub struct Status {
     /// ZooKeeper mode: `/controller` and `/controller_epoch`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<crate::cluster_zookeeper::ZkControllerStatus>,
+    /// ZooKeeper mode: the ensemble (`host:port,...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zookeeper_connect: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -506,11 +509,15 @@ pub fn status(state: &ClusterState) -> Status {
             .zookeeper
             .as_ref()
             .and_then(|_| state.zk_controller().ok()),
+        zookeeper_connect: state.zookeeper.as_ref().map(|z| z.connect.clone()),
     }
 }
 
 pub fn status_text(s: &Status) -> String {
     let mut out = format!("bootstrap: {}\n", s.bootstrap);
+    if let Some(c) = &s.zookeeper_connect {
+        out.push_str(&format!("zookeeper: {c}\n"));
+    }
     match (s.zookeeper, s.quorum_leader, s.quorum_epoch) {
         (Some(z), _, _) => out.push_str(&format!(
             "controller (ZooKeeper /controller): {}, controller epoch {}\n",
