@@ -30,6 +30,25 @@ pub fn compare_command() -> Command {
                 .action(ArgAction::SetTrue)
                 .help("Machine-readable JSON output"),
         )
+        .arg(
+            Arg::new("real")
+                .long("real")
+                .action(ArgAction::SetTrue)
+                .help("Also measure real clusters of kcheck broker processes (ZooKeeper ensemble or KRaft quorum) on 127.0.0.1: kill -9 of the active controller and the partition leader, time until every live broker names the new leader"),
+        )
+        .arg(
+            Arg::new("runs")
+                .long("runs")
+                .value_name("N")
+                .value_parser(value_parser!(u32))
+                .help("Failovers per mode with --real (1..=20, default 3)"),
+        )
+        .arg(
+            Arg::new("data-dir")
+                .long("data-dir")
+                .default_value("target/compare-real")
+                .help("Where --real runs its clusters (wiped first)"),
+        )
 }
 
 /// One mode's row: `None` when the model cannot reach the goal (or is not wired yet).
@@ -99,6 +118,27 @@ pub fn run_compare(m: &ArgMatches) -> u8 {
         eprintln!("kcheck: --brokers must be between 2 and 4 (got {brokers})");
         return EXIT_USAGE;
     }
+    let runs = *m.get_one::<u32>("runs").unwrap_or(&3);
+    if !(1..=20).contains(&runs) {
+        eprintln!("kcheck: --runs must be between 1 and 20 (got {runs})");
+        return EXIT_USAGE;
+    }
+    if m.get_one::<u32>("runs").is_some() && !m.get_flag("real") {
+        eprintln!("kcheck: --runs counts real failovers: add --real");
+        return EXIT_USAGE;
+    }
+    let real = if m.get_flag("real") {
+        let dir = std::path::PathBuf::from(m.get_one::<String>("data-dir").expect("default"));
+        match crate::real_failover::measure_both(&dir, brokers as usize, runs as usize) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("kcheck compare --real: {e:#}");
+                return crate::EXIT_VIOLATION;
+            }
+        }
+    } else {
+        None
+    };
     let rows = failover_rows(brokers as usize);
     let changes = leader_change_rows();
     if m.get_flag("json") {
@@ -117,6 +157,14 @@ pub fn run_compare(m: &ArgMatches) -> u8 {
                 "zookeeper": zk.as_ref().map(|x| x.messages),
                 "kraft": kraft.as_ref().map(|x| x.messages),
             })).collect::<Vec<_>>(),
+            "real": real.as_ref().map(|r| r.iter().map(|m| serde_json::json!({
+                "mode": m.mode,
+                "failover_ms": m.failover_ms,
+                "median_ms": m.median_ms(),
+                "min_ms": m.failover_ms.iter().min(),
+                "max_ms": m.failover_ms.iter().max(),
+                "settings": m.settings,
+            })).collect::<Vec<_>>()),
         });
         println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
         return EXIT_OK;
@@ -140,6 +188,32 @@ pub fn run_compare(m: &ArgMatches) -> u8 {
             cell(&r.measured, |x| x.unique_states),
             r.note
         );
+    }
+    if let Some(real) = &real {
+        println!(
+            "\nreal clusters on 127.0.0.1 ({brokers} brokers): kill -9 of the active controller and the\n\
+             partition leader's broker, until every live broker's Metadata names the new leader\n"
+        );
+        println!(
+            "{:<10} {:>5} {:>10} {:>8} {:>8}  model steps  settings",
+            "mode", "runs", "median ms", "min ms", "max ms"
+        );
+        for m in real {
+            let steps = rows
+                .iter()
+                .find(|r| r.mode == m.mode)
+                .map_or("-".to_string(), |r| cell(&r.measured, |x| x.steps));
+            println!(
+                "{:<10} {:>5} {:>10} {:>8} {:>8}  {:>11}  {}",
+                m.mode,
+                m.failover_ms.len(),
+                m.median_ms(),
+                m.failover_ms.iter().min().copied().unwrap_or(0),
+                m.failover_ms.iter().max().copied().unwrap_or(0),
+                steps,
+                m.settings
+            );
+        }
     }
     println!("\nmessages for one partition-leader change (the leader's broker fails, the controller is healthy):\n");
     println!("{:<8} {:>10} {:>10}", "brokers", "zookeeper", "kraft");

@@ -4,6 +4,7 @@
 mod compare_cli;
 mod gate;
 mod models_cli;
+mod real_failover;
 
 use clap::{Arg, ArgAction, Command};
 use std::process::ExitCode;

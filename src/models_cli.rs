@@ -636,7 +636,10 @@ fn run_replay_against_cluster(m: &ArgMatches, path: &std::path::Path, trace: &Tr
             report.exit_code()
         }
         Err(e) => {
-            eprintln!("kcheck: {}: cannot replay against a cluster: {e}", path.display());
+            eprintln!(
+                "kcheck: {}: cannot replay against a cluster: {e}",
+                path.display()
+            );
             EXIT_USAGE
         }
     }

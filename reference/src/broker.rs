@@ -551,15 +551,21 @@ impl Broker {
         }
     }
 
-    /// Flush everything now, under the lock (shutdown).
-    pub fn flush_all(&mut self) {
+    /// Flush everything now, under the lock (shutdown). Every log is tried; the first error is
+    /// returned, so a shutdown that could not flush is not declared clean (KIP-966).
+    pub fn flush_all(&mut self) -> Result<(), crate::log::LogError> {
+        let mut first = Ok(());
         for t in self.topics.values_mut() {
             for r in &mut t.partitions {
                 if let Err(e) = r.log.flush() {
                     tracing::error!(error = %e, "flush failed");
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
                 }
             }
         }
+        first
     }
 
     /// Writes recovery point and HW checkpoints (Kafka does this on timers, too).

@@ -95,6 +95,16 @@ pub fn broker_command() -> Command {
                 .value_parser(clap::value_parser!(u64))
                 .help("controller.quorum.election.timeout.ms (fetch timeout is twice this)"),
         )
+        .arg(Arg::new("zookeeper").long("zookeeper").help(
+            "ZooKeeper mode: the ensemble as HOST:PORT,... (zookeeper.connect); excludes --process-roles",
+        ))
+        .arg(
+            Arg::new("zookeeper-session-timeout-ms")
+                .long("zookeeper-session-timeout-ms")
+                .default_value("6000")
+                .value_parser(clap::value_parser!(u64).range(100..=600_000))
+                .help("zookeeper.session.timeout.ms: a broker silent this long loses its registration (and the controller role)"),
+        )
         .arg(
             Arg::new("test-control")
                 .long("test-control")
@@ -156,10 +166,73 @@ pub fn broker_config(m: &ArgMatches) -> Result<BrokerConfig, String> {
     Ok(cfg)
 }
 
+/// The `--bug` names of the data plane and the KRaft controller (ZooKeeper-mode flags are
+/// [`zk_bug_names`]).
 fn bug_names(m: &ArgMatches) -> Vec<String> {
     m.get_many::<String>("bug")
-        .map(|v| v.cloned().collect())
+        .map(|v| {
+            v.filter(|n| crate::zk_controller::ZkBug::parse(n).is_none())
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+fn zk_bug_names(m: &ArgMatches) -> Vec<crate::zk_controller::ZkBug> {
+    m.get_many::<String>("bug")
+        .map(|v| {
+            v.filter_map(|n| crate::zk_controller::ZkBug::parse(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `--zookeeper`: the ZooKeeper-mode settings, or `None` (KRaft or single-node). ZooKeeper-mode
+/// bug flags without `--zookeeper`, or `--zookeeper` with KRaft options, are refused.
+pub fn zookeeper_args(m: &ArgMatches) -> Result<Option<crate::zk_controller::ZkConfig>, String> {
+    let bugs = zk_bug_names(m);
+    let Some(connect) = m.get_one::<String>("zookeeper") else {
+        if let Some(b) = bugs.first() {
+            return Err(format!(
+                "bug flag '{}' is a ZooKeeper-mode choice: it needs --zookeeper HOST:PORT,...",
+                b.name()
+            ));
+        }
+        return Ok(None);
+    };
+    if m.get_one::<String>("process-roles").is_some()
+        || m.get_one::<String>("controller-quorum-voters").is_some()
+        || m.get_one::<String>("controller-listen").is_some()
+    {
+        return Err("--zookeeper is ZooKeeper mode: drop --process-roles, --controller-quorum-voters and --controller-listen (those are KRaft mode)".into());
+    }
+    for hp in connect.split(',') {
+        let ok = hp
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!(
+                "bad --zookeeper {connect:?}: want HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:2181"
+            ));
+        }
+    }
+    if let Some(b) = bug_names(m).first() {
+        if crate::controller::ControllerBug::ALL
+            .iter()
+            .any(|x| x.name() == b)
+        {
+            return Err(format!(
+                "bug flag '{b}' is a KRaft controller choice; ZooKeeper mode knows no-controller-epoch-check, no-zkversion-check and the data plane's flags"
+            ));
+        }
+    }
+    Ok(Some(crate::zk_controller::ZkConfig {
+        connect: connect.clone(),
+        session_timeout_ms: *m
+            .get_one::<u64>("zookeeper-session-timeout-ms")
+            .expect("has default"),
+        bugs: crate::zk_controller::ZkBugs(bugs),
+    }))
 }
 
 /// Splits `--bug` names into the broker's (data plane, [`crate::partition::BROKER_BUGS`]) and
@@ -335,12 +408,22 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
             return 2;
         }
     };
-    let kraft = match kraft_args(m) {
-        Ok(k) => k,
+    let zookeeper = match zookeeper_args(m) {
+        Ok(z) => z,
         Err(e) => {
             eprintln!("kcheck broker: {e}");
             return 2;
         }
+    };
+    let kraft = match zookeeper {
+        Some(_) => None,
+        None => match kraft_args(m) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("kcheck broker: {e}");
+                return 2;
+            }
+        },
     };
     let test_control = match m.get_one::<String>("test-control") {
         None => None,
@@ -367,9 +450,10 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
         }
     };
     // Clean shutdown (flush + checkpoints) on Ctrl-C or SIGTERM, as Kafka's controlled shutdown.
-    let res = match kraft {
-        None => rt.block_on(crate::server::serve(cfg, shutdown_signal())),
-        Some(k) => rt.block_on(run_kraft_roles(cfg, k, test_control)),
+    let res = match (zookeeper, kraft) {
+        (Some(z), _) => rt.block_on(run_zookeeper_broker(cfg, z)),
+        (None, None) => rt.block_on(crate::server::serve(cfg, shutdown_signal())),
+        (None, Some(k)) => rt.block_on(run_kraft_roles(cfg, k, test_control)),
     };
     match res {
         Ok(()) => 0,
@@ -393,6 +477,53 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `--zookeeper`: a broker with a ZooKeeper session and a controller elector. SIGUSR1 is the
+/// test-only zombie trigger ([`crate::zk_controller::ZkNode::resend_last`]).
+async fn run_zookeeper_broker(
+    cfg: BrokerConfig,
+    z: crate::zk_controller::ZkConfig,
+) -> anyhow::Result<()> {
+    use crate::zk_controller::{LiveBroker, ZkNode};
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let endpoint = LiveBroker {
+        id: cfg.node_id,
+        host: addr.ip().to_string(),
+        port: i32::from(addr.port()),
+    };
+    let node = ZkNode::start(cfg.node_id, endpoint, z);
+    let n = node.clone();
+    tokio::spawn(async move {
+        let Ok(mut usr1) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            let answers = n.resend_last().await;
+            println!(
+                "kcheck broker {}: resent the last controller requests, answers {answers:?}",
+                n.node_id
+            );
+        }
+    });
+    let node_id = cfg.node_id;
+    let mut topics_seen = node.image();
+    tokio::spawn(async move {
+        let mut last: Vec<String> = Vec::new();
+        while topics_seen.changed().await.is_ok() {
+            let topics: Vec<String> = topics_seen.borrow().topic_ids.keys().cloned().collect();
+            if topics != last {
+                println!("kcheck broker {node_id}: topics {topics:?}");
+                last = topics;
+            }
+        }
+    });
+    crate::server::serve_zookeeper(listener, cfg, node, shutdown_signal()).await
 }
 
 /// `--process-roles`: a controller node, a broker following the quorum, or both.
@@ -421,8 +552,18 @@ async fn run_kraft_roles(
         None => None,
     };
     if k.broker {
-        let client_cfg =
+        let mut client_cfg =
             ControllerClientConfig::new(cfg.node_id, k.voters.clone(), cfg.listen.to_string());
+        // KIP-966: register as cleanly shut down only with the marker the last incarnation
+        // wrote after flushing every log.
+        client_cfg.previous_broker_epoch =
+            crate::clean_shutdown::take(&cfg.data_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the clean-shutdown marker in {}: {e}",
+                    cfg.data_dir.display()
+                )
+            })?;
+        let data_dir = cfg.data_dir.clone();
         let client = match &node {
             Some(n) => ControllerClient::start_combined(client_cfg, n.clone()),
             None => ControllerClient::start(client_cfg),
@@ -464,9 +605,11 @@ async fn run_kraft_roles(
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind --listen {}: {e}", cfg.listen))?;
         let test_control = match m_test_control {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-                anyhow::anyhow!("cannot bind --test-control {a}: {e}")
-            })?),
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot bind --test-control {a}: {e}"))?,
+            ),
             None => None,
         };
         let image = client.image();
@@ -489,8 +632,19 @@ async fn run_kraft_roles(
                 Err(_) => tracing::warn!("controlled shutdown not answered in 5 s"),
             }
         };
+        let session = client.session();
         crate::server::serve_cluster_with(listener, cfg, image, channel, test_control, shutdown)
             .await?;
+        // Every log is flushed: the next incarnation may claim a clean shutdown.
+        let epoch = session.borrow().broker_epoch;
+        if let Some(epoch) = epoch {
+            crate::clean_shutdown::write(&data_dir, epoch).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write the clean-shutdown marker in {}: {e}",
+                    data_dir.display()
+                )
+            })?;
+        }
     } else {
         shutdown_signal().await;
     }

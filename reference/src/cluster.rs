@@ -49,6 +49,9 @@ pub struct ClusterState {
     pub controller_quorum_voters: String,
     pub executable: PathBuf,
     pub nodes: Vec<NodeState>,
+    /// ZooKeeper mode (`cluster up --metadata zookeeper`): the ensemble; `None` in KRaft mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<crate::cluster_zookeeper::ZkPart>,
 }
 
 /// What `kcheck cluster up` starts.
@@ -211,6 +214,7 @@ impl ClusterState {
             controller_quorum_voters: voters,
             executable: spec.executable.clone(),
             nodes,
+            zookeeper: None,
         };
         for i in 0..state.nodes.len() {
             let pid = spawn_node(&state.executable, &state.nodes[i])?;
@@ -322,10 +326,11 @@ impl ClusterState {
         for n in self.nodes.iter().filter(|n| pid_alive(n.pid)) {
             let _ = signal(n.pid, libc::SIGKILL);
         }
+        self.stop_zookeeper(grace / 2);
     }
 }
 
-fn spawn_node(exe: &Path, n: &NodeState) -> anyhow::Result<u32> {
+pub(crate) fn spawn_node(exe: &Path, n: &NodeState) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     fs::create_dir_all(&n.data_dir)?;
     let log = fs::OpenOptions::new()
@@ -424,6 +429,12 @@ pub struct Status {
     pub quorum_epoch: Option<i32>,
     pub nodes: Vec<NodeStatus>,
     pub partitions: Vec<PartitionStatus>,
+    /// ZooKeeper mode: `/controller` and `/controller_epoch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<crate::cluster_zookeeper::ZkControllerStatus>,
+    /// ZooKeeper mode: the ensemble (`host:port,...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zookeeper_connect: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -494,13 +505,27 @@ pub fn status(state: &ClusterState) -> Status {
         quorum_epoch: quorum.map(|q| q.1),
         nodes,
         partitions,
+        zookeeper: state
+            .zookeeper
+            .as_ref()
+            .and_then(|_| state.zk_controller().ok()),
+        zookeeper_connect: state.zookeeper.as_ref().map(|z| z.connect.clone()),
     }
 }
 
 pub fn status_text(s: &Status) -> String {
     let mut out = format!("bootstrap: {}\n", s.bootstrap);
-    match (s.quorum_leader, s.quorum_epoch) {
-        (Some(l), Some(e)) => out.push_str(&format!("quorum: leader {l}, epoch {e}\n")),
+    if let Some(c) = &s.zookeeper_connect {
+        out.push_str(&format!("zookeeper: {c}\n"));
+    }
+    match (s.zookeeper, s.quorum_leader, s.quorum_epoch) {
+        (Some(z), _, _) => out.push_str(&format!(
+            "controller (ZooKeeper /controller): {}, controller epoch {}\n",
+            z.controller
+                .map_or("none".into(), |c| format!("broker {c}")),
+            z.controller_epoch
+        )),
+        (None, Some(l), Some(e)) => out.push_str(&format!("quorum: leader {l}, epoch {e}\n")),
         _ => out.push_str("quorum: no leader\n"),
     }
     out.push_str("nodes:\n");
@@ -546,6 +571,9 @@ pub fn cluster_command() -> clap::Command {
                 .about("Start the processes and wait until the quorum has a leader and every broker is unfenced")
                 .arg(Arg::new("brokers").long("brokers").default_value("3").value_parser(clap::value_parser!(u16).range(1..=64)))
                 .arg(Arg::new("controllers").long("controllers").default_value("3").value_parser(clap::value_parser!(u16).range(1..=9)))
+                .arg(Arg::new("metadata").long("metadata").default_value("kraft").value_parser(["kraft", "zookeeper"]).help("Where the cluster metadata lives: a KRaft controller quorum, or ZooKeeper with a controller elected among the brokers"))
+                .arg(Arg::new("zookeeper-servers").long("zookeeper-servers").default_value("3").value_parser(clap::value_parser!(u16).range(1..=9)).help("ZooKeeper ensemble size (--metadata zookeeper)"))
+                .arg(Arg::new("zookeeper-session-timeout-ms").long("zookeeper-session-timeout-ms").default_value("2000").value_parser(clap::value_parser!(u64).range(400..=4000)).help("Brokers' ZooKeeper session timeout (--metadata zookeeper; the ensemble grants 0.4 s to 4 s)"))
                 .arg(data_dir())
                 .arg(Arg::new("min-insync-replicas").long("min-insync-replicas").default_value("2").value_parser(clap::value_parser!(u16).range(1..)))
                 .arg(Arg::new("replica-lag-time-max-ms").long("replica-lag-time-max-ms").default_value("10000").value_parser(clap::value_parser!(u64)))
@@ -571,6 +599,9 @@ pub fn run_cluster(m: &clap::ArgMatches) -> u8 {
                 .get_many::<String>("bug")
                 .map(|v| v.cloned().collect())
                 .unwrap_or_default();
+            if m.get_one::<String>("metadata").map(String::as_str) == Some("zookeeper") {
+                return up_zookeeper(m, &bugs, dir(m));
+            }
             let (broker_bugs, controller_bugs) = match crate::cli::split_bug_flags(&bugs) {
                 Ok(b) => b,
                 Err(e) => {
@@ -659,4 +690,67 @@ pub fn run_cluster(m: &clap::ArgMatches) -> u8 {
         },
         _ => 2,
     }
+}
+
+/// `cluster up --metadata zookeeper`: every `--bug` goes to the brokers (they are the
+/// controllers too); `kcheck broker` refuses the ones it does not know.
+fn up_zookeeper(m: &clap::ArgMatches, bugs: &[String], data_dir: PathBuf) -> u8 {
+    let mut broker_args = vec![
+        "--min-insync-replicas".to_string(),
+        m.get_one::<u16>("min-insync-replicas")
+            .expect("default")
+            .to_string(),
+        "--replica-lag-time-max-ms".to_string(),
+        m.get_one::<u64>("replica-lag-time-max-ms")
+            .expect("default")
+            .to_string(),
+    ];
+    for b in bugs {
+        let known = crate::zk_controller::ZkBug::parse(b).is_some()
+            || crate::partition::BROKER_BUGS.iter().any(|x| x.name() == b);
+        if !known {
+            eprintln!(
+                "kcheck cluster up: unknown bug flag '{b}' for --metadata zookeeper (known: no-controller-epoch-check, no-zkversion-check, {})",
+                crate::partition::BROKER_BUGS
+                    .iter()
+                    .map(|x| x.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return 2;
+        }
+        broker_args.extend(["--bug".to_string(), b.clone()]);
+    }
+    let executable = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("kcheck cluster up: cannot find the kcheck executable: {e}");
+            return 1;
+        }
+    };
+    let spec = crate::cluster_zookeeper::ZkClusterSpec {
+        brokers: usize::from(*m.get_one::<u16>("brokers").expect("default")),
+        zookeeper_servers: usize::from(*m.get_one::<u16>("zookeeper-servers").expect("default")),
+        data_dir,
+        executable,
+        broker_args,
+        session_timeout_ms: *m
+            .get_one::<u64>("zookeeper-session-timeout-ms")
+            .expect("default"),
+        ready_timeout: Duration::from_secs(*m.get_one::<u64>("timeout-s").expect("default")),
+    };
+    let state = match ClusterState::start_zookeeper(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kcheck cluster up: {e:#}");
+            return 2;
+        }
+    };
+    if let Err(e) = state.wait_ready_zookeeper(spec.ready_timeout) {
+        eprintln!("kcheck cluster up: {e:#}; stopping it");
+        state.stop_all(Duration::from_secs(5));
+        return 1;
+    }
+    println!("{}", state.bootstrap);
+    0
 }

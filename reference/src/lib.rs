@@ -11,9 +11,11 @@ pub mod batch;
 pub mod bench;
 pub mod bench_quorum;
 pub mod broker;
+pub mod clean_shutdown;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod cluster_zookeeper;
 pub mod controller;
 pub mod controller_client;
 pub mod controller_server;
@@ -27,6 +29,8 @@ pub mod raft;
 pub mod replication;
 pub mod server;
 pub mod test_control;
+pub mod zk_controller;
+pub mod zk_ensemble;
 
 /// Re-exported so tests and tools build requests with the same codec version.
 pub use kafka_protocol;

@@ -308,7 +308,11 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
         };
         correlation = correlation.wrapping_add(1);
         let mut request = fetch_request(me, &wanted);
-        if cluster.test_control.as_ref().is_some_and(|c| c.fetcher.is_held()) {
+        if cluster
+            .test_control
+            .as_ref()
+            .is_some_and(|c| c.fetcher.is_held())
+        {
             // A stepped round is answered at once: a long poll would be re-read when it
             // expires and carry the HW this very fetch moved, where the model's follower
             // learns it one round later.

@@ -73,6 +73,8 @@ pub struct Shared {
     pub(crate) appended: Notify,
     /// Cluster mode: the metadata image and the controller channel.
     pub(crate) cluster: Option<crate::replication::Cluster>,
+    /// ZooKeeper mode: the node that answers the controller's LeaderAndIsr and UpdateMetadata.
+    pub(crate) zk: Option<Arc<crate::zk_controller::ZkNode>>,
     /// acks=all produce requests waiting for the HW (Kafka's DelayedProduce purgatory).
     acks: Mutex<HashMap<u64, oneshot::Sender<i16>>>,
     next_ack: AtomicU64,
@@ -149,7 +151,7 @@ pub async fn serve_listener(
     config: BrokerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    serve_inner(listener, config, None, None, shutdown).await
+    serve_inner(listener, config, None, None, None, shutdown).await
 }
 
 /// Serves a broker of a replicated cluster: partitions lead and follow as the committed
@@ -176,11 +178,30 @@ pub async fn serve_cluster_with(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut cluster = crate::replication::Cluster::new(image, controller);
-    let control = test_control.map(|l| (l, Arc::new(crate::test_control::TestControl::fetcher_held())));
+    let control = test_control.map(|l| {
+        (
+            l,
+            Arc::new(crate::test_control::TestControl::fetcher_held()),
+        )
+    });
     if let Some((_, c)) = &control {
         cluster = cluster.with_test_control(c.clone());
     }
-    serve_inner(listener, config, Some(cluster), control, shutdown).await
+    serve_inner(listener, config, Some(cluster), control, None, shutdown).await
+}
+
+/// Serves a broker of a ZooKeeper-mode cluster: the same data plane as [`serve_cluster`], with
+/// the image built from the controller's LeaderAndIsr and UpdateMetadata requests.
+pub async fn serve_zookeeper(
+    listener: TcpListener,
+    config: BrokerConfig,
+    node: Arc<crate::zk_controller::ZkNode>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let channel: Arc<dyn crate::replication::ControllerChannel> =
+        Arc::new(crate::zk_controller::ZkChannel(node.clone()));
+    let cluster = crate::replication::Cluster::new(node.image(), channel);
+    serve_inner(listener, config, Some(cluster), None, Some(node), shutdown).await
 }
 
 async fn serve_inner(
@@ -188,6 +209,7 @@ async fn serve_inner(
     config: BrokerConfig,
     cluster: Option<crate::replication::Cluster>,
     test_control: Option<(TcpListener, Arc<crate::test_control::TestControl>)>,
+    zk: Option<Arc<crate::zk_controller::ZkNode>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -200,6 +222,7 @@ async fn serve_inner(
         broker: Mutex::new(broker),
         appended: Notify::new(),
         cluster,
+        zk,
         acks: Mutex::new(HashMap::new()),
         next_ack: AtomicU64::new(1),
         waiters: Mutex::new(HashMap::new()),
@@ -243,9 +266,9 @@ async fn serve_inner(
     }
     tracing::info!("shutting down: flushing and checkpointing");
     let mut b = shared.lock();
-    b.flush_all();
+    let flushed = b.flush_all();
     b.checkpoint_all();
-    Ok(())
+    flushed.map_err(|e| anyhow::anyhow!("shutdown could not flush every log: {e}"))
 }
 
 fn spawn_timers(shared: Arc<Shared>, flush: FlushPolicy) {
@@ -402,6 +425,11 @@ fn s(v: &str) -> StrBytes {
 }
 
 async fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Bytes>, Close> {
+    if let Some(zk) = &shared.zk {
+        if let Some(out) = zk.handle_control_frame(&frame).await? {
+            return Ok(Some(out));
+        }
+    }
     let mut f = match decode_frame(frame)? {
         Ok(f) => f,
         Err((_, correlation)) => {
