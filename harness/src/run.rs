@@ -7,7 +7,7 @@
 
 use crate::history::{Mop, OpType, OpValue, Process, Produce, Read, Recorder};
 use crate::kafka::{KafkaClient, Outcome};
-use crate::nemesis::grudge::NodeId;
+use crate::nemesis::grudge::{Grudge, NodeId};
 use crate::sim::Rng;
 use crate::system::{NodeSpec, ProcessSystem};
 use serde::Serialize;
@@ -57,13 +57,7 @@ impl NemesisKind {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "all" {
-                // Every fault that runs can inject today: the partition nemesis is not wired
-                // into runs yet, so `all` leaves it out rather than refusing the run.
-                out.extend(
-                    NemesisKind::ALL
-                        .into_iter()
-                        .filter(|k| *k != NemesisKind::Partition),
-                );
+                out.extend(NemesisKind::ALL);
                 continue;
             }
             if part == "none" {
@@ -187,13 +181,12 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
     }
     kcheck_reference::cli::split_bug_flags(&config.bugs)?;
     if config.nemeses.contains(&NemesisKind::Partition) {
-        return Err(if config.brokers + config.controllers < 2 {
-            "the partition nemesis needs at least two nodes".into()
-        } else {
-            "the partition nemesis is not wired into runs yet (the grudges, namespaces and \
-             proxies exist: see specs/harness.md)"
-                .into()
-        });
+        if config.brokers + config.controllers < 2 {
+            return Err("the partition nemesis needs at least two nodes (--brokers 3 --controllers 3)".into());
+        }
+        crate::nemesis::netns::available().map_err(|e| {
+            format!("partition: {e}: the nodes run in network namespaces with nftables drop rules (leave partition out of --nemesis to run without root)")
+        })?;
     }
     if config.nemeses.contains(&NemesisKind::LoseUnsynced) {
         crate::lazyfs::available().map_err(|e| format!("lose-unsynced: {e}"))?;
@@ -232,10 +225,26 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let specs = node_specs(config, &dir).map_err(|e| format!("harness failure: {e}"))?;
+    // Partitions need every node in its own network namespace (addresses in a private /24);
+    // without them every node listens on 127.0.0.1.
+    let network = if config.nemeses.contains(&NemesisKind::Partition) {
+        Some(
+            crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
+                .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let host = |id: NodeId| {
+        network
+            .as_ref()
+            .and_then(|n| n.addr(id))
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())
+    };
+    let specs = node_specs(config, &dir, &host).map_err(|e| format!("harness failure: {e}"))?;
     let lazy = config.nemeses.contains(&NemesisKind::LoseUnsynced);
     let clocks = config.nemeses.contains(&NemesisKind::Clock);
-    let mut system = ProcessSystem::start(&dir, specs, lazy, clocks)
+    let mut system = ProcessSystem::start(&dir, specs, lazy, clocks, network)
         .map_err(|e| format!("harness failure: starting the system: {e}"))?;
     let bootstrap = system.bootstrap();
     let mut admin = KafkaClient::new(&bootstrap, TOPIC, config.client_timeout);
@@ -316,17 +325,33 @@ const SETTLE_AFTER_HEAL: Duration = Duration::from_secs(3);
 /// Controller node ids start here (as `kcheck cluster` numbers them), brokers at 1.
 const CONTROLLER_ID_BASE: i32 = 3000;
 
+/// `broker.session.timeout.ms` of the run's controllers: a killed or partitioned broker is
+/// fenced this long after its last heartbeat (Kafka's default is 9 s; short, so failovers
+/// happen within a run).
+const BROKER_SESSION_TIMEOUT: Duration = Duration::from_millis(3000);
+
+/// Every node id of the run: brokers from 1, controllers from [`CONTROLLER_ID_BASE`] + 1.
+fn node_ids(config: &TestConfig) -> Vec<NodeId> {
+    let brokers = 1..=config.brokers as i32;
+    let controllers = (1..=config.controllers as i32).map(|i| CONTROLLER_ID_BASE + i);
+    brokers.chain(controllers).collect()
+}
+
 /// The nodes of the system under test, with their fixed addresses: one standalone broker, or
 /// a KRaft controller quorum and brokers (replication factor min(3, brokers),
 /// min.insync.replicas 2 from three brokers on), with short failure-detection timeouts so
 /// failovers happen within a run.
-fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>> {
+fn node_specs(
+    config: &TestConfig,
+    dir: &Path,
+    host: &dyn Fn(NodeId) -> String,
+) -> std::io::Result<Vec<NodeSpec>> {
     if config.controllers == 0 {
-        return standalone_spec(config, dir);
+        return standalone_spec(config, dir, &host(1));
     }
-    let port = || crate::system::free_port().map(|p| format!("127.0.0.1:{p}"));
+    let port = |id: NodeId| crate::system::free_port().map(|p| format!("{}:{p}", host(id)));
     let controllers: Vec<(i32, String)> = (1..=config.controllers as i32)
-        .map(|i| Ok((CONTROLLER_ID_BASE + i, port()?)))
+        .map(|i| Ok((CONTROLLER_ID_BASE + i, port(CONTROLLER_ID_BASE + i)?)))
         .collect::<std::io::Result<_>>()?;
     let voters = controllers
         .iter()
@@ -355,7 +380,7 @@ fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>>
             "--controller-quorum-voters".into(),
             voters.clone(),
             "--broker-session-timeout-ms".into(),
-            "3000".into(),
+            BROKER_SESSION_TIMEOUT.as_millis().to_string(),
             "--flush".into(),
             config.flush.clone(),
             "--data-dir".into(),
@@ -372,7 +397,7 @@ fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>>
     }
     let min_isr = if config.brokers >= 3 { 2 } else { 1 };
     for id in 1..=config.brokers as i32 {
-        let listen = port()?;
+        let listen = port(id)?;
         let data_dir = dir.join(format!("n{id}")).join("data");
         let mut args: Vec<String> = vec![
             "broker".into(),
@@ -405,8 +430,8 @@ fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>>
     Ok(specs)
 }
 
-fn standalone_spec(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>> {
-    let listen = format!("127.0.0.1:{}", crate::system::free_port()?);
+fn standalone_spec(config: &TestConfig, dir: &Path, host: &str) -> std::io::Result<Vec<NodeSpec>> {
+    let listen = format!("{host}:{}", crate::system::free_port()?);
     let data_dir = dir.join("n1").join("data");
     Ok(vec![NodeSpec {
         id: 1,
@@ -812,6 +837,115 @@ impl Target {
     }
 }
 
+/// The shapes of the partition nemesis: Jepsen's (`jepsen.nemesis.combined`: halves, random
+/// halves, one node, majorities ring, the primaries, a bridge, one-way) plus two aimed at
+/// the replication protocol, which cut the brokers' data plane while every broker still
+/// reaches the controllers. Each is a [`Grudge`] the namespaces enforce with nftables drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionShape {
+    /// A seeded random half of every node (brokers and controllers) against the other half.
+    RandomHalves,
+    /// One random node (broker or controller) alone.
+    IsolateOne,
+    /// Each partition leader alone, the rest together (Jepsen's `:primaries`): the controller
+    /// fences the leaders and elects others while they still believe they lead.
+    IsolateLeaders,
+    /// Every node hears a different majority of all nodes (Jepsen's majorities ring).
+    MajoritiesRing,
+    /// A partition leader bridges the other brokers, which do not hear each other; the
+    /// controllers hear everyone. The followers stay in the ISR (both fetch from the leader),
+    /// but once the leader fails the new leader's followers cannot fetch from it: a follower
+    /// that truncated on the leader change keeps its truncated log, the window of KIP-101's
+    /// second failover (the `truncate-to-hw` trace).
+    BridgeLeader,
+    /// A follower of a partition leader cut from the other brokers but not the controllers:
+    /// it stays registered and unfenced, falls out of the ISR after replica.lag.time.max.ms,
+    /// and is the live out-of-sync replica an unclean election picks (KIP-106, KIP-966).
+    IsolateFollower,
+    /// A partition leader stops hearing from the controllers (one-way: what it sends arrives,
+    /// answers and metadata do not), so it goes on believing it leads.
+    OneWayLeader,
+}
+
+impl PartitionShape {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionShape::RandomHalves => "random-halves",
+            PartitionShape::IsolateOne => "isolate-one",
+            PartitionShape::IsolateLeaders => "isolate-leaders",
+            PartitionShape::MajoritiesRing => "majorities-ring",
+            PartitionShape::BridgeLeader => "bridge-leader",
+            PartitionShape::IsolateFollower => "isolate-follower",
+            PartitionShape::OneWayLeader => "one-way-leader",
+        }
+    }
+
+    /// Seeded; the shapes aimed at leaders and their followers are favoured, since every
+    /// replication bug of the reference cluster needs a leader or its follower to fail.
+    fn choose(rng: &mut Rng) -> PartitionShape {
+        match rng.below(10) {
+            0..=2 => PartitionShape::BridgeLeader,
+            3 | 4 => PartitionShape::IsolateFollower,
+            5 => PartitionShape::IsolateLeaders,
+            6 => PartitionShape::RandomHalves,
+            7 => PartitionShape::IsolateOne,
+            8 => PartitionShape::MajoritiesRing,
+            _ => PartitionShape::OneWayLeader,
+        }
+    }
+}
+
+/// A seeded shuffle of `nodes`.
+fn shuffled(rng: &mut Rng, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut out = nodes.to_vec();
+    for i in (1..out.len()).rev() {
+        out.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    out
+}
+
+/// The grudge of `shape` over `brokers` and `controllers`, given the partition `leaders` (from
+/// Metadata; empty when the lookup failed). A shape that needs a leader falls back to
+/// isolating one node when there is none. Returns the shape actually used.
+pub fn partition_grudge(
+    shape: PartitionShape,
+    rng: &mut Rng,
+    brokers: &[NodeId],
+    controllers: &[NodeId],
+    leaders: &[NodeId],
+) -> (PartitionShape, Grudge) {
+    use crate::nemesis::grudge;
+    let all: Vec<NodeId> = brokers.iter().chain(controllers).copied().collect();
+    let leader = (!leaders.is_empty()).then(|| leaders[rng.below(leaders.len() as u64) as usize]);
+    let others = |l: NodeId| -> Vec<NodeId> {
+        brokers.iter().copied().filter(|b| *b != l).collect()
+    };
+    match (shape, leader) {
+        (PartitionShape::RandomHalves, _) => (shape, grudge::random_halves(&all, rng)),
+        (PartitionShape::MajoritiesRing, _) => {
+            (shape, grudge::majorities_ring(&shuffled(rng, &all)))
+        }
+        (PartitionShape::IsolateLeaders, Some(_)) => (shape, grudge::isolate_all(&all, leaders)),
+        (PartitionShape::BridgeLeader, Some(l)) if brokers.len() >= 3 => {
+            let mut order = shuffled(rng, &others(l));
+            order.insert(brokers.len() / 2, l);
+            (shape, grudge::bridge(&order))
+        }
+        (PartitionShape::IsolateFollower, Some(l)) if brokers.len() >= 2 => {
+            let followers = others(l);
+            let f = followers[rng.below(followers.len() as u64) as usize];
+            (shape, grudge::isolate(brokers, f))
+        }
+        (PartitionShape::OneWayLeader, Some(l)) if !controllers.is_empty() => {
+            (shape, grudge::one_way(controllers, &[l]))
+        }
+        _ => {
+            let victim = all[rng.below(all.len() as u64) as usize];
+            (PartitionShape::IsolateOne, grudge::isolate(&all, victim))
+        }
+    }
+}
+
 /// At most this many faults are in force at once. Two overlapping faults are what the
 /// replication bugs need: the model counterexamples (specs/traces/replication-*.json) all have
 /// a second failure while the first is unhealed (the new leader crashes while the old one is
@@ -821,9 +955,20 @@ const MAX_FAULTS_IN_FORCE: usize = 2;
 
 /// Chooses the kind of target, seeded. Partition leaders are favoured: every replication bug
 /// of the reference cluster needs a leader to fail. A standalone broker has one node.
-fn choose_target(rng: &mut Rng, cluster: bool) -> Target {
+/// While a partition is in force, process faults aim at the leaders two times in three
+/// (mostly `leader-chain`): a partition sets up the replication bugs' first half (a follower
+/// cut off from its peers, out of the ISR or unable to refetch after truncating) and a
+/// failover of the leaders completes it.
+fn choose_target(rng: &mut Rng, cluster: bool, partitioned: bool) -> Target {
     if !cluster {
         return Target::One;
+    }
+    if partitioned {
+        match rng.below(3) {
+            0 => return Target::LeaderChain,
+            1 => return Target::Leaders,
+            _ => {}
+        }
     }
     match rng.below(10) {
         0 | 1 => Target::One,
@@ -980,6 +1125,7 @@ fn start_fault(
                 }
                 detail.push_str(&format!(" (n{node} wall clock {delta_ms:+} ms)"));
             }
+            // Partitions are started by `start_partition`, for every node at once.
             NemesisKind::Partition => {}
         }
     }
@@ -989,6 +1135,10 @@ fn start_fault(
 /// Heals a fault's nodes, except those another fault still in force holds the same way (a
 /// node killed twice restarts when the last kill ends).
 fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> std::io::Result<()> {
+    // One grudge at a time is in force (a new partition waits for the old one's end).
+    if fault.kind == NemesisKind::Partition {
+        system.partition(&Grudge::default())?;
+    }
     let holds = |kind: NemesisKind, node: NodeId| {
         others.iter().any(|o| {
             o.nodes.contains(&node)
@@ -1001,7 +1151,7 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
         })
     };
     for &node in &fault.nodes {
-        if holds(fault.kind, node) {
+        if holds(fault.kind, node) || fault.kind == NemesisKind::Partition {
             continue;
         }
         match fault.kind {
@@ -1069,7 +1219,47 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             continue;
         }
         let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
-        let wanted = choose_target(&mut rng, cluster);
+        let partitioned = in_force.iter().any(|f| f.kind == NemesisKind::Partition);
+        if kind == NemesisKind::Partition {
+            if partitioned {
+                continue;
+            }
+            let wanted = PartitionShape::choose(&mut rng);
+            let leaders = admin.partition_leaders().unwrap_or_default();
+            let (shape, grudge) = partition_grudge(
+                wanted,
+                &mut rng,
+                &system.broker_ids(),
+                &system.controller_ids(),
+                &leaders,
+            );
+            let started = system.partition(&grudge);
+            let nodes: Vec<NodeId> = grudge
+                .0
+                .iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(n, _)| *n)
+                .collect();
+            let value = serde_json::json!({
+                "target": shape.name(),
+                "nodes": nodes,
+                "grudge": grudge,
+            });
+            let summary = format!("partition {} {}", shape.name(), grudge.describe());
+            match &started {
+                Ok(()) => lines.push(summary),
+                Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+            }
+            record("start-partition", &value, started.err().map(|e| e.to_string()));
+            in_force.push(Fault {
+                kind,
+                nodes,
+                value,
+                until_tick: tick + 1 + rng.below(3),
+            });
+            continue;
+        }
+        let wanted = choose_target(&mut rng, cluster, partitioned);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
         let mut nodes = spare_last_broker(kind, nodes, &in_force, system);
         // A node another process fault already holds down or stopped is left to it: faulting
@@ -1092,7 +1282,9 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         }
         let mut started = start_fault(kind, &nodes, &mut rng, system);
         if target == Target::LeaderChain && started.is_ok() {
-            let deadline = Instant::now() + config.nemesis_interval;
+            // The new leaders appear once the controller has fenced the old ones (their
+            // sessions lapse), so wait at least two session timeouts for them.
+            let deadline = Instant::now() + config.nemesis_interval.max(2 * BROKER_SESSION_TIMEOUT);
             let next = new_leaders(&mut admin, &nodes, deadline);
             let next = spare_last_broker(kind, next, &in_force, system)
                 .into_iter()

@@ -110,8 +110,18 @@ impl NetnsNetwork {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = (std::process::id().wrapping_mul(31).wrapping_add(n)) % 0x10000;
         let tag = format!("{id:04x}");
-        // 10.213.0.0/16 is used only inside this run's namespaces and bridge.
-        let subnet = (id % 250) as u8;
+        // 10.213.0.0/16 is used only inside this run's namespaces and bridge; a /24 another
+        // run (another harness process on this machine) already has on a bridge is skipped,
+        // since two bridges with one subnet would make the routes ambiguous.
+        let in_use = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let subnet = (0..250u32)
+            .map(|k| ((id + k) % 250) as u8)
+            .find(|s| !in_use.contains(&format!(" 10.213.{s}.")))
+            .ok_or_else(|| io::Error::other("every 10.213.x.0/24 subnet is in use"))?;
         let mut net = NetnsNetwork {
             bridge: format!("{PREFIX}{tag}br"),
             host_addr: Ipv4Addr::new(10, 213, subnet, 254),
