@@ -182,7 +182,10 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
     kcheck_reference::cli::split_bug_flags(&config.bugs)?;
     if config.nemeses.contains(&NemesisKind::Partition) {
         if config.brokers + config.controllers < 2 {
-            return Err("the partition nemesis needs at least two nodes (--brokers 3 --controllers 3)".into());
+            return Err(
+                "the partition nemesis needs at least two nodes (--brokers 3 --controllers 3)"
+                    .into(),
+            );
         }
         crate::nemesis::netns::available().map_err(|e| {
             format!("partition: {e}: the nodes run in network namespaces with nftables drop rules (leave partition out of --nemesis to run without root)")
@@ -511,15 +514,18 @@ fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, s
             };
             shared.record(OpType::Invoke, p, "read", OpValue::Read(invoke.clone()));
             match client.fetch(partition as i32, offset) {
-                Ok(fetched) => {
-                    let value = fetched
-                        .records
-                        .iter()
-                        .find(|(o, _)| *o == offset)
-                        .map(|(_, v)| *v);
-                    let done = Read { value, ..invoke };
-                    shared.record(OpType::Ok, p, "read", OpValue::Read(done));
-                }
+                Ok(fetched) => match read_outcome(offset, &fetched.records) {
+                    Ok(value) => {
+                        let done = Read {
+                            value: Some(value),
+                            ..invoke
+                        };
+                        shared.record(OpType::Ok, p, "read", OpValue::Read(done));
+                    }
+                    Err(e) => {
+                        shared.record_error(OpType::Fail, p, "read", OpValue::Read(invoke), &e)
+                    }
+                },
                 // A read changes nothing: whatever went wrong, it failed.
                 Err(e) => {
                     shared.record_error(OpType::Fail, p, "read", OpValue::Read(invoke), e.message())
@@ -527,6 +533,28 @@ fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, s
             }
         }
     }
+}
+
+/// What a fetch at `offset` of the `log` workload proves. Kafka serves a fetch only up to the
+/// leader's HW, and a newly elected leader's HW starts at its own follower HW, which may lag
+/// what the previous leader had committed; it catches up once its followers fetch in the new
+/// epoch (KIP-207 makes ListOffsets answer OFFSET_NOT_AVAILABLE in that window for the same
+/// reason). So "the fetch returned nothing at `offset`" is not evidence that `offset` is
+/// uncommitted, and such a read completes `fail`: it changed nothing and tells nothing. A
+/// fetch that returns a record at `offset` is evidence, and the linearizability checker
+/// holds it against every acknowledged produce (a different record at a committed offset is
+/// a violation).
+pub fn read_outcome(offset: u64, records: &[(u64, u64)]) -> Result<u64, String> {
+    records
+        .iter()
+        .find(|(o, _)| *o == offset)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            format!(
+                "no record at offset {offset}: it is at or above this leader's HW, which after a \
+                 leader change may lag the committed offsets (no information)"
+            )
+        })
 }
 
 /// Waits (60 s at most) until every broker is registered and unfenced (Metadata lists it), the
@@ -776,15 +804,18 @@ fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
         let mut offset = 0;
         while offset < hw && Instant::now() < deadline {
             match client.fetch(partition as i32, offset) {
+                // Nothing returned: this leader's HW may still lag (see `read_outcome`); ask
+                // again rather than record a read that proves nothing.
+                Ok(fetched) if fetched.records.is_empty() => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
                 Ok(fetched) => {
-                    // One read op per offset, all with the value the fetch saw there.
-                    let mut at: BTreeMap<u64, u64> = fetched.records.iter().copied().collect();
-                    let upto = fetched
+                    // One read op per offset returned below the HW, with the record found.
+                    for &(o, value) in fetched
                         .records
-                        .last()
-                        .map_or(offset + 1, |(o, _)| o + 1)
-                        .min(hw);
-                    for o in offset..upto {
+                        .iter()
+                        .filter(|(o, _)| *o >= offset && *o < hw)
+                    {
                         let read = Read {
                             partition,
                             offset: o,
@@ -792,12 +823,16 @@ fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
                         };
                         shared.record(OpType::Invoke, process, "read", OpValue::Read(read.clone()));
                         let done = Read {
-                            value: at.remove(&o),
+                            value: Some(value),
                             ..read
                         };
                         shared.record(OpType::Ok, process, "read", OpValue::Read(done));
                     }
-                    offset = upto;
+                    offset = fetched
+                        .records
+                        .last()
+                        .map_or(offset, |(o, _)| o + 1)
+                        .max(offset + 1);
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -917,9 +952,8 @@ pub fn partition_grudge(
     use crate::nemesis::grudge;
     let all: Vec<NodeId> = brokers.iter().chain(controllers).copied().collect();
     let leader = (!leaders.is_empty()).then(|| leaders[rng.below(leaders.len() as u64) as usize]);
-    let others = |l: NodeId| -> Vec<NodeId> {
-        brokers.iter().copied().filter(|b| *b != l).collect()
-    };
+    let others =
+        |l: NodeId| -> Vec<NodeId> { brokers.iter().copied().filter(|b| *b != l).collect() };
     match (shape, leader) {
         (PartitionShape::RandomHalves, _) => (shape, grudge::random_halves(&all, rng)),
         (PartitionShape::MajoritiesRing, _) => {
@@ -1250,7 +1284,11 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 Ok(()) => lines.push(summary),
                 Err(e) => lines.push(format!("{summary} FAILED: {e}")),
             }
-            record("start-partition", &value, started.err().map(|e| e.to_string()));
+            record(
+                "start-partition",
+                &value,
+                started.err().map(|e| e.to_string()),
+            );
             in_force.push(Fault {
                 kind,
                 nodes,

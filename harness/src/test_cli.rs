@@ -60,7 +60,7 @@ pub fn test_command() -> Command {
                 .long("bug")
                 .value_name("NAME")
                 .action(ArgAction::Append)
-                .help("Switch a bug flag on in the brokers"),
+                .help("Switch a bug flag on in the brokers (without --brokers/--controllers: 3 brokers, 3 controllers)"),
         )
         .arg(
             Arg::new("store")
@@ -83,10 +83,27 @@ fn secs(m: &ArgMatches, name: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--brokers`/`--controllers`, or, when `--bug` names a flag of the replicated cluster and
+/// neither is given, the cluster the detection table uses: 3 brokers and 3 controllers
+/// (bug flags are refused for the standalone broker).
+fn node_counts(m: &ArgMatches) -> (usize, usize) {
+    use clap::parser::ValueSource;
+    let given = |n: &str| m.value_source(n) == Some(ValueSource::CommandLine);
+    let bugs = m.get_many::<String>("bug").is_some();
+    if bugs && !given("brokers") && !given("controllers") {
+        return (3, 3);
+    }
+    (
+        *m.get_one("brokers").expect("defaulted"),
+        *m.get_one("controllers").expect("defaulted"),
+    )
+}
+
 fn config(m: &ArgMatches) -> Result<TestConfig, String> {
+    let (brokers, controllers) = node_counts(m);
     Ok(TestConfig {
-        brokers: *m.get_one("brokers").expect("defaulted"),
-        controllers: *m.get_one("controllers").expect("defaulted"),
+        brokers,
+        controllers,
         workload: match m.get_one::<String>("workload").map(String::as_str) {
             Some("queue") => Workload::Queue,
             _ => Workload::Log,
