@@ -331,7 +331,7 @@ const CONTROLLER_ID_BASE: i32 = 3000;
 /// `broker.session.timeout.ms` of the run's controllers: a killed or partitioned broker is
 /// fenced this long after its last heartbeat (Kafka's default is 9 s; short, so failovers
 /// happen within a run).
-const BROKER_SESSION_TIMEOUT: Duration = Duration::from_millis(3000);
+const BROKER_SESSION_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// Every node id of the run: brokers from 1, controllers from [`CONTROLLER_ID_BASE`] + 1.
 fn node_ids(config: &TestConfig) -> Vec<NodeId> {
@@ -851,9 +851,10 @@ pub enum Target {
     Majority,
     /// Every broker that leads a partition of the test topic (from Metadata).
     Leaders,
-    /// The partition leaders, then the new leaders as soon as Metadata names them: two
-    /// failovers in quick succession, the shape of KIP-101's data loss (a follower of the
-    /// short-lived leader truncated to its HW and then became leader itself).
+    /// One partition leader (the one a partition in force is aimed at, if it still leads),
+    /// then the new leader of a partition it led as soon as Metadata names one: two failovers
+    /// in quick succession, the shape of KIP-101's data loss (a follower of the short-lived
+    /// leader truncated to its HW and then became leader itself).
     LeaderChain,
     /// The KRaft controller quorum leader (from DescribeQuorum on `__cluster_metadata`).
     ControllerLeader,
@@ -870,6 +871,31 @@ impl Target {
             Target::ControllerLeader => "controller-leader",
         }
     }
+}
+
+/// Chooses the next fault's kind among `kinds`, seeded. A partition counts twice (it is the
+/// only fault that cuts replicas off each other while they run); while one is in force, a
+/// crash or pause is chosen three times in four, to fail leaders behind it (see
+/// [`choose_target`]).
+fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> NemesisKind {
+    let failing = |k: &NemesisKind| {
+        matches!(
+            k,
+            NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+        )
+    };
+    let crashes: Vec<NemesisKind> = kinds.iter().copied().filter(failing).collect();
+    if partitioned && !crashes.is_empty() && rng.below(4) != 0 {
+        return crashes[rng.below(crashes.len() as u64) as usize];
+    }
+    let weighted: Vec<NemesisKind> = kinds
+        .iter()
+        .flat_map(|&k| {
+            let n = if k == NemesisKind::Partition { 2 } else { 1 };
+            std::iter::repeat(k).take(n)
+        })
+        .collect();
+    weighted[rng.below(weighted.len() as u64) as usize]
 }
 
 /// The shapes of the partition nemesis: Jepsen's (`jepsen.nemesis.combined`: halves, random
@@ -948,34 +974,40 @@ pub fn partition_grudge(
     brokers: &[NodeId],
     controllers: &[NodeId],
     leaders: &[NodeId],
-) -> (PartitionShape, Grudge) {
+) -> (PartitionShape, Grudge, Option<NodeId>) {
     use crate::nemesis::grudge;
     let all: Vec<NodeId> = brokers.iter().chain(controllers).copied().collect();
     let leader = (!leaders.is_empty()).then(|| leaders[rng.below(leaders.len() as u64) as usize]);
     let others =
         |l: NodeId| -> Vec<NodeId> { brokers.iter().copied().filter(|b| *b != l).collect() };
     match (shape, leader) {
-        (PartitionShape::RandomHalves, _) => (shape, grudge::random_halves(&all, rng)),
+        (PartitionShape::RandomHalves, _) => (shape, grudge::random_halves(&all, rng), None),
         (PartitionShape::MajoritiesRing, _) => {
-            (shape, grudge::majorities_ring(&shuffled(rng, &all)))
+            (shape, grudge::majorities_ring(&shuffled(rng, &all)), None)
         }
-        (PartitionShape::IsolateLeaders, Some(_)) => (shape, grudge::isolate_all(&all, leaders)),
+        (PartitionShape::IsolateLeaders, Some(_)) => {
+            (shape, grudge::isolate_all(&all, leaders), None)
+        }
         (PartitionShape::BridgeLeader, Some(l)) if brokers.len() >= 3 => {
             let mut order = shuffled(rng, &others(l));
             order.insert(brokers.len() / 2, l);
-            (shape, grudge::bridge(&order))
+            (shape, grudge::bridge(&order), Some(l))
         }
         (PartitionShape::IsolateFollower, Some(l)) if brokers.len() >= 2 => {
             let followers = others(l);
             let f = followers[rng.below(followers.len() as u64) as usize];
-            (shape, grudge::isolate(brokers, f))
+            (shape, grudge::isolate(brokers, f), Some(l))
         }
         (PartitionShape::OneWayLeader, Some(l)) if !controllers.is_empty() => {
-            (shape, grudge::one_way(controllers, &[l]))
+            (shape, grudge::one_way(controllers, &[l]), None)
         }
         _ => {
             let victim = all[rng.below(all.len() as u64) as usize];
-            (PartitionShape::IsolateOne, grudge::isolate(&all, victim))
+            (
+                PartitionShape::IsolateOne,
+                grudge::isolate(&all, victim),
+                None,
+            )
         }
     }
 }
@@ -989,7 +1021,7 @@ const MAX_FAULTS_IN_FORCE: usize = 2;
 
 /// Chooses the kind of target, seeded. Partition leaders are favoured: every replication bug
 /// of the reference cluster needs a leader to fail. A standalone broker has one node.
-/// While a partition is in force, process faults aim at the leaders two times in three
+/// While a partition is in force, process faults aim at the leaders three times in four
 /// (mostly `leader-chain`): a partition sets up the replication bugs' first half (a follower
 /// cut off from its peers, out of the ISR or unable to refetch after truncating) and a
 /// failover of the leaders completes it.
@@ -998,9 +1030,9 @@ fn choose_target(rng: &mut Rng, cluster: bool, partitioned: bool) -> Target {
         return Target::One;
     }
     if partitioned {
-        match rng.below(3) {
-            0 => return Target::LeaderChain,
-            1 => return Target::Leaders,
+        match rng.below(4) {
+            0 | 1 => return Target::LeaderChain,
+            2 => return Target::Leaders,
             _ => {}
         }
     }
@@ -1034,6 +1066,7 @@ fn resolve_target(
     rng: &mut Rng,
     system: &ProcessSystem,
     admin: &mut KafkaClient,
+    aim: Option<NodeId>,
 ) -> (Target, Vec<NodeId>) {
     let brokers = system.broker_ids();
     let controllers = system.controller_ids();
@@ -1051,8 +1084,13 @@ fn resolve_target(
             (target, pick(rng, group, size))
         }
         Target::Majority => (target, pick(rng, group, n / 2 + 1)),
-        Target::Leaders | Target::LeaderChain => match admin.partition_leaders() {
+        Target::Leaders => match admin.partition_leaders() {
             Ok(ids) if !ids.is_empty() => (target, ids),
+            _ => (Target::One, pick(rng, &brokers, 1)),
+        },
+        Target::LeaderChain => match admin.partition_leaders() {
+            Ok(ids) if aim.is_some_and(|a| ids.contains(&a)) => (target, vec![aim.unwrap()]),
+            Ok(ids) if !ids.is_empty() => (target, pick(rng, &ids, 1)),
             _ => (Target::One, pick(rng, &brokers, 1)),
         },
         Target::ControllerLeader => {
@@ -1070,12 +1108,23 @@ fn resolve_target(
     }
 }
 
-/// Polls Metadata (every 20 ms, until `deadline`) until some partition is led by a broker
-/// outside `faulted`; returns those new leaders (none if no failover happened in time).
-fn new_leaders(admin: &mut KafkaClient, faulted: &[NodeId], deadline: Instant) -> Vec<NodeId> {
+/// Polls Metadata (every 20 ms, until `deadline`) until one of the partitions `led` has a
+/// leader outside `faulted`; returns those new leaders (none if no failover happened in time).
+fn new_leaders(
+    admin: &mut KafkaClient,
+    faulted: &[NodeId],
+    led: &[i32],
+    deadline: Instant,
+) -> Vec<NodeId> {
     while Instant::now() < deadline {
-        if let Ok(ids) = admin.partition_leaders() {
-            let fresh: Vec<NodeId> = ids.into_iter().filter(|id| !faulted.contains(id)).collect();
+        if let Ok(map) = admin.leader_map() {
+            let mut fresh: Vec<NodeId> = led
+                .iter()
+                .filter_map(|p| map.get(p).copied())
+                .filter(|id| !faulted.contains(id))
+                .collect();
+            fresh.sort();
+            fresh.dedup();
             if !fresh.is_empty() {
                 return fresh;
             }
@@ -1121,6 +1170,8 @@ struct Fault {
     value: serde_json::Value,
     /// The nemesis tick at which it is healed.
     until_tick: u64,
+    /// For a partition aimed at a partition leader: that leader.
+    aim: Option<NodeId>,
 }
 
 fn node_list(nodes: &[NodeId]) -> String {
@@ -1252,15 +1303,15 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         if config.nemeses.is_empty() || in_force.len() >= MAX_FAULTS_IN_FORCE || rng.below(4) == 0 {
             continue;
         }
-        let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
         let partitioned = in_force.iter().any(|f| f.kind == NemesisKind::Partition);
+        let kind = choose_kind(&mut rng, &config.nemeses, partitioned);
         if kind == NemesisKind::Partition {
             if partitioned {
                 continue;
             }
             let wanted = PartitionShape::choose(&mut rng);
             let leaders = admin.partition_leaders().unwrap_or_default();
-            let (shape, grudge) = partition_grudge(
+            let (shape, grudge, aim) = partition_grudge(
                 wanted,
                 &mut rng,
                 &system.broker_ids(),
@@ -1294,11 +1345,25 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 nodes,
                 value,
                 until_tick: tick + 1 + rng.below(3),
+                aim,
             });
             continue;
         }
         let wanted = choose_target(&mut rng, cluster, partitioned);
-        let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
+        // A partition in force aimed at a leader (bridge-leader, isolate-follower) names it.
+        let aim = in_force.iter().find_map(|f| f.aim);
+        let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin, aim);
+        // The partitions the chain's first leader leads, whose next leaders it fails next.
+        let led: Vec<i32> = match target {
+            Target::LeaderChain => admin
+                .leader_map()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, l)| nodes.contains(l))
+                .map(|(p, _)| p)
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut nodes = spare_last_broker(kind, nodes, &in_force, system);
         // A node another process fault already holds down or stopped is left to it: faulting
         // it again would do nothing now and keep it down until the later fault ends.
@@ -1319,12 +1384,14 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             continue;
         }
         let mut started = start_fault(kind, &nodes, &mut rng, system);
-        if target == Target::LeaderChain && started.is_ok() {
+        if target == Target::LeaderChain && kind != NemesisKind::Clock && started.is_ok() {
             // The new leaders appear once the controller has fenced the old ones (their
             // sessions lapse), so wait at least two session timeouts for them.
             let deadline = Instant::now() + config.nemesis_interval.max(2 * BROKER_SESSION_TIMEOUT);
-            let next = new_leaders(&mut admin, &nodes, deadline);
-            let next = spare_last_broker(kind, next, &in_force, system)
+            let next = new_leaders(&mut admin, &nodes, &led, deadline);
+            // The first leaders count as down too: the chain never takes the last broker.
+            let both: Vec<NodeId> = nodes.iter().chain(&next).copied().collect();
+            let next = spare_last_broker(kind, both, &in_force, system)
                 .into_iter()
                 .filter(|n| !nodes.contains(n))
                 .collect::<Vec<_>>();
@@ -1360,6 +1427,7 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             nodes,
             value,
             until_tick: tick + 1 + rng.below(3),
+            aim: None,
         });
     }
     while let Some(fault) = in_force.pop() {

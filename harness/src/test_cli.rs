@@ -45,7 +45,7 @@ pub fn test_command() -> Command {
         .arg(num("seed", "0", "Schedule seed (same seed, same schedule)").value_parser(value_parser!(u64)))
         .arg(num("partitions", "2", "Partitions of the test topic").value_parser(value_parser!(i32)))
         .arg(
-            num("nemesis-interval", "5", "Seconds each fault lasts, and between faults")
+            num("nemesis-interval", "2", "Seconds each fault lasts, and between faults")
                 .value_parser(value_parser!(f64)),
         )
         .arg(
