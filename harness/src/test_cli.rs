@@ -129,6 +129,64 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
     })
 }
 
+/// Runs `config` and checks its history as `kcheck analyze --edn` would (results.json,
+/// report.html, plots in the run folder). Shared by `kcheck test` and `kcheck gate`.
+pub fn run_and_check(
+    config: &TestConfig,
+) -> Result<(run::RunOutcome, crate::analyze::Results), String> {
+    let outcome = run::run(config)?;
+    let file = outcome.dir.join("history.jsonl");
+    let opts = Options {
+        time_limit: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let (results, _, _) = check_and_write(&file, &outcome.dir, &opts, true)
+        .map_err(|e| format!("harness failure: {e}"))?;
+    Ok((outcome, results))
+}
+
+/// The kinds of `--nemesis all` this machine can inject: partitions need root (namespaces,
+/// nftables), lose-unsynced FUSE, clock libfaketime. Returns them and why each other is out.
+pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
+    let mut kinds = Vec::new();
+    let mut missing = Vec::new();
+    for kind in NemesisKind::ALL {
+        let check = match kind {
+            NemesisKind::Partition => crate::nemesis::netns::available(),
+            NemesisKind::LoseUnsynced => crate::lazyfs::available(),
+            NemesisKind::Clock => crate::nemesis::clock::available(),
+            NemesisKind::Kill | NemesisKind::Pause => Ok(()),
+        };
+        match check {
+            Ok(()) => kinds.push(kind),
+            Err(e) => missing.push(format!("{}: {e}", kind.name())),
+        }
+    }
+    (kinds, missing)
+}
+
+/// A run configuration with every default of `kcheck test` (3 brokers, 3 controllers).
+pub fn default_config(
+    workload: Workload,
+    nemeses: Vec<NemesisKind>,
+    seed: u64,
+    time_limit: Duration,
+    bugs: Vec<String>,
+    store: PathBuf,
+) -> Result<TestConfig, String> {
+    let m = test_command()
+        .try_get_matches_from(["test", "--brokers", "3", "--controllers", "3"])
+        .map_err(|e| e.to_string())?;
+    let mut c = config(&m)?;
+    c.workload = workload;
+    c.nemeses = nemeses;
+    c.seed = seed;
+    c.time_limit = time_limit;
+    c.bugs = bugs;
+    c.store = store;
+    Ok(c)
+}
+
 pub fn run_test(m: &ArgMatches) -> u8 {
     let config = match config(m) {
         Ok(c) => c,
