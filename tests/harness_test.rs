@@ -363,3 +363,35 @@ fn partitions_are_recorded_with_their_grudge_healed_and_removed() {
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains(&tag), "namespaces left behind: {left}");
 }
+
+/// `kcheck test --bug truncate-to-hw` finds KIP-101's data loss: the seeded schedule of the
+/// test above (seed 3, one-second ticks) opens with a `leader-chain` (the leader of a
+/// partition fails, then its new leader is paused as soon as Metadata names it). A follower
+/// that truncated to its HW on the first leader change cannot refetch from the paused leader
+/// and is elected next with acknowledged records missing; new records take their offsets. The
+/// same run without the flag is the valid run of
+/// `targeted_faults_hit_the_partition_leaders_and_the_cluster_stays_valid`.
+#[test]
+fn truncate_to_hw_is_found_by_a_leader_chain() {
+    let store = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kcheck"))
+        .args(["test", "--bug", "truncate-to-hw", "--workload", "queue"])
+        .args(["--nemesis", "kill,pause", "--nemesis-interval", "1"])
+        .args(["--time-limit", "10", "--rate", "100", "--seed", "3"])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .expect("kcheck runs");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("kcheck test: INVALID"), "{out}");
+    assert!(
+        out.contains("inconsistent-offsets") || out.contains("lost-write"),
+        "an acknowledged record was replaced or lost: {out}"
+    );
+    assert!(out.contains("(leader-chain)"), "{out}");
+}

@@ -1147,10 +1147,12 @@ fn new_leaders(
     Vec::new()
 }
 
-/// Crashes never take down the last broker still running: when every replica of a partition
-/// shuts down uncleanly, KIP-966 correctly keeps it offline (no replica is known to hold the
-/// committed records), so the rest of the run and its final reads would test nothing there.
-/// Crashes of every broker but one are allowed; pauses of all of them too (they recover).
+/// Crashes take down one broker at a time (of three or more; all but one of two): when every
+/// ISR member of a partition has shut down uncleanly, KIP-966 correctly keeps it offline for
+/// good (no replica is known to hold the committed records, and the reference has no unclean
+/// recovery), so the rest of the run and its final reads would test nothing there and a
+/// correct cluster's run would end undecided. Pauses of any number of brokers are allowed
+/// (a paused broker comes back clean), and so are crashes of controllers.
 fn spare_last_broker(
     kind: NemesisKind,
     mut nodes: Vec<NodeId>,
@@ -1160,7 +1162,7 @@ fn spare_last_broker(
     if !matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) {
         return nodes;
     }
-    let crashed = |n: &NodeId| {
+    let crashed = |nodes: &[NodeId], n: &NodeId| {
         nodes.contains(n)
             || in_force.iter().any(|f| {
                 matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
@@ -1168,9 +1170,20 @@ fn spare_last_broker(
             })
     };
     let brokers = system.broker_ids();
-    if brokers.len() > 1 && brokers.iter().all(crashed) {
-        if let Some(i) = nodes.iter().rposition(|n| brokers.contains(n)) {
-            nodes.remove(i);
+    // One crashed broker at a time (all but one with two brokers or fewer).
+    let allowed = if brokers.len() >= 3 {
+        1
+    } else {
+        brokers.len().saturating_sub(1)
+    };
+    while brokers.len() > 1
+        && brokers.iter().filter(|b| crashed(&nodes, b)).count() > allowed
+    {
+        match nodes.iter().rposition(|n| brokers.contains(n)) {
+            Some(i) => {
+                nodes.remove(i);
+            }
+            None => break,
         }
     }
     nodes
