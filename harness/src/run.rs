@@ -957,13 +957,13 @@ impl PartitionShape {
     /// Seeded; the shapes aimed at leaders and their followers are favoured, since every
     /// replication bug of the reference cluster needs a leader or its follower to fail.
     fn choose(rng: &mut Rng) -> PartitionShape {
-        match rng.below(10) {
-            0..=2 => PartitionShape::BridgeLeader,
-            3 | 4 => PartitionShape::IsolateFollower,
-            5 => PartitionShape::IsolateLeaders,
-            6 => PartitionShape::RandomHalves,
-            7 => PartitionShape::IsolateOne,
-            8 => PartitionShape::MajoritiesRing,
+        match rng.below(11) {
+            0..=3 => PartitionShape::BridgeLeader,
+            4 | 5 => PartitionShape::IsolateFollower,
+            6 => PartitionShape::IsolateLeaders,
+            7 => PartitionShape::RandomHalves,
+            8 => PartitionShape::IsolateOne,
+            9 => PartitionShape::MajoritiesRing,
             _ => PartitionShape::OneWayLeader,
         }
     }
@@ -1034,7 +1034,7 @@ const MAX_FAULTS_IN_FORCE: usize = 2;
 
 /// Chooses the kind of target, seeded. Partition leaders are favoured: every replication bug
 /// of the reference cluster needs a leader to fail. A standalone broker has one node.
-/// While a partition is in force, process faults aim at the leaders three times in four
+/// While a partition is in force, process faults aim at the leaders five times in six
 /// (mostly `leader-chain`): a partition sets up the replication bugs' first half (a follower
 /// cut off from its peers, out of the ISR or unable to refetch after truncating) and a
 /// failover of the leaders completes it.
@@ -1043,9 +1043,9 @@ fn choose_target(rng: &mut Rng, cluster: bool, partitioned: bool) -> Target {
         return Target::One;
     }
     if partitioned {
-        match rng.below(4) {
-            0 | 1 => return Target::LeaderChain,
-            2 => return Target::Leaders,
+        match rng.below(6) {
+            0..=3 => return Target::LeaderChain,
+            4 => return Target::Leaders,
             _ => {}
         }
     }
@@ -1370,7 +1370,8 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 kind,
                 nodes,
                 value,
-                until_tick: tick + 1 + rng.below(3),
+                // At least two ticks, so a leader fault can follow while it holds.
+                until_tick: tick + 2 + rng.below(2),
                 aim,
             });
             continue;
