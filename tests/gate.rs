@@ -78,7 +78,7 @@ fn the_gate_refuses_bad_arguments() {
 }
 
 /// The gate's seeded harness runs (`--harness-runs quick`: one `kcheck test` per workload
-/// against the reference cluster under `--nemesis all`) join the JUnit report as their own
+/// against the reference cluster under kills, pauses and partitions) join the JUnit report as their own
 /// suite, one case per run, and a correct cluster passes them.
 #[test]
 fn the_gate_runs_the_seeded_harness_runs_as_a_junit_suite() {
@@ -99,11 +99,11 @@ fn the_gate_runs_the_seeded_harness_runs_as_a_junit_suite() {
         "{out}{xml}"
     );
     assert!(
-        xml.contains(r#"<testcase name="queue seed 1 (10 s)""#),
+        xml.contains(r#"<testcase name="queue seed 1 (10 s, kill, pause, partition)""#),
         "{xml}"
     );
     assert!(
-        xml.contains(r#"<testcase name="log seed 1 (10 s)""#),
+        xml.contains(r#"<testcase name="log seed 1 (10 s, kill, pause, partition)""#),
         "{xml}"
     );
     assert!(out.contains("harness runs: 2 (quick)"), "{out}");

@@ -916,7 +916,7 @@ fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> Nemes
         .iter()
         .flat_map(|&k| {
             let n = if k == NemesisKind::Partition { 2 } else { 1 };
-            std::iter::repeat(k).take(n)
+            std::iter::repeat_n(k, n)
         })
         .collect();
     weighted[rng.below(weighted.len() as u64) as usize]
@@ -1187,9 +1187,7 @@ fn spare_last_broker(
     } else {
         brokers.len().saturating_sub(1)
     };
-    while brokers.len() > 1
-        && brokers.iter().filter(|b| crashed(&nodes, b)).count() > allowed
-    {
+    while brokers.len() > 1 && brokers.iter().filter(|b| crashed(&nodes, b)).count() > allowed {
         match nodes.iter().rposition(|n| brokers.contains(n)) {
             Some(i) => {
                 nodes.remove(i);
