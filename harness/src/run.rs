@@ -1286,11 +1286,13 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
 
 /// The nemesis, a seeded random schedule (same seed, same choices): every
 /// `nemesis_interval` (a *tick*) it heals the faults whose time is up, then, with fewer than
-/// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a random kind
-/// and a random [`Target`] (one node, a minority, a majority, the partition leaders, the
-/// controller quorum leader), lasting one to three ticks. Faults may overlap, as Jepsen's
-/// combined nemesis packages do. Each is recorded as `start-X` / `stop-X` with its target and
-/// nodes; returns a line per fault for the summary.
+/// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a kind
+/// ([`choose_kind`]) and, for a partition, a [`PartitionShape`] (a grudge, one at a time,
+/// lasting two or three ticks), otherwise a [`Target`] (one node, a minority, a majority, the
+/// partition leaders, a leader chain, the controller quorum leader), lasting one to three
+/// ticks. Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
+/// `start-X` / `stop-X` with its target and nodes (and a partition's grudge); returns a line
+/// per fault for the summary.
 fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared) -> Vec<String> {
     let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
     let end = shared.start + config.time_limit;
