@@ -276,6 +276,19 @@ fn harness_suite(results: &[HarnessResult], bugs: &[String], missing: &[String])
     suite
 }
 
+/// The gate's exit code once the harness runs are in: an anomaly in any run is a violation
+/// (1), an undecided run or a harness failure is unknown (2) unless something failed.
+fn with_harness(models: u8, harness: &[HarnessResult]) -> u8 {
+    let any = |v: Verdict| harness.iter().any(|r| r.verdict == v);
+    if models == EXIT_VIOLATION || any(Verdict::Invalid) {
+        EXIT_VIOLATION
+    } else if models == EXIT_OK && any(Verdict::Unknown) {
+        EXIT_USAGE
+    } else {
+        models
+    }
+}
+
 fn test_case(report: &Report, result: &kcheck_models::catalog::PropertyResult) -> TestCase {
     let status = match result.status {
         "holds" | "reached" => TestCaseStatus::success(),
@@ -399,7 +412,7 @@ pub fn run_gate(m: &ArgMatches, quiet: bool) -> u8 {
         eprintln!("kcheck gate: cannot write {}: {e}", path.display());
         return EXIT_USAGE;
     }
-    let mut code = verdict(&reports);
+    let code = with_harness(verdict(&reports), &harness);
     let harness_failed = |v: Verdict| -> Vec<String> {
         harness
             .iter()
@@ -407,11 +420,6 @@ pub fn run_gate(m: &ArgMatches, quiet: bool) -> u8 {
             .map(|r| format!("harness {} {}", r.name, verdict_name(v)))
             .collect()
     };
-    if code != EXIT_VIOLATION && !harness_failed(Verdict::Invalid).is_empty() {
-        code = EXIT_VIOLATION;
-    } else if code == EXIT_OK && !harness_failed(Verdict::Unknown).is_empty() {
-        code = EXIT_USAGE;
-    }
     let listed = |wanted: fn(&str) -> bool| -> Vec<String> {
         reports
             .iter()
@@ -445,4 +453,58 @@ pub fn run_gate(m: &ArgMatches, quiet: bool) -> u8 {
         _ => println!("gate UNKNOWN: {}", failed.join(", ")),
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(verdict: Verdict) -> HarnessResult {
+        HarnessResult {
+            name: "queue seed 1 (10 s, kill, pause, partition)".into(),
+            verdict,
+            detail: "anomaly found: lost-write x1 (run folder store/gate/x)".into(),
+            seconds: 12.0,
+        }
+    }
+
+    /// A harness run's anomaly fails the gate and its JUnit case; an undecided run is an
+    /// error; valid runs pass.
+    #[test]
+    fn harness_runs_decide_the_gate_and_their_junit_cases() {
+        let valid = result(Verdict::Valid);
+        assert_eq!(with_harness(EXIT_OK, &[result(Verdict::Valid)]), EXIT_OK);
+        assert_eq!(
+            with_harness(EXIT_OK, &[result(Verdict::Valid), result(Verdict::Invalid)]),
+            EXIT_VIOLATION
+        );
+        assert_eq!(
+            with_harness(EXIT_OK, &[result(Verdict::Unknown)]),
+            EXIT_USAGE
+        );
+        assert_eq!(
+            with_harness(EXIT_VIOLATION, &[result(Verdict::Unknown)]),
+            EXIT_VIOLATION
+        );
+        assert_eq!(with_harness(EXIT_USAGE, &[valid]), EXIT_USAGE);
+
+        let suite = harness_suite(
+            &[
+                result(Verdict::Valid),
+                result(Verdict::Invalid),
+                result(Verdict::Unknown),
+            ],
+            &["truncate-to-hw".to_string()],
+            &[],
+        );
+        let mut report = quick_junit::Report::new("t");
+        report.add_test_suite(suite);
+        let xml = report.to_string().unwrap();
+        assert!(
+            xml.contains(r#"failures="1""#) && xml.contains(r#"errors="1""#),
+            "{xml}"
+        );
+        assert!(xml.contains("lost-write x1"), "{xml}");
+        assert!(xml.contains("truncate-to-hw"), "{xml}");
+    }
 }
