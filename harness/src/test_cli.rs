@@ -99,6 +99,25 @@ fn node_counts(m: &ArgMatches) -> (usize, usize) {
     )
 }
 
+/// `--nemesis`: `all` is every fault this machine can inject (a notice names what it leaves
+/// out: partitions need root, lose-unsynced FUSE, clock libfaketime); a fault named
+/// explicitly is refused with the reason when it cannot run.
+fn nemeses(list: &str) -> Result<Vec<NemesisKind>, String> {
+    let kinds = NemesisKind::parse_list(list)?;
+    if !list.split(',').any(|p| p.trim() == "all") {
+        return Ok(kinds);
+    }
+    let named: Vec<&str> = list.split(',').map(str::trim).collect();
+    let (available, missing) = available_nemeses();
+    for m in &missing {
+        eprintln!("kcheck test: --nemesis all leaves out {m}");
+    }
+    Ok(kinds
+        .into_iter()
+        .filter(|k| available.contains(k) || named.contains(&k.name()))
+        .collect())
+}
+
 fn config(m: &ArgMatches) -> Result<TestConfig, String> {
     let (brokers, controllers) = node_counts(m);
     Ok(TestConfig {
@@ -108,7 +127,7 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
             Some("queue") => Workload::Queue,
             _ => Workload::Log,
         },
-        nemeses: NemesisKind::parse_list(m.get_one::<String>("nemesis").expect("defaulted"))?,
+        nemeses: nemeses(m.get_one::<String>("nemesis").expect("defaulted"))?,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
         concurrency: *m.get_one("concurrency").expect("defaulted"),
