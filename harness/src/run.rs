@@ -231,10 +231,10 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     // Partitions need every node in its own network namespace (addresses in a private /24);
     // without them every node listens on 127.0.0.1.
     let network = if config.nemeses.contains(&NemesisKind::Partition) {
-        Some(
-            crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
-                .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?,
-        )
+        let net = crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
+            .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?;
+        crate::nemesis::netns::remove_on_signal(net.names());
+        Some(net)
     } else {
         None
     };

@@ -182,15 +182,24 @@ impl ProcessSystem {
             Some(n) => Some(fs::File::open(format!("/var/run/netns/{}", n.namespace))?),
             None => None,
         };
-        if let Some(ns) = &namespace {
+        let fd = namespace.as_ref().map(|ns| {
             use std::os::fd::AsRawFd;
+            ns.as_raw_fd()
+        });
+        {
             use std::os::unix::process::CommandExt;
-            let fd = ns.as_raw_fd();
-            // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+            // SAFETY: prctl and setns are async-signal-safe; the fd stays open until spawn
+            // returns. PR_SET_PDEATHSIG: a node dies with the harness (a killed run leaves no
+            // broker behind).
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(io::Error::last_os_error());
+                    }
+                    if let Some(fd) = fd {
+                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });

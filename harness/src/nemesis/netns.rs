@@ -263,13 +263,69 @@ impl NetnsNetwork {
     }
 }
 
+/// The names a network created, to remove them from elsewhere (a signal handler).
+#[derive(Debug, Clone)]
+pub struct NetnsNames {
+    namespaces: Vec<String>,
+    links: Vec<String>,
+}
+
+impl NetnsNames {
+    /// Deletes the namespaces (and with them the veths' inner ends), the veths and the bridge.
+    pub fn remove(&self) {
+        for n in &self.namespaces {
+            let _ = ip(&["netns", "del", n]);
+        }
+        for l in &self.links {
+            let _ = ip(&["link", "del", l]);
+        }
+    }
+}
+
+impl NetnsNetwork {
+    pub fn names(&self) -> NetnsNames {
+        let mut links: Vec<String> = self.nodes.values().map(|n| n.host_veth.clone()).collect();
+        links.push(self.bridge.clone());
+        NetnsNames {
+            namespaces: self.nodes.values().map(|n| n.namespace.clone()).collect(),
+            links,
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM, removes `names` and exits (130): Drop does not run when the
+/// process is killed by a signal, and a run must leave no namespace behind. (Its node
+/// processes die with it: they are started with PR_SET_PDEATHSIG.)
+pub fn remove_on_signal(names: NetnsNames) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let caught = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return false;
+            };
+            tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+            }
+        });
+        if caught {
+            names.remove();
+            std::process::exit(130);
+        }
+    });
+}
+
 impl Drop for NetnsNetwork {
     fn drop(&mut self) {
-        for n in self.nodes.values() {
-            // Deleting the namespace deletes its end of the veth, and so the pair.
-            let _ = ip(&["netns", "del", &n.namespace]);
-            let _ = ip(&["link", "del", &n.host_veth]);
-        }
-        let _ = ip(&["link", "del", &self.bridge]);
+        self.names().remove();
     }
 }
