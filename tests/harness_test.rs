@@ -421,7 +421,14 @@ fn truncate_to_hw_is_found_by_a_partition_and_a_leader_chain() {
     if !netns_usable() {
         return;
     }
-    let (code, out) = partition_kill_run(Some("truncate-to-hw"));
+    // The schedule is seeded, the timing is not: the loss needs an acknowledged record above
+    // the truncated follower's HW when the leader is killed (almost always under load; 6 of 7
+    // runs on the loaded 2-core machine). A second attempt keeps the test from flaking.
+    let (mut code, mut out) = partition_kill_run(Some("truncate-to-hw"));
+    if code == Some(0) {
+        eprintln!("first attempt found nothing, retrying: {out}");
+        (code, out) = partition_kill_run(Some("truncate-to-hw"));
+    }
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("kcheck test: INVALID"), "{out}");
     assert!(
