@@ -76,3 +76,46 @@ fn the_gate_refuses_bad_arguments() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+/// The gate's seeded harness runs (`--harness-runs quick`: one `kcheck test` per workload
+/// against the reference cluster under kills, pauses and partitions) join the JUnit report as their own
+/// suite, one case per run, and a correct cluster passes them.
+#[test]
+fn the_gate_runs_the_seeded_harness_runs_as_a_junit_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (o, xml) = gate(
+        dir.path(),
+        &[
+            "--harness-runs",
+            "quick",
+            "--harness-store",
+            store.to_str().unwrap(),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        xml.contains(r#"<testsuite name="harness runs""#),
+        "{out}{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="queue seed 1 (10 s, kill, pause, partition)""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="log seed 1 (10 s, kill, pause, partition)""#),
+        "{xml}"
+    );
+    assert!(out.contains("harness runs: 2 (quick)"), "{out}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a correct cluster passes: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&store).unwrap().count(),
+        2,
+        "two run folders"
+    );
+}

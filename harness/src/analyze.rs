@@ -87,6 +87,11 @@ pub fn analyze(history: &History, opts: &Options) -> Results {
         for (name, a) in &q.anomalies {
             reasons.push(format!("{name} x{}", a.count));
         }
+        for (key, n) in &q.unseen_undecided {
+            reasons.push(format!(
+                "key {key}: {n} acknowledged writes unseen, but its final reads did not complete (offline after healing?): lost or unavailable is undecided"
+            ));
+        }
     }
     let verdict = if parts.is_empty() {
         Verdict::Unknown

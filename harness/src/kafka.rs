@@ -217,6 +217,12 @@ impl KafkaClient {
         Ok(ids)
     }
 
+    /// partition → leader id of the test topic, from a fresh Metadata.
+    pub fn leader_map(&mut self) -> Result<BTreeMap<i32, i32>, Outcome> {
+        self.refresh_metadata()?;
+        Ok(self.leaders.clone())
+    }
+
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {
         if !self.leaders.contains_key(&partition) {
             self.refresh_metadata()?;

@@ -57,6 +57,11 @@ pub struct QueueReport {
     pub keys: usize,
     pub sends: usize,
     pub polls: usize,
+    /// Keys whose final reads did not complete (the harness's `final-reads-incomplete` op,
+    /// e.g. a partition KIP-966 keeps offline after every ISR member crashed uncleanly), and
+    /// how many acknowledged writes to them no poll returned: `unseen` there is undecided
+    /// (unavailable or lost cannot be told apart), so the verdict is `unknown`, not `valid`.
+    pub unseen_undecided: BTreeMap<u64, usize>,
 }
 
 impl QueueReport {
@@ -303,6 +308,20 @@ pub fn check(history: &History, max_examples: usize) -> QueueReport {
         }
     }
 
+    // Keys whose final reads the harness could not complete: unseen writes there are undecided.
+    let unfinished: BTreeSet<u64> = history
+        .ops
+        .iter()
+        .filter(|op| !op.is_client() && op.f == FINAL_READS_INCOMPLETE)
+        .filter_map(|op| match &op.value {
+            OpValue::Other(v) => v.get("keys").and_then(|k| k.as_array()).cloned(),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|k| k.as_u64())
+        .collect();
+    let mut unseen_undecided: BTreeMap<u64, usize> = BTreeMap::new();
+
     // lost-write and unseen.
     let must_have_committed = |w: usize| match txns[w].kind {
         OpType::Ok => true,
@@ -350,7 +369,9 @@ pub fn check(history: &History, max_examples: usize) -> QueueReport {
             let idx = ord.index_of_value.get(&v).copied();
             let bound = max_read.get(&k).map(|m| m.0);
             let below = matches!((idx, bound), (Some(i), Some(b)) if i <= b);
-            if !below {
+            if !below && unfinished.contains(&k) {
+                *unseen_undecided.entry(k).or_default() += 1;
+            } else if !below {
                 c.add(
                     "unseen",
                     Example {
@@ -418,10 +439,12 @@ pub fn check(history: &History, max_examples: usize) -> QueueReport {
     // Across a process's successive operations.
     per_process(history, &txns, &orders, &mut c);
 
-    let verdict = if c.found.is_empty() {
-        Verdict::Valid
-    } else {
+    let verdict = if !c.found.is_empty() {
         Verdict::Invalid
+    } else if !unseen_undecided.is_empty() {
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
     };
     QueueReport {
         verdict,
@@ -430,8 +453,13 @@ pub fn check(history: &History, max_examples: usize) -> QueueReport {
         keys: orders.len(),
         sends,
         polls,
+        unseen_undecided,
     }
 }
+
+/// The nemesis-process op a run records when its final reads could not reach some keys' HW
+/// (value `{"keys": [...]}`): without them, `unseen` on those keys is not evidence.
+pub const FINAL_READS_INCOMPLETE: &str = "final-reads-incomplete";
 
 /// Reports `<prefix>-skip` or `<prefix>-nonmonotonic-...` for a pair of indices that should be
 /// adjacent (`i2 == i1 + 1`).

@@ -7,7 +7,7 @@
 
 use crate::history::{Mop, OpType, OpValue, Process, Produce, Read, Recorder};
 use crate::kafka::{KafkaClient, Outcome};
-use crate::nemesis::grudge::NodeId;
+use crate::nemesis::grudge::{Grudge, NodeId};
 use crate::sim::Rng;
 use crate::system::{NodeSpec, ProcessSystem};
 use serde::Serialize;
@@ -57,13 +57,7 @@ impl NemesisKind {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "all" {
-                // Every fault that runs can inject today: the partition nemesis is not wired
-                // into runs yet, so `all` leaves it out rather than refusing the run.
-                out.extend(
-                    NemesisKind::ALL
-                        .into_iter()
-                        .filter(|k| *k != NemesisKind::Partition),
-                );
+                out.extend(NemesisKind::ALL);
                 continue;
             }
             if part == "none" {
@@ -187,13 +181,15 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
     }
     kcheck_reference::cli::split_bug_flags(&config.bugs)?;
     if config.nemeses.contains(&NemesisKind::Partition) {
-        return Err(if config.brokers + config.controllers < 2 {
-            "the partition nemesis needs at least two nodes".into()
-        } else {
-            "the partition nemesis is not wired into runs yet (the grudges, namespaces and \
-             proxies exist: see specs/harness.md)"
-                .into()
-        });
+        if config.brokers + config.controllers < 2 {
+            return Err(
+                "the partition nemesis needs at least two nodes (--brokers 3 --controllers 3)"
+                    .into(),
+            );
+        }
+        crate::nemesis::netns::available().map_err(|e| {
+            format!("partition: {e}: the nodes run in network namespaces with nftables drop rules (leave partition out of --nemesis to run without root)")
+        })?;
     }
     if config.nemeses.contains(&NemesisKind::LoseUnsynced) {
         crate::lazyfs::available().map_err(|e| format!("lose-unsynced: {e}"))?;
@@ -232,10 +228,26 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let specs = node_specs(config, &dir).map_err(|e| format!("harness failure: {e}"))?;
+    // Partitions need every node in its own network namespace (addresses in a private /24);
+    // without them every node listens on 127.0.0.1.
+    let network = if config.nemeses.contains(&NemesisKind::Partition) {
+        let net = crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
+            .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?;
+        crate::nemesis::netns::remove_on_signal(net.names());
+        Some(net)
+    } else {
+        None
+    };
+    let host = |id: NodeId| {
+        network
+            .as_ref()
+            .and_then(|n| n.addr(id))
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())
+    };
+    let specs = node_specs(config, &dir, &host).map_err(|e| format!("harness failure: {e}"))?;
     let lazy = config.nemeses.contains(&NemesisKind::LoseUnsynced);
     let clocks = config.nemeses.contains(&NemesisKind::Clock);
-    let mut system = ProcessSystem::start(&dir, specs, lazy, clocks)
+    let mut system = ProcessSystem::start(&dir, specs, lazy, clocks, network)
         .map_err(|e| format!("harness failure: starting the system: {e}"))?;
     let bootstrap = system.bootstrap();
     let mut admin = KafkaClient::new(&bootstrap, TOPIC, config.client_timeout);
@@ -316,17 +328,33 @@ const SETTLE_AFTER_HEAL: Duration = Duration::from_secs(3);
 /// Controller node ids start here (as `kcheck cluster` numbers them), brokers at 1.
 const CONTROLLER_ID_BASE: i32 = 3000;
 
+/// `broker.session.timeout.ms` of the run's controllers: a killed or partitioned broker is
+/// fenced this long after its last heartbeat (Kafka's default is 9 s; short, so failovers
+/// happen within a run).
+const BROKER_SESSION_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Every node id of the run: brokers from 1, controllers from [`CONTROLLER_ID_BASE`] + 1.
+fn node_ids(config: &TestConfig) -> Vec<NodeId> {
+    let brokers = 1..=config.brokers as i32;
+    let controllers = (1..=config.controllers as i32).map(|i| CONTROLLER_ID_BASE + i);
+    brokers.chain(controllers).collect()
+}
+
 /// The nodes of the system under test, with their fixed addresses: one standalone broker, or
 /// a KRaft controller quorum and brokers (replication factor min(3, brokers),
 /// min.insync.replicas 2 from three brokers on), with short failure-detection timeouts so
 /// failovers happen within a run.
-fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>> {
+fn node_specs(
+    config: &TestConfig,
+    dir: &Path,
+    host: &dyn Fn(NodeId) -> String,
+) -> std::io::Result<Vec<NodeSpec>> {
     if config.controllers == 0 {
-        return standalone_spec(config, dir);
+        return standalone_spec(config, dir, &host(1));
     }
-    let port = || crate::system::free_port().map(|p| format!("127.0.0.1:{p}"));
+    let port = |id: NodeId| crate::system::free_port().map(|p| format!("{}:{p}", host(id)));
     let controllers: Vec<(i32, String)> = (1..=config.controllers as i32)
-        .map(|i| Ok((CONTROLLER_ID_BASE + i, port()?)))
+        .map(|i| Ok((CONTROLLER_ID_BASE + i, port(CONTROLLER_ID_BASE + i)?)))
         .collect::<std::io::Result<_>>()?;
     let voters = controllers
         .iter()
@@ -355,7 +383,7 @@ fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>>
             "--controller-quorum-voters".into(),
             voters.clone(),
             "--broker-session-timeout-ms".into(),
-            "3000".into(),
+            BROKER_SESSION_TIMEOUT.as_millis().to_string(),
             "--flush".into(),
             config.flush.clone(),
             "--data-dir".into(),
@@ -372,7 +400,7 @@ fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>>
     }
     let min_isr = if config.brokers >= 3 { 2 } else { 1 };
     for id in 1..=config.brokers as i32 {
-        let listen = port()?;
+        let listen = port(id)?;
         let data_dir = dir.join(format!("n{id}")).join("data");
         let mut args: Vec<String> = vec![
             "broker".into(),
@@ -405,8 +433,8 @@ fn node_specs(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>>
     Ok(specs)
 }
 
-fn standalone_spec(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeSpec>> {
-    let listen = format!("127.0.0.1:{}", crate::system::free_port()?);
+fn standalone_spec(config: &TestConfig, dir: &Path, host: &str) -> std::io::Result<Vec<NodeSpec>> {
+    let listen = format!("{host}:{}", crate::system::free_port()?);
     let data_dir = dir.join("n1").join("data");
     Ok(vec![NodeSpec {
         id: 1,
@@ -423,6 +451,16 @@ fn standalone_spec(config: &TestConfig, dir: &Path) -> std::io::Result<Vec<NodeS
         data_dir,
         client_addr: Some(listen),
     }])
+}
+
+/// The partition (key) worker `w` produces to: worker `w` mod the partition count. An acks=all
+/// produce to a partition whose leader is cut off from a follower hangs until
+/// replica.lag.time.max.ms shrinks the ISR; were the partition chosen at random, every worker
+/// would soon wait on that one partition and the healthy ones would see no writes, which is
+/// exactly when the nemesis fails their leaders (KIP-101's window needs acknowledged records
+/// the followers' HW does not cover yet).
+fn home_partition(w: usize, partitions: i32) -> u64 {
+    (w as u64) % (partitions.max(1) as u64)
 }
 
 /// One client worker of the `log` workload: produces unique values and reads offsets it has
@@ -443,7 +481,8 @@ fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, s
             continue;
         }
         next_at += period;
-        let partition = rng.below(config.partitions as u64);
+        // Each worker keeps to its own partition (see `home_partition`).
+        let partition = home_partition(w, config.partitions);
         let p = Process::Client(process);
         if rng.chance(0.6) || !highest.contains_key(&partition) {
             let value = next_value;
@@ -486,15 +525,18 @@ fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, s
             };
             shared.record(OpType::Invoke, p, "read", OpValue::Read(invoke.clone()));
             match client.fetch(partition as i32, offset) {
-                Ok(fetched) => {
-                    let value = fetched
-                        .records
-                        .iter()
-                        .find(|(o, _)| *o == offset)
-                        .map(|(_, v)| *v);
-                    let done = Read { value, ..invoke };
-                    shared.record(OpType::Ok, p, "read", OpValue::Read(done));
-                }
+                Ok(fetched) => match read_outcome(offset, &fetched.records) {
+                    Ok(value) => {
+                        let done = Read {
+                            value: Some(value),
+                            ..invoke
+                        };
+                        shared.record(OpType::Ok, p, "read", OpValue::Read(done));
+                    }
+                    Err(e) => {
+                        shared.record_error(OpType::Fail, p, "read", OpValue::Read(invoke), &e)
+                    }
+                },
                 // A read changes nothing: whatever went wrong, it failed.
                 Err(e) => {
                     shared.record_error(OpType::Fail, p, "read", OpValue::Read(invoke), e.message())
@@ -502,6 +544,28 @@ fn log_worker(w: usize, config: &TestConfig, bootstrap: &str, shared: &Shared, s
             }
         }
     }
+}
+
+/// What a fetch at `offset` of the `log` workload proves. Kafka serves a fetch only up to the
+/// leader's HW, and a newly elected leader's HW starts at its own follower HW, which may lag
+/// what the previous leader had committed; it catches up once its followers fetch in the new
+/// epoch (KIP-207 makes ListOffsets answer OFFSET_NOT_AVAILABLE in that window for the same
+/// reason). So "the fetch returned nothing at `offset`" is not evidence that `offset` is
+/// uncommitted, and such a read completes `fail`: it changed nothing and tells nothing. A
+/// fetch that returns a record at `offset` is evidence, and the linearizability checker
+/// holds it against every acknowledged produce (a different record at a committed offset is
+/// a violation).
+pub fn read_outcome(offset: u64, records: &[(u64, u64)]) -> Result<u64, String> {
+    records
+        .iter()
+        .find(|(o, _)| *o == offset)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            format!(
+                "no record at offset {offset}: it is at or above this leader's HW, which after a \
+                 leader change may lag the committed offsets (no information)"
+            )
+        })
 }
 
 /// Waits (60 s at most) until every broker is registered and unfenced (Metadata lists it), the
@@ -570,7 +634,7 @@ impl Pacer {
 }
 
 /// One client of the `queue` workload: a producer and an assign-mode consumer in one process,
-/// as in Jepsen's Kafka test. It sends unique values to a random key (a key is a partition),
+/// as in Jepsen's Kafka test. It sends unique values to its own key (`home_partition`; a key is a partition),
 /// polls the keys it is assigned from where its last poll of each ended, and now and then
 /// reassigns itself a new random set of keys (keys it keeps continue where they were; new
 /// ones start at offset 0). A crash (`info`) starts a fresh process with no assignment.
@@ -604,7 +668,7 @@ fn queue_worker(
                 .collect();
             shared.record(OpType::Ok, p, "assign", OpValue::Keys(chosen));
         } else if roll < 55 {
-            let key = rng.below(keys);
+            let key = home_partition(w, config.partitions);
             let value = next_value;
             next_value += config.concurrency as u64;
             let invoke = OpValue::Txn(vec![Mop::Send { key, value }]);
@@ -681,11 +745,13 @@ fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
         OpValue::Keys(keys.clone()),
     );
     shared.record(OpType::Ok, process, "assign", OpValue::Keys(keys.clone()));
+    let mut incomplete: Vec<u64> = Vec::new();
     for key in keys {
         let mut position = 0;
         loop {
             if Instant::now() > deadline {
-                return;
+                incomplete.push(key);
+                break;
             }
             let hw = match client.high_watermark(key as i32) {
                 Ok(hw) => hw,
@@ -728,6 +794,17 @@ fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
             }
         }
     }
+    // Say which keys the final reads could not finish (no leader, no HW: KIP-966 keeps a
+    // partition offline once every ISR member crashed uncleanly), so the checker does not take
+    // their unread writes for lost ones.
+    if !incomplete.is_empty() {
+        shared.record(
+            OpType::Info,
+            Process::Nemesis,
+            crate::queue::FINAL_READS_INCOMPLETE,
+            OpValue::Other(serde_json::json!({ "keys": incomplete })),
+        );
+    }
 }
 
 /// After healing: read every offset below each partition's HW, retrying until the system
@@ -751,15 +828,18 @@ fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
         let mut offset = 0;
         while offset < hw && Instant::now() < deadline {
             match client.fetch(partition as i32, offset) {
+                // Nothing returned: this leader's HW may still lag (see `read_outcome`); ask
+                // again rather than record a read that proves nothing.
+                Ok(fetched) if fetched.records.is_empty() => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
                 Ok(fetched) => {
-                    // One read op per offset, all with the value the fetch saw there.
-                    let mut at: BTreeMap<u64, u64> = fetched.records.iter().copied().collect();
-                    let upto = fetched
+                    // One read op per offset returned below the HW, with the record found.
+                    for &(o, value) in fetched
                         .records
-                        .last()
-                        .map_or(offset + 1, |(o, _)| o + 1)
-                        .min(hw);
-                    for o in offset..upto {
+                        .iter()
+                        .filter(|(o, _)| *o >= offset && *o < hw)
+                    {
                         let read = Read {
                             partition,
                             offset: o,
@@ -767,12 +847,16 @@ fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
                         };
                         shared.record(OpType::Invoke, process, "read", OpValue::Read(read.clone()));
                         let done = Read {
-                            value: at.remove(&o),
+                            value: Some(value),
                             ..read
                         };
                         shared.record(OpType::Ok, process, "read", OpValue::Read(done));
                     }
-                    offset = upto;
+                    offset = fetched
+                        .records
+                        .last()
+                        .map_or(offset, |(o, _)| o + 1)
+                        .max(offset + 1);
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -791,9 +875,10 @@ pub enum Target {
     Majority,
     /// Every broker that leads a partition of the test topic (from Metadata).
     Leaders,
-    /// The partition leaders, then the new leaders as soon as Metadata names them: two
-    /// failovers in quick succession, the shape of KIP-101's data loss (a follower of the
-    /// short-lived leader truncated to its HW and then became leader itself).
+    /// One partition leader (the one a partition in force is aimed at, if it still leads),
+    /// then the new leader of a partition it led as soon as Metadata names one: two failovers
+    /// in quick succession, the shape of KIP-101's data loss (a follower of the short-lived
+    /// leader truncated to its HW and then became leader itself).
     LeaderChain,
     /// The KRaft controller quorum leader (from DescribeQuorum on `__cluster_metadata`).
     ControllerLeader,
@@ -812,6 +897,145 @@ impl Target {
     }
 }
 
+/// Chooses the next fault's kind among `kinds`, seeded. A partition counts twice (it is the
+/// only fault that cuts replicas off each other while they run); while one is in force, a
+/// crash or pause is chosen three times in four, to fail leaders behind it (see
+/// [`choose_target`]).
+fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> NemesisKind {
+    let failing = |k: &NemesisKind| {
+        matches!(
+            k,
+            NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+        )
+    };
+    let crashes: Vec<NemesisKind> = kinds.iter().copied().filter(failing).collect();
+    if partitioned && !crashes.is_empty() && rng.below(4) != 0 {
+        return crashes[rng.below(crashes.len() as u64) as usize];
+    }
+    let weighted: Vec<NemesisKind> = kinds
+        .iter()
+        .flat_map(|&k| {
+            let n = if k == NemesisKind::Partition { 2 } else { 1 };
+            std::iter::repeat_n(k, n)
+        })
+        .collect();
+    weighted[rng.below(weighted.len() as u64) as usize]
+}
+
+/// The shapes of the partition nemesis: Jepsen's (`jepsen.nemesis.combined`: halves, random
+/// halves, one node, majorities ring, the primaries, a bridge, one-way) plus two aimed at
+/// the replication protocol, which cut the brokers' data plane while every broker still
+/// reaches the controllers. Each is a [`Grudge`] the namespaces enforce with nftables drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionShape {
+    /// A seeded random half of every node (brokers and controllers) against the other half.
+    RandomHalves,
+    /// One random node (broker or controller) alone.
+    IsolateOne,
+    /// Each partition leader alone, the rest together (Jepsen's `:primaries`): the controller
+    /// fences the leaders and elects others while they still believe they lead.
+    IsolateLeaders,
+    /// Every node hears a different majority of all nodes (Jepsen's majorities ring).
+    MajoritiesRing,
+    /// A partition leader bridges the other brokers, which do not hear each other; the
+    /// controllers hear everyone. The followers stay in the ISR (both fetch from the leader),
+    /// but once the leader fails the new leader's followers cannot fetch from it: a follower
+    /// that truncated on the leader change keeps its truncated log, the window of KIP-101's
+    /// second failover (the `truncate-to-hw` trace).
+    BridgeLeader,
+    /// A follower of a partition leader cut from the other brokers but not the controllers:
+    /// it stays registered and unfenced, falls out of the ISR after replica.lag.time.max.ms,
+    /// and is the live out-of-sync replica an unclean election picks (KIP-106, KIP-966).
+    IsolateFollower,
+    /// A partition leader stops hearing from the controllers (one-way: what it sends arrives,
+    /// answers and metadata do not), so it goes on believing it leads.
+    OneWayLeader,
+}
+
+impl PartitionShape {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionShape::RandomHalves => "random-halves",
+            PartitionShape::IsolateOne => "isolate-one",
+            PartitionShape::IsolateLeaders => "isolate-leaders",
+            PartitionShape::MajoritiesRing => "majorities-ring",
+            PartitionShape::BridgeLeader => "bridge-leader",
+            PartitionShape::IsolateFollower => "isolate-follower",
+            PartitionShape::OneWayLeader => "one-way-leader",
+        }
+    }
+
+    /// Seeded; the shapes aimed at leaders and their followers are favoured, since every
+    /// replication bug of the reference cluster needs a leader or its follower to fail.
+    fn choose(rng: &mut Rng) -> PartitionShape {
+        match rng.below(11) {
+            0..=3 => PartitionShape::BridgeLeader,
+            4 | 5 => PartitionShape::IsolateFollower,
+            6 => PartitionShape::IsolateLeaders,
+            7 => PartitionShape::RandomHalves,
+            8 => PartitionShape::IsolateOne,
+            9 => PartitionShape::MajoritiesRing,
+            _ => PartitionShape::OneWayLeader,
+        }
+    }
+}
+
+/// A seeded shuffle of `nodes`.
+fn shuffled(rng: &mut Rng, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut out = nodes.to_vec();
+    for i in (1..out.len()).rev() {
+        out.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    out
+}
+
+/// The grudge of `shape` over `brokers` and `controllers`, given the partition `leaders` (from
+/// Metadata; empty when the lookup failed). A shape that needs a leader falls back to
+/// isolating one node when there is none. Returns the shape actually used.
+pub fn partition_grudge(
+    shape: PartitionShape,
+    rng: &mut Rng,
+    brokers: &[NodeId],
+    controllers: &[NodeId],
+    leaders: &[NodeId],
+) -> (PartitionShape, Grudge, Option<NodeId>) {
+    use crate::nemesis::grudge;
+    let all: Vec<NodeId> = brokers.iter().chain(controllers).copied().collect();
+    let leader = (!leaders.is_empty()).then(|| leaders[rng.below(leaders.len() as u64) as usize]);
+    let others =
+        |l: NodeId| -> Vec<NodeId> { brokers.iter().copied().filter(|b| *b != l).collect() };
+    match (shape, leader) {
+        (PartitionShape::RandomHalves, _) => (shape, grudge::random_halves(&all, rng), None),
+        (PartitionShape::MajoritiesRing, _) => {
+            (shape, grudge::majorities_ring(&shuffled(rng, &all)), None)
+        }
+        (PartitionShape::IsolateLeaders, Some(_)) => {
+            (shape, grudge::isolate_all(&all, leaders), None)
+        }
+        (PartitionShape::BridgeLeader, Some(l)) if brokers.len() >= 3 => {
+            let mut order = shuffled(rng, &others(l));
+            order.insert(brokers.len() / 2, l);
+            (shape, grudge::bridge(&order), Some(l))
+        }
+        (PartitionShape::IsolateFollower, Some(l)) if brokers.len() >= 2 => {
+            let followers = others(l);
+            let f = followers[rng.below(followers.len() as u64) as usize];
+            (shape, grudge::isolate(brokers, f), Some(l))
+        }
+        (PartitionShape::OneWayLeader, Some(l)) if !controllers.is_empty() => {
+            (shape, grudge::one_way(controllers, &[l]), None)
+        }
+        _ => {
+            let victim = all[rng.below(all.len() as u64) as usize];
+            (
+                PartitionShape::IsolateOne,
+                grudge::isolate(&all, victim),
+                None,
+            )
+        }
+    }
+}
+
 /// At most this many faults are in force at once. Two overlapping faults are what the
 /// replication bugs need: the model counterexamples (specs/traces/replication-*.json) all have
 /// a second failure while the first is unhealed (the new leader crashes while the old one is
@@ -821,9 +1045,20 @@ const MAX_FAULTS_IN_FORCE: usize = 2;
 
 /// Chooses the kind of target, seeded. Partition leaders are favoured: every replication bug
 /// of the reference cluster needs a leader to fail. A standalone broker has one node.
-fn choose_target(rng: &mut Rng, cluster: bool) -> Target {
+/// While a partition is in force, process faults aim at the leaders five times in six
+/// (mostly `leader-chain`): a partition sets up the replication bugs' first half (a follower
+/// cut off from its peers, out of the ISR or unable to refetch after truncating) and a
+/// failover of the leaders completes it.
+fn choose_target(rng: &mut Rng, cluster: bool, partitioned: bool) -> Target {
     if !cluster {
         return Target::One;
+    }
+    if partitioned {
+        match rng.below(6) {
+            0..=3 => return Target::LeaderChain,
+            4 => return Target::Leaders,
+            _ => {}
+        }
     }
     match rng.below(10) {
         0 | 1 => Target::One,
@@ -855,6 +1090,7 @@ fn resolve_target(
     rng: &mut Rng,
     system: &ProcessSystem,
     admin: &mut KafkaClient,
+    aim: Option<NodeId>,
 ) -> (Target, Vec<NodeId>) {
     let brokers = system.broker_ids();
     let controllers = system.controller_ids();
@@ -872,8 +1108,13 @@ fn resolve_target(
             (target, pick(rng, group, size))
         }
         Target::Majority => (target, pick(rng, group, n / 2 + 1)),
-        Target::Leaders | Target::LeaderChain => match admin.partition_leaders() {
+        Target::Leaders => match admin.partition_leaders() {
             Ok(ids) if !ids.is_empty() => (target, ids),
+            _ => (Target::One, pick(rng, &brokers, 1)),
+        },
+        Target::LeaderChain => match admin.partition_leaders() {
+            Ok(ids) if aim.is_some_and(|a| ids.contains(&a)) => (target, vec![aim.unwrap()]),
+            Ok(ids) if !ids.is_empty() => (target, pick(rng, &ids, 1)),
             _ => (Target::One, pick(rng, &brokers, 1)),
         },
         Target::ControllerLeader => {
@@ -891,12 +1132,23 @@ fn resolve_target(
     }
 }
 
-/// Polls Metadata (every 20 ms, until `deadline`) until some partition is led by a broker
-/// outside `faulted`; returns those new leaders (none if no failover happened in time).
-fn new_leaders(admin: &mut KafkaClient, faulted: &[NodeId], deadline: Instant) -> Vec<NodeId> {
+/// Polls Metadata (every 20 ms, until `deadline`) until one of the partitions `led` has a
+/// leader outside `faulted`; returns those new leaders (none if no failover happened in time).
+fn new_leaders(
+    admin: &mut KafkaClient,
+    faulted: &[NodeId],
+    led: &[i32],
+    deadline: Instant,
+) -> Vec<NodeId> {
     while Instant::now() < deadline {
-        if let Ok(ids) = admin.partition_leaders() {
-            let fresh: Vec<NodeId> = ids.into_iter().filter(|id| !faulted.contains(id)).collect();
+        if let Ok(map) = admin.leader_map() {
+            let mut fresh: Vec<NodeId> = led
+                .iter()
+                .filter_map(|p| map.get(p).copied())
+                .filter(|id| !faulted.contains(id))
+                .collect();
+            fresh.sort();
+            fresh.dedup();
             if !fresh.is_empty() {
                 return fresh;
             }
@@ -906,10 +1158,12 @@ fn new_leaders(admin: &mut KafkaClient, faulted: &[NodeId], deadline: Instant) -
     Vec::new()
 }
 
-/// Crashes never take down the last broker still running: when every replica of a partition
-/// shuts down uncleanly, KIP-966 correctly keeps it offline (no replica is known to hold the
-/// committed records), so the rest of the run and its final reads would test nothing there.
-/// Crashes of every broker but one are allowed; pauses of all of them too (they recover).
+/// Crashes take down one broker at a time (of three or more; all but one of two): when every
+/// ISR member of a partition has shut down uncleanly, KIP-966 correctly keeps it offline for
+/// good (no replica is known to hold the committed records, and the reference has no unclean
+/// recovery), so the rest of the run and its final reads would test nothing there and a
+/// correct cluster's run would end undecided. Pauses of any number of brokers are allowed
+/// (a paused broker comes back clean), and so are crashes of controllers.
 fn spare_last_broker(
     kind: NemesisKind,
     mut nodes: Vec<NodeId>,
@@ -919,7 +1173,7 @@ fn spare_last_broker(
     if !matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) {
         return nodes;
     }
-    let crashed = |n: &NodeId| {
+    let crashed = |nodes: &[NodeId], n: &NodeId| {
         nodes.contains(n)
             || in_force.iter().any(|f| {
                 matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
@@ -927,9 +1181,18 @@ fn spare_last_broker(
             })
     };
     let brokers = system.broker_ids();
-    if brokers.len() > 1 && brokers.iter().all(crashed) {
-        if let Some(i) = nodes.iter().rposition(|n| brokers.contains(n)) {
-            nodes.remove(i);
+    // One crashed broker at a time (all but one with two brokers or fewer).
+    let allowed = if brokers.len() >= 3 {
+        1
+    } else {
+        brokers.len().saturating_sub(1)
+    };
+    while brokers.len() > 1 && brokers.iter().filter(|b| crashed(&nodes, b)).count() > allowed {
+        match nodes.iter().rposition(|n| brokers.contains(n)) {
+            Some(i) => {
+                nodes.remove(i);
+            }
+            None => break,
         }
     }
     nodes
@@ -942,6 +1205,8 @@ struct Fault {
     value: serde_json::Value,
     /// The nemesis tick at which it is healed.
     until_tick: u64,
+    /// For a partition aimed at a partition leader: that leader.
+    aim: Option<NodeId>,
 }
 
 fn node_list(nodes: &[NodeId]) -> String {
@@ -980,6 +1245,7 @@ fn start_fault(
                 }
                 detail.push_str(&format!(" (n{node} wall clock {delta_ms:+} ms)"));
             }
+            // Partitions are started by `start_partition`, for every node at once.
             NemesisKind::Partition => {}
         }
     }
@@ -989,6 +1255,10 @@ fn start_fault(
 /// Heals a fault's nodes, except those another fault still in force holds the same way (a
 /// node killed twice restarts when the last kill ends).
 fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> std::io::Result<()> {
+    // One grudge at a time is in force (a new partition waits for the old one's end).
+    if fault.kind == NemesisKind::Partition {
+        system.partition(&Grudge::default())?;
+    }
     let holds = |kind: NemesisKind, node: NodeId| {
         others.iter().any(|o| {
             o.nodes.contains(&node)
@@ -1001,7 +1271,7 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
         })
     };
     for &node in &fault.nodes {
-        if holds(fault.kind, node) {
+        if holds(fault.kind, node) || fault.kind == NemesisKind::Partition {
             continue;
         }
         match fault.kind {
@@ -1016,11 +1286,13 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
 
 /// The nemesis, a seeded random schedule (same seed, same choices): every
 /// `nemesis_interval` (a *tick*) it heals the faults whose time is up, then, with fewer than
-/// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a random kind
-/// and a random [`Target`] (one node, a minority, a majority, the partition leaders, the
-/// controller quorum leader), lasting one to three ticks. Faults may overlap, as Jepsen's
-/// combined nemesis packages do. Each is recorded as `start-X` / `stop-X` with its target and
-/// nodes; returns a line per fault for the summary.
+/// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a kind
+/// ([`choose_kind`]) and, for a partition, a [`PartitionShape`] (a grudge, one at a time,
+/// lasting two or three ticks), otherwise a [`Target`] (one node, a minority, a majority, the
+/// partition leaders, a leader chain, the controller quorum leader), lasting one to three
+/// ticks. Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
+/// `start-X` / `stop-X` with its target and nodes (and a partition's grudge); returns a line
+/// per fault for the summary.
 fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared) -> Vec<String> {
     let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
     let end = shared.start + config.time_limit;
@@ -1068,9 +1340,68 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         if config.nemeses.is_empty() || in_force.len() >= MAX_FAULTS_IN_FORCE || rng.below(4) == 0 {
             continue;
         }
-        let kind = config.nemeses[rng.below(config.nemeses.len() as u64) as usize];
-        let wanted = choose_target(&mut rng, cluster);
-        let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin);
+        let partitioned = in_force.iter().any(|f| f.kind == NemesisKind::Partition);
+        let kind = choose_kind(&mut rng, &config.nemeses, partitioned);
+        if kind == NemesisKind::Partition {
+            if partitioned {
+                continue;
+            }
+            let wanted = PartitionShape::choose(&mut rng);
+            let leaders = admin.partition_leaders().unwrap_or_default();
+            let (shape, grudge, aim) = partition_grudge(
+                wanted,
+                &mut rng,
+                &system.broker_ids(),
+                &system.controller_ids(),
+                &leaders,
+            );
+            let started = system.partition(&grudge);
+            let nodes: Vec<NodeId> = grudge
+                .0
+                .iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(n, _)| *n)
+                .collect();
+            let value = serde_json::json!({
+                "target": shape.name(),
+                "nodes": nodes,
+                "grudge": grudge,
+            });
+            let summary = format!("partition {} {}", shape.name(), grudge.describe());
+            match &started {
+                Ok(()) => lines.push(summary),
+                Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+            }
+            record(
+                "start-partition",
+                &value,
+                started.err().map(|e| e.to_string()),
+            );
+            in_force.push(Fault {
+                kind,
+                nodes,
+                value,
+                // At least two ticks, so a leader fault can follow while it holds.
+                until_tick: tick + 2 + rng.below(2),
+                aim,
+            });
+            continue;
+        }
+        let wanted = choose_target(&mut rng, cluster, partitioned);
+        // A partition in force aimed at a leader (bridge-leader, isolate-follower) names it.
+        let aim = in_force.iter().find_map(|f| f.aim);
+        let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin, aim);
+        // The partitions the chain's first leader leads, whose next leaders it fails next.
+        let led: Vec<i32> = match target {
+            Target::LeaderChain => admin
+                .leader_map()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, l)| nodes.contains(l))
+                .map(|(p, _)| p)
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut nodes = spare_last_broker(kind, nodes, &in_force, system);
         // A node another process fault already holds down or stopped is left to it: faulting
         // it again would do nothing now and keep it down until the later fault ends.
@@ -1090,47 +1421,63 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         if nodes.is_empty() {
             continue;
         }
-        let mut started = start_fault(kind, &nodes, &mut rng, system);
-        if target == Target::LeaderChain && started.is_ok() {
-            let deadline = Instant::now() + config.nemesis_interval;
-            let next = new_leaders(&mut admin, &nodes, deadline);
-            let next = spare_last_broker(kind, next, &in_force, system)
+        let started = start_fault(kind, &nodes, &mut rng, system);
+        let ok = started.is_ok();
+        let until_tick = tick + 1 + rng.below(3);
+        let mut push = |kind: NemesisKind,
+                        nodes: Vec<NodeId>,
+                        started: std::io::Result<String>,
+                        note: &str,
+                        in_force: &mut Vec<Fault>| {
+            let value = serde_json::json!({ "target": target.name(), "nodes": nodes });
+            let summary = format!(
+                "{} node {} ({}){note}",
+                kind.name(),
+                node_list(&nodes),
+                target.name()
+            );
+            match &started {
+                Ok(detail) => lines.push(format!("{summary}{detail}")),
+                Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+            }
+            record(
+                &format!("start-{}", kind.name()),
+                &value,
+                started.err().map(|e| e.to_string()),
+            );
+            in_force.push(Fault {
+                kind,
+                nodes,
+                value,
+                until_tick,
+                aim: None,
+            });
+        };
+        push(kind, nodes.clone(), started, "", &mut in_force);
+        if target == Target::LeaderChain && kind != NemesisKind::Clock && ok {
+            // The new leaders appear once the controller has fenced the old ones (their
+            // sessions lapse), so wait at least two session timeouts for them.
+            let deadline = Instant::now() + config.nemesis_interval.max(2 * BROKER_SESSION_TIMEOUT);
+            let next: Vec<NodeId> = new_leaders(&mut admin, &nodes, &led, deadline)
                 .into_iter()
                 .filter(|n| !nodes.contains(n))
-                .collect::<Vec<_>>();
+                .collect();
+            // The second failure is a pause (a GC stall, a frozen VM): the new leader is
+            // fenced, and it comes back clean. Were it crashed too, every ISR member would
+            // have shut down uncleanly and KIP-966 would rightly keep the partition offline
+            // for good (the reference has no unclean recovery), so a correct cluster's run
+            // would end undecided; a pause sets up the same elections.
             if !next.is_empty() {
-                started = start_fault(kind, &next, &mut rng, system).map(|d| {
-                    format!(
-                        "{}{d} (new leaders {})",
-                        started.unwrap_or_default(),
-                        node_list(&next)
-                    )
-                });
-                nodes.extend(next);
+                let started = start_fault(NemesisKind::Pause, &next, &mut rng, system);
+                push(
+                    NemesisKind::Pause,
+                    next,
+                    started,
+                    " (new leaders)",
+                    &mut in_force,
+                );
             }
         }
-        let value = serde_json::json!({ "target": target.name(), "nodes": nodes });
-        let summary = format!(
-            "{} node {} ({})",
-            kind.name(),
-            node_list(&nodes),
-            target.name()
-        );
-        match &started {
-            Ok(detail) => lines.push(format!("{summary}{detail}")),
-            Err(e) => lines.push(format!("{summary} FAILED: {e}")),
-        }
-        record(
-            &format!("start-{}", kind.name()),
-            &value,
-            started.err().map(|e| e.to_string()),
-        );
-        in_force.push(Fault {
-            kind,
-            nodes,
-            value,
-            until_tick: tick + 1 + rng.below(3),
-        });
     }
     while let Some(fault) = in_force.pop() {
         let healed = stop_fault(&fault, &in_force, system);

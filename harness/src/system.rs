@@ -7,6 +7,8 @@
 
 use crate::lazyfs::{LazyFsMount, LossReport};
 use crate::nemesis::clock::FakeClock;
+use crate::nemesis::grudge::Grudge;
+use crate::nemesis::netns::NetnsNetwork;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -50,6 +52,9 @@ struct Node {
 /// A set of node processes.
 pub struct ProcessSystem {
     nodes: BTreeMap<NodeId, Node>,
+    /// When the run partitions the network: one namespace per node, each node started inside
+    /// its own. Declared after `nodes` so the namespaces outlive the processes on drop.
+    network: Option<NetnsNetwork>,
 }
 
 /// What a node (broker or controller) prints once it accepts connections.
@@ -57,15 +62,19 @@ const LISTENING: &str = " listening on ";
 
 impl ProcessSystem {
     /// Prepares the nodes in `run_dir` (one folder each) and starts them. `lazy` puts each data
-    /// directory on LazyFs, `clocks` starts each node under libfaketime.
+    /// directory on LazyFs, `clocks` starts each node under libfaketime, `network` (whose node
+    /// ids are the specs') starts each node in its own network namespace, where its addresses
+    /// in the specs must live.
     pub fn start(
         run_dir: &Path,
         specs: Vec<NodeSpec>,
         lazy: bool,
         clocks: bool,
+        network: Option<NetnsNetwork>,
     ) -> io::Result<ProcessSystem> {
         let mut system = ProcessSystem {
             nodes: BTreeMap::new(),
+            network,
         };
         for spec in specs {
             let dir = run_dir.join(format!("n{}", spec.id));
@@ -167,7 +176,43 @@ impl ProcessSystem {
         if let Some(clock) = &node.clock {
             cmd.envs(clock.env());
         }
-        let mut child = cmd.spawn()?;
+        // Opened here, entered in the child between fork and exec: the node's sockets live in
+        // its namespace, and the pid we signal is the node's own (no `ip netns exec` between).
+        let namespace = match self.network.as_ref().and_then(|n| n.node(id)) {
+            Some(n) => Some(fs::File::open(format!("/var/run/netns/{}", n.namespace))?),
+            None => None,
+        };
+        let fd = namespace.as_ref().map(|ns| {
+            use std::os::fd::AsRawFd;
+            ns.as_raw_fd()
+        });
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl and setns are async-signal-safe; the fd stays open until spawn
+            // returns. PR_SET_PDEATHSIG: a node dies with the harness (a killed run leaves no
+            // broker behind).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if let Some(fd) = fd {
+                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let spawned = cmd.spawn();
+        drop(namespace);
+        self.after_spawn(id, spawned?)
+    }
+
+    /// Waits until a just-spawned node listens (30 s at most), then keeps it.
+    fn after_spawn(&mut self, id: NodeId, mut child: Child) -> io::Result<()> {
+        let node = self.node(id)?;
         let stdout = child.stdout.take().expect("piped");
         let mut reader = BufReader::new(stdout);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -273,12 +318,40 @@ impl ProcessSystem {
         Ok(())
     }
 
+    /// Whether nodes run in network namespaces, so [`Self::partition`] can cut links.
+    pub fn can_partition(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// The address a node listens on inside its namespace, or 127.0.0.1 without namespaces.
+    pub fn host(&self, id: NodeId) -> String {
+        self.network
+            .as_ref()
+            .and_then(|n| n.addr(id))
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())
+    }
+
+    /// Makes `grudge` the network's partition (replacing any previous one); the harness's own
+    /// connections to the nodes are never cut.
+    pub fn partition(&mut self, grudge: &Grudge) -> io::Result<()> {
+        match &self.network {
+            Some(n) => n.apply(grudge),
+            None => Err(io::Error::other(
+                "the nodes do not run in network namespaces: cannot partition",
+            )),
+        }
+    }
+
     pub fn clock(&self, id: NodeId) -> Option<&FakeClock> {
         self.nodes.get(&id).and_then(|n| n.clock.as_ref())
     }
 
-    /// Undo every fault: resume paused nodes, restart dead ones, reset clocks.
+    /// Undo every fault: reconnect the network, resume paused nodes, restart dead ones, reset
+    /// clocks.
     pub fn heal(&mut self) -> io::Result<()> {
+        if let Some(n) = &self.network {
+            n.heal()?;
+        }
         for id in self.node_ids() {
             self.resume(id)?;
             self.restart(id)?;

@@ -45,7 +45,7 @@ pub fn test_command() -> Command {
         .arg(num("seed", "0", "Schedule seed (same seed, same schedule)").value_parser(value_parser!(u64)))
         .arg(num("partitions", "2", "Partitions of the test topic").value_parser(value_parser!(i32)))
         .arg(
-            num("nemesis-interval", "5", "Seconds each fault lasts, and between faults")
+            num("nemesis-interval", "2", "Seconds each fault lasts, and between faults")
                 .value_parser(value_parser!(f64)),
         )
         .arg(
@@ -60,7 +60,7 @@ pub fn test_command() -> Command {
                 .long("bug")
                 .value_name("NAME")
                 .action(ArgAction::Append)
-                .help("Switch a bug flag on in the brokers"),
+                .help("Switch a bug flag on in the brokers (without --brokers/--controllers: 3 brokers, 3 controllers)"),
         )
         .arg(
             Arg::new("store")
@@ -83,15 +83,51 @@ fn secs(m: &ArgMatches, name: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--brokers`/`--controllers`, or, when `--bug` names a flag of the replicated cluster and
+/// neither is given, the cluster the detection table uses: 3 brokers and 3 controllers
+/// (bug flags are refused for the standalone broker).
+fn node_counts(m: &ArgMatches) -> (usize, usize) {
+    use clap::parser::ValueSource;
+    let given = |n: &str| m.value_source(n) == Some(ValueSource::CommandLine);
+    let bugs = m.get_many::<String>("bug").is_some();
+    if bugs && !given("brokers") && !given("controllers") {
+        return (3, 3);
+    }
+    (
+        *m.get_one("brokers").expect("defaulted"),
+        *m.get_one("controllers").expect("defaulted"),
+    )
+}
+
+/// `--nemesis`: `all` is every fault this machine can inject (a notice names what it leaves
+/// out: partitions need root, lose-unsynced FUSE, clock libfaketime); a fault named
+/// explicitly is refused with the reason when it cannot run.
+fn nemeses(list: &str) -> Result<Vec<NemesisKind>, String> {
+    let kinds = NemesisKind::parse_list(list)?;
+    if !list.split(',').any(|p| p.trim() == "all") {
+        return Ok(kinds);
+    }
+    let named: Vec<&str> = list.split(',').map(str::trim).collect();
+    let (available, missing) = available_nemeses();
+    for m in &missing {
+        eprintln!("kcheck test: --nemesis all leaves out {m}");
+    }
+    Ok(kinds
+        .into_iter()
+        .filter(|k| available.contains(k) || named.contains(&k.name()))
+        .collect())
+}
+
 fn config(m: &ArgMatches) -> Result<TestConfig, String> {
+    let (brokers, controllers) = node_counts(m);
     Ok(TestConfig {
-        brokers: *m.get_one("brokers").expect("defaulted"),
-        controllers: *m.get_one("controllers").expect("defaulted"),
+        brokers,
+        controllers,
         workload: match m.get_one::<String>("workload").map(String::as_str) {
             Some("queue") => Workload::Queue,
             _ => Workload::Log,
         },
-        nemeses: NemesisKind::parse_list(m.get_one::<String>("nemesis").expect("defaulted"))?,
+        nemeses: nemeses(m.get_one::<String>("nemesis").expect("defaulted"))?,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
         concurrency: *m.get_one("concurrency").expect("defaulted"),
@@ -110,6 +146,64 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
         client_timeout: Duration::from_secs(3),
         final_read_limit: Duration::from_secs(30),
     })
+}
+
+/// Runs `config` and checks its history as `kcheck analyze --edn` would (results.json,
+/// report.html, plots in the run folder). Shared by `kcheck test` and `kcheck gate`.
+pub fn run_and_check(
+    config: &TestConfig,
+) -> Result<(run::RunOutcome, crate::analyze::Results), String> {
+    let outcome = run::run(config)?;
+    let file = outcome.dir.join("history.jsonl");
+    let opts = Options {
+        time_limit: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let (results, _, _) = check_and_write(&file, &outcome.dir, &opts, true)
+        .map_err(|e| format!("harness failure: {e}"))?;
+    Ok((outcome, results))
+}
+
+/// The kinds of `--nemesis all` this machine can inject: partitions need root (namespaces,
+/// nftables), lose-unsynced FUSE, clock libfaketime. Returns them and why each other is out.
+pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
+    let mut kinds = Vec::new();
+    let mut missing = Vec::new();
+    for kind in NemesisKind::ALL {
+        let check = match kind {
+            NemesisKind::Partition => crate::nemesis::netns::available(),
+            NemesisKind::LoseUnsynced => crate::lazyfs::available(),
+            NemesisKind::Clock => crate::nemesis::clock::available(),
+            NemesisKind::Kill | NemesisKind::Pause => Ok(()),
+        };
+        match check {
+            Ok(()) => kinds.push(kind),
+            Err(e) => missing.push(format!("{}: {e}", kind.name())),
+        }
+    }
+    (kinds, missing)
+}
+
+/// A run configuration with every default of `kcheck test` (3 brokers, 3 controllers).
+pub fn default_config(
+    workload: Workload,
+    nemeses: Vec<NemesisKind>,
+    seed: u64,
+    time_limit: Duration,
+    bugs: Vec<String>,
+    store: PathBuf,
+) -> Result<TestConfig, String> {
+    let m = test_command()
+        .try_get_matches_from(["test", "--brokers", "3", "--controllers", "3"])
+        .map_err(|e| e.to_string())?;
+    let mut c = config(&m)?;
+    c.workload = workload;
+    c.nemeses = nemeses;
+    c.seed = seed;
+    c.time_limit = time_limit;
+    c.bugs = bugs;
+    c.store = store;
+    Ok(c)
 }
 
 pub fn run_test(m: &ArgMatches) -> u8 {

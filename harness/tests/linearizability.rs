@@ -482,3 +482,34 @@ fn brute_force_comparison_sees_both_verdicts() {
         "valid {valid}, invalid {invalid}"
     );
 }
+
+/// The `log` workload's read semantics (`run::read_outcome`): a fetch that finds nothing at an
+/// offset completes `fail` (a new leader's HW may lag what was committed, so the empty answer
+/// proves nothing), and the history stays linearizable; a fetch that finds a *different*
+/// record at an acknowledged offset is still a violation.
+#[test]
+fn an_empty_read_is_no_information_but_a_different_record_at_a_committed_offset_fails() {
+    use kcheck_harness::run::read_outcome;
+    assert!(read_outcome(0, &[]).is_err(), "nothing at 0: no information");
+    assert!(read_outcome(2, &[(0, 7), (1, 9)]).is_err());
+    assert_eq!(read_outcome(1, &[(0, 7), (1, 9)]), Ok(9));
+
+    // Produce 7 acknowledged at 0; a read right after a failover finds nothing (recorded
+    // `fail` by the workload), a later one finds 7: valid.
+    let after_failover = |v: u64| {
+        hist(&[
+            ("0", "invoke", "produce", &produce(7)),
+            ("0", "ok", "produce", &produced(7, 0)),
+            ("1", "invoke", "read", &read(0)),
+            ("1", "fail", "read", &read(0)),
+            ("2", "invoke", "read", &read(0)),
+            ("2", "ok", "read", &read_ok(0, Some(v))),
+        ])
+    };
+    assert_eq!(lin(&after_failover(7)).verdict, Verdict::Valid);
+    // The new leader lost record 7 and put 8 at offset 0: a violation, blamed on that read.
+    let r = lin(&after_failover(8));
+    assert_eq!(r.verdict, Verdict::Invalid);
+    let bad = r.partitions[0].first_illegal.as_ref().expect("an illegal op");
+    assert_eq!(bad.invoke_index, 4, "{}", bad.explanation);
+}

@@ -462,3 +462,32 @@ proptest! {
         }
     }
 }
+
+/// `unseen` needs the final reads: on a key the run says it could not finish reading
+/// (`final-reads-incomplete`, e.g. a partition left offline), an acknowledged write nobody
+/// polled is undecided (verdict unknown), never valid; on other keys it stays `unseen`.
+#[test]
+fn unseen_writes_on_a_key_whose_final_reads_did_not_complete_are_undecided() {
+    use kcheck_harness::history::History;
+    use kcheck_harness::Verdict;
+    let rows = |marker: &str| {
+        let mut text = String::new();
+        let ops = [
+            r#""type":"invoke","process":0,"f":"send","value":[["send",1,7]]"#.to_string(),
+            r#""type":"ok","process":0,"f":"send","value":[["send",1,[0,7]]]"#.to_string(),
+            format!(r#""type":"info","process":"nemesis","f":"{marker}","value":{{"keys":[1]}}"#),
+        ];
+        for (i, op) in ops.iter().enumerate() {
+            text.push_str(&format!("{{\"index\":{i},\"time\":{i},{op}}}\n"));
+        }
+        History::read(text.as_bytes()).unwrap()
+    };
+    let r = kcheck_harness::queue::check(&rows(kcheck_harness::queue::FINAL_READS_INCOMPLETE), 8);
+    assert_eq!(r.verdict, Verdict::Unknown);
+    assert_eq!(r.count("unseen"), 0);
+    assert_eq!(r.unseen_undecided.get(&1), Some(&1));
+    // Any other nemesis op changes nothing: the write is unseen.
+    let r = kcheck_harness::queue::check(&rows("heal"), 8);
+    assert_eq!(r.verdict, Verdict::Invalid);
+    assert_eq!(r.count("unseen"), 1);
+}

@@ -318,6 +318,7 @@ impl Broker {
         leader_epoch: i32,
         response: FetchedPartition,
     ) -> Result<bool, i16> {
+        let flush = self.config.flush;
         let r = self.replica_mut(topic, p)?;
         if r.state.leader_epoch != leader_epoch || r.state.following().is_none() {
             return Ok(false);
@@ -335,6 +336,16 @@ impl Broker {
                         code::KAFKA_STORAGE_ERROR
                     })?
                 };
+                // `--flush always` (flush.messages=1) applies to every log, as in Kafka: a
+                // follower's next fetch counts its records towards the HW, so they must be
+                // durable before it, or a crash of the ISR's followers loses acknowledged
+                // records (found by `kcheck test --nemesis lose-unsynced` on the cluster).
+                if n > 0 && flush == FlushPolicy::Always {
+                    r.log.flush().map_err(|e| {
+                        tracing::error!(topic, partition = p, error = %e, "follower flush failed");
+                        code::KAFKA_STORAGE_ERROR
+                    })?;
+                }
                 r.state
                     .on_follower_append(r.log.log_end_offset(), high_watermark);
                 Ok(n > 0)

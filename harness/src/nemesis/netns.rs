@@ -110,8 +110,18 @@ impl NetnsNetwork {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = (std::process::id().wrapping_mul(31).wrapping_add(n)) % 0x10000;
         let tag = format!("{id:04x}");
-        // 10.213.0.0/16 is used only inside this run's namespaces and bridge.
-        let subnet = (id % 250) as u8;
+        // 10.213.0.0/16 is used only inside this run's namespaces and bridge; a /24 another
+        // run (another harness process on this machine) already has on a bridge is skipped,
+        // since two bridges with one subnet would make the routes ambiguous.
+        let in_use = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let subnet = (0..250u32)
+            .map(|k| ((id + k) % 250) as u8)
+            .find(|s| !in_use.contains(&format!(" 10.213.{s}.")))
+            .ok_or_else(|| io::Error::other("every 10.213.x.0/24 subnet is in use"))?;
         let mut net = NetnsNetwork {
             bridge: format!("{PREFIX}{tag}br"),
             host_addr: Ipv4Addr::new(10, 213, subnet, 254),
@@ -253,13 +263,69 @@ impl NetnsNetwork {
     }
 }
 
+/// The names a network created, to remove them from elsewhere (a signal handler).
+#[derive(Debug, Clone)]
+pub struct NetnsNames {
+    namespaces: Vec<String>,
+    links: Vec<String>,
+}
+
+impl NetnsNames {
+    /// Deletes the namespaces (and with them the veths' inner ends), the veths and the bridge.
+    pub fn remove(&self) {
+        for n in &self.namespaces {
+            let _ = ip(&["netns", "del", n]);
+        }
+        for l in &self.links {
+            let _ = ip(&["link", "del", l]);
+        }
+    }
+}
+
+impl NetnsNetwork {
+    pub fn names(&self) -> NetnsNames {
+        let mut links: Vec<String> = self.nodes.values().map(|n| n.host_veth.clone()).collect();
+        links.push(self.bridge.clone());
+        NetnsNames {
+            namespaces: self.nodes.values().map(|n| n.namespace.clone()).collect(),
+            links,
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM, removes `names` and exits (130): Drop does not run when the
+/// process is killed by a signal, and a run must leave no namespace behind. (Its node
+/// processes die with it: they are started with PR_SET_PDEATHSIG.)
+pub fn remove_on_signal(names: NetnsNames) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let caught = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return false;
+            };
+            tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+            }
+        });
+        if caught {
+            names.remove();
+            std::process::exit(130);
+        }
+    });
+}
+
 impl Drop for NetnsNetwork {
     fn drop(&mut self) {
-        for n in self.nodes.values() {
-            // Deleting the namespace deletes its end of the veth, and so the pair.
-            let _ = ip(&["netns", "del", &n.namespace]);
-            let _ = ip(&["link", "del", &n.host_veth]);
-        }
-        let _ = ip(&["link", "del", &self.bridge]);
+        self.names().remove();
     }
 }
