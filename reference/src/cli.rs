@@ -96,6 +96,12 @@ pub fn broker_command() -> Command {
                 .help("controller.quorum.election.timeout.ms (fetch timeout is twice this)"),
         )
         .arg(
+            Arg::new("trace-file")
+                .long("trace-file")
+                .value_name("PATH")
+                .help("Write protocol transition events as JSON lines to PATH (for `kcheck conform`)"),
+        )
+        .arg(
             Arg::new("max-request-bytes")
                 .long("max-request-bytes")
                 .default_value("104857600")
@@ -322,7 +328,15 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
 /// Runs the broker until Ctrl-C. Exit 0 on clean shutdown, 2 on bad arguments, 1 when the
 /// broker cannot start (e.g. corrupt committed data).
 pub fn run_broker(m: &ArgMatches) -> u8 {
-    init_tracing();
+    let node_id = *m.get_one::<i32>("node-id").expect("has default");
+    let trace_file = m.get_one::<String>("trace-file").map(PathBuf::from);
+    if let Err(e) = crate::proto_trace::init(trace_file.as_deref(), node_id) {
+        eprintln!(
+            "kcheck broker: cannot open --trace-file {}: {e} (give a writable path)",
+            trace_file.as_deref().unwrap_or(std::path::Path::new("")).display()
+        );
+        return 2;
+    }
     let cfg = match broker_config(m) {
         Ok(c) => c,
         Err(e) => {
