@@ -56,10 +56,12 @@ impl TraceEvent {
     }
 
     fn i(&self, k: &str) -> Result<i64, String> {
-        self.fields
-            .get(k)
-            .and_then(Value::as_i64)
-            .ok_or_else(|| format!("event {} of node {} has no integer `{k}`", self.event, self.node))
+        self.fields.get(k).and_then(Value::as_i64).ok_or_else(|| {
+            format!(
+                "event {} of node {} has no integer `{k}`",
+                self.event, self.node
+            )
+        })
     }
 
     fn b(&self, k: &str) -> bool {
@@ -75,7 +77,12 @@ impl TraceEvent {
     }
 
     fn ints(&self, k: &str) -> Result<Vec<i64>, String> {
-        let bad = || format!("event {} of node {} has no integer list `{k}`", self.event, self.node);
+        let bad = || {
+            format!(
+                "event {} of node {} has no integer list `{k}`",
+                self.event, self.node
+            )
+        };
         self.fields
             .get(k)
             .and_then(Value::as_array)
@@ -87,8 +94,17 @@ impl TraceEvent {
 
     /// A list of fixed-size integer tuples (`batches`, `epochs`).
     fn tuples<const N: usize>(&self, k: &str) -> Result<Vec<[i64; N]>, String> {
-        let bad = || format!("event {} of node {} has no list of {N}-tuples `{k}`", self.event, self.node);
-        let arr = self.fields.get(k).and_then(Value::as_array).ok_or_else(bad)?;
+        let bad = || {
+            format!(
+                "event {} of node {} has no list of {N}-tuples `{k}`",
+                self.event, self.node
+            )
+        };
+        let arr = self
+            .fields
+            .get(k)
+            .and_then(Value::as_array)
+            .ok_or_else(bad)?;
         arr.iter()
             .map(|t| {
                 let t = t.as_array().filter(|t| t.len() == N).ok_or_else(bad)?;
@@ -131,7 +147,11 @@ pub fn read_run(run_dir: &Path) -> Result<(Vec<TraceEvent>, Vec<PathBuf>), Strin
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    files.extend(dirs.into_iter().map(|d| d.join(TRACE_FILE)).filter(|p| p.is_file()));
+    files.extend(
+        dirs.into_iter()
+            .map(|d| d.join(TRACE_FILE))
+            .filter(|p| p.is_file()),
+    );
     if files.is_empty() {
         return Err(format!(
             "no {TRACE_FILE} in {} or its node folders: run the nodes with --trace-file (kcheck test does)",
@@ -367,7 +387,9 @@ impl PartitionView {
 
     /// Recomputes how far `b` matches its leader's log (only grows within a leader epoch).
     fn update_matched(&mut self, b: i32) {
-        let Some(r) = self.replicas.get(&b) else { return };
+        let Some(r) = self.replicas.get(&b) else {
+            return;
+        };
         let Role::Follower(l) = r.role else { return };
         let Some(leader) = self.replicas.get(&l) else {
             return;
@@ -471,10 +493,20 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                 }
             }
             if !isr.contains(&(b as i64)) {
-                violation!(M, "leader-in-isr", before!(), "b{b} leads leader epoch {epoch} with ISR {isr:?}");
+                violation!(
+                    M,
+                    "leader-in-isr",
+                    before!(),
+                    "b{b} leads leader epoch {epoch} with ISR {isr:?}"
+                );
             }
             if !replicas.is_empty() && !isr.iter().all(|m| replicas.contains(m)) {
-                violation!(M, "isr-subset-of-replicas", before!(), "ISR {isr:?} is not within the replicas {replicas:?}");
+                violation!(
+                    M,
+                    "isr-subset-of-replicas",
+                    before!(),
+                    "ISR {isr:?} is not within the replicas {replicas:?}"
+                );
             }
             let n = p.committed.len();
             if r.log.len() < n || r.log[..n] != p.committed[..] {
@@ -501,18 +533,33 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
             v.role = Role::Follower(leader);
             v.leader_epoch = epoch;
             v.partition_epoch = e.i("partition_epoch").map_err(Err)? as i32;
-            v.isr = e.ints("isr").map_err(Err)?.iter().map(|&m| m as i32).collect();
+            v.isr = e
+                .ints("isr")
+                .map_err(Err)?
+                .iter()
+                .map(|&m| m as i32)
+                .collect();
             p.update_matched(b);
         }
         "partition.update" => {
             let pe = e.i("partition_epoch").map_err(Err)? as i32;
-            let isr: Vec<i32> = e.ints("isr").map_err(Err)?.iter().map(|&m| m as i32).collect();
+            let isr: Vec<i32> = e
+                .ints("isr")
+                .map_err(Err)?
+                .iter()
+                .map(|&m| m as i32)
+                .collect();
             if pe < r.partition_epoch {
                 violation!(M, "HandleAlterPartition", before!(),
                     "b{b} applied partition epoch {pe} after {}: partition epochs never go back (KIP-497)", r.partition_epoch);
             }
             if r.role == Role::Leader && !isr.contains(&b) {
-                violation!(M, "leader-in-isr", before!(), "b{b} still leads with ISR {isr:?}");
+                violation!(
+                    M,
+                    "leader-in-isr",
+                    before!(),
+                    "b{b} still leads with ISR {isr:?}"
+                );
             }
             let v = p.replicas.get_mut(&b).expect("inserted");
             v.partition_epoch = pe;
@@ -545,7 +592,12 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                         }
                     } else {
                         if !matches!(r.role, Role::Follower(_)) {
-                            violation!(M, "Fetch", before!(), "b{b} appended fetched records while not a follower");
+                            violation!(
+                                M,
+                                "Fetch",
+                                before!(),
+                                "b{b} appended fetched records while not a follower"
+                            );
                         }
                         if epoch > r.leader_epoch || !p.written.contains(&(o, epoch)) {
                             violation!(M, "Fetch", before!(),
@@ -570,25 +622,37 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
         "partition.truncate" => {
             let leo = e.i("leo").map_err(Err)?;
             let reason = e.s("reason");
-            let action = if reason == "offset-out-of-range" { "Fetch" } else { "BecomeFollower" };
+            let action = if reason == "offset-out-of-range" {
+                "Fetch"
+            } else {
+                "BecomeFollower"
+            };
             if r.role == Role::Leader {
-                violation!(M, action, before!(), "leader b{b} truncated its log to {leo}: a leader never truncates");
+                violation!(
+                    M,
+                    action,
+                    before!(),
+                    "leader b{b} truncated its log to {leo}: a leader never truncates"
+                );
             }
             if leo > r.log.len() as i64 || leo < 0 {
-                violation!(M, action, before!(), "b{b} truncated to LEO {leo} from LEO {}", r.log.len());
+                violation!(
+                    M,
+                    action,
+                    before!(),
+                    "b{b} truncated to LEO {leo} from LEO {}",
+                    r.log.len()
+                );
             }
             let leo = leo as usize;
             // KIP-279: the follower keeps every record its leader holds at the same offset
             // (the model's `truncation_offset` is the first offset where the logs diverge).
             if let Some(l) = p.leader_of(b) {
-                let keep = r
-                    .log
-                    .iter()
-                    .zip(&l.log)
-                    .take_while(|(a, c)| a == c)
-                    .count();
+                let keep = r.log.iter().zip(&l.log).take_while(|(a, c)| a == c).count();
                 if leo < keep {
-                    let Role::Follower(lid) = r.role else { unreachable!("leader_of needs a follower") };
+                    let Role::Follower(lid) = r.role else {
+                        unreachable!("leader_of needs a follower")
+                    };
                     violation!(M, action, before!(),
                         "b{b} truncated to {leo} ({reason}), dropping m{leo}@e{} which its leader b{lid} holds at the same offset: the model's truncation offset (KIP-279) is {keep}",
                         r.log[leo]);
@@ -605,14 +669,31 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
         "partition.hw" => {
             let hw = e.i("hw").map_err(Err)?;
             if hw > r.log.len() as i64 || hw < 0 {
-                violation!(M, "replica-state-well-formed", before!(), "b{b} HW {hw} beyond its LEO {}", r.log.len());
+                violation!(
+                    M,
+                    "replica-state-well-formed",
+                    before!(),
+                    "b{b} HW {hw} beyond its LEO {}",
+                    r.log.len()
+                );
             }
             if e.b("leader") {
                 if r.role != Role::Leader {
-                    violation!(M, "advance_hw", before!(), "b{b} advanced an HW as leader without leading");
+                    violation!(
+                        M,
+                        "advance_hw",
+                        before!(),
+                        "b{b} advanced an HW as leader without leading"
+                    );
                 }
                 if hw < r.hw {
-                    violation!(M, "advance_hw", before!(), "leader b{b} moved its HW back from {} to {hw}", r.hw);
+                    violation!(
+                        M,
+                        "advance_hw",
+                        before!(),
+                        "leader b{b} moved its HW back from {} to {hw}",
+                        r.hw
+                    );
                 }
                 if (r.isr.len() as i64) < r.min_isr {
                     violation!(M, "advance_hw", before!(),
@@ -633,13 +714,23 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                 // `consumed-records-stable`: below its HW the leader serves what was read.
                 let upto = (hw as usize).min(p.consumed.len());
                 if r.log[..upto] != p.consumed[..upto] {
-                    violation!(M, "consumed-records-stable", before!(),
+                    violation!(
+                        M,
+                        "consumed-records-stable",
+                        before!(),
                         "leader b{b} serves {} below HW {hw} where consumers read {}",
-                        log_text(&r.log[..upto]), log_text(&p.consumed[..upto]));
+                        log_text(&r.log[..upto]),
+                        log_text(&p.consumed[..upto])
+                    );
                 }
             } else if hw as usize > p.consumed.len() {
-                violation!(M, "Fetch", before!(),
-                    "follower b{b} took HW {hw}, above any HW a leader reached ({})", p.consumed.len());
+                violation!(
+                    M,
+                    "Fetch",
+                    before!(),
+                    "follower b{b} took HW {hw}, above any HW a leader reached ({})",
+                    p.consumed.len()
+                );
             }
             // `replica-log-consistency` (the model's pairwise predicate, against the log every
             // replica's HW prefix must equal, the leaders' HW prefix): checked over what this
@@ -647,10 +738,20 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
             let to = hw as usize;
             let from = r.verified.min(to).min(p.consumed.len());
             let upto = to.min(p.consumed.len());
-            if !logs_agree_below_hw(&r.log[from..upto], upto - from, &p.consumed[from..upto], upto - from) {
-                violation!(M, "replica-log-consistency", before!(),
+            if !logs_agree_below_hw(
+                &r.log[from..upto],
+                upto - from,
+                &p.consumed[from..upto],
+                upto - from,
+            ) {
+                violation!(
+                    M,
+                    "replica-log-consistency",
+                    before!(),
                     "b{b} holds {} below its HW {hw} where the leaders' HW prefix is {}",
-                    log_text(&r.log[..upto]), log_text(&p.consumed[..upto]));
+                    log_text(&r.log[..upto]),
+                    log_text(&p.consumed[..upto])
+                );
             }
             if e.b("leader") {
                 let (grow_consumed, grow_committed) = (
@@ -729,7 +830,12 @@ impl KraftView {
                 let leo = e.i("leo").map_err(Err)?;
                 let runs = e.tuples::<2>("epochs").map_err(Err)?;
                 let log: Vec<i32> = (0..leo)
-                    .map(|o| runs.iter().rev().find(|r| r[1] <= o).map_or(-1, |r| r[0] as i32))
+                    .map(|o| {
+                        runs.iter()
+                            .rev()
+                            .find(|r| r[1] <= o)
+                            .map_or(-1, |r| r[0] as i32)
+                    })
                     .collect();
                 for (o, &ep) in log.iter().enumerate() {
                     self.written.insert((o as i64, ep));
@@ -757,8 +863,12 @@ impl KraftView {
                 let epoch = e.i("epoch").map_err(Err)? as i32;
                 if let Some(&other) = self.leaders.get(&epoch) {
                     if other != n {
-                        violation!(M, "election-safety", before!(),
-                            "nodes {other} and {n} both became leader of epoch {epoch}");
+                        violation!(
+                            M,
+                            "election-safety",
+                            before!(),
+                            "nodes {other} and {n} both became leader of epoch {epoch}"
+                        );
                     }
                 }
                 let c = self.committed.len();
@@ -775,16 +885,26 @@ impl KraftView {
                 let epochs = e.ints("epochs").map_err(Err)?;
                 let leader = e.b("leader");
                 if base != v.log.len() as i64 {
-                    violation!(M, "log-matching", before!(),
-                        "node {n} appended at offset {base} to a log ending at {}", v.log.len());
+                    violation!(
+                        M,
+                        "log-matching",
+                        before!(),
+                        "node {n} appended at offset {base} to a log ending at {}",
+                        v.log.len()
+                    );
                 }
                 let mut last = v.log.last().copied();
                 for (i, &ep) in epochs.iter().enumerate() {
                     let ep = ep as i32;
                     let o = base + i as i64;
                     if last.is_some_and(|l| l > ep) {
-                        violation!(M, "log-matching", before!(),
-                            "node {n} appended a record of epoch {ep} after one of epoch {}", last.unwrap_or(0));
+                        violation!(
+                            M,
+                            "log-matching",
+                            before!(),
+                            "node {n} appended a record of epoch {ep} after one of epoch {}",
+                            last.unwrap_or(0)
+                        );
                     }
                     if leader {
                         if self.leaders.get(&ep) != Some(&n) {
@@ -808,8 +928,12 @@ impl KraftView {
             "raft.truncate" => {
                 let offset = e.i("offset").map_err(Err)?;
                 if let Some(h) = v.hw.filter(|h| offset < *h) {
-                    violation!(M, "leader-completeness", before!(),
-                        "node {n} truncated to {offset}, below its own HW {h}");
+                    violation!(
+                        M,
+                        "leader-completeness",
+                        before!(),
+                        "node {n} truncated to {offset}, below its own HW {h}"
+                    );
                 }
                 // A committed record is never removed: the first offset where this log leaves
                 // the committed one is as far back as a truncation may go.
@@ -820,8 +944,12 @@ impl KraftView {
                     .take_while(|(a, c)| a == c)
                     .count() as i64;
                 if offset < keep {
-                    violation!(M, "no-committed-data-loss", before!(),
-                        "node {n} truncated to {offset}, dropping committed records up to {keep}");
+                    violation!(
+                        M,
+                        "no-committed-data-loss",
+                        before!(),
+                        "node {n} truncated to {offset}, dropping committed records up to {keep}"
+                    );
                 }
                 let w = self.voters.get_mut(&n).expect("inserted");
                 w.log.truncate(offset.max(0) as usize);
@@ -830,18 +958,39 @@ impl KraftView {
                 let hw = e.i("hw").map_err(Err)?;
                 let mut floor = v.hw_floor;
                 if track_hw(v.hw, Some(hw), &mut floor) {
-                    violation!(M, "hw-monotonic", before!(),
-                        "node {n} moved its HW from {} to {hw}", v.hw.unwrap_or(v.hw_floor));
+                    violation!(
+                        M,
+                        "hw-monotonic",
+                        before!(),
+                        "node {n} moved its HW from {} to {hw}",
+                        v.hw.unwrap_or(v.hw_floor)
+                    );
                 }
                 if hw > v.log.len() as i64 {
-                    violation!(M, "hw-within-log", before!(), "node {n} HW {hw} beyond its LEO {}", v.log.len());
+                    violation!(
+                        M,
+                        "hw-within-log",
+                        before!(),
+                        "node {n} HW {hw} beyond its LEO {}",
+                        v.log.len()
+                    );
                 }
                 let upto = (hw as usize).min(self.committed.len());
                 if v.log[..upto] != self.committed[..upto] {
-                    violation!(M, "no-committed-data-loss", before!(),
-                        "node {n} commits {} where {} was committed", log_text(&v.log[..upto]), log_text(&self.committed[..upto]));
+                    violation!(
+                        M,
+                        "no-committed-data-loss",
+                        before!(),
+                        "node {n} commits {} where {} was committed",
+                        log_text(&v.log[..upto]),
+                        log_text(&self.committed[..upto])
+                    );
                 }
-                let grow = v.log.get(self.committed.len()..hw as usize).unwrap_or(&[]).to_vec();
+                let grow = v
+                    .log
+                    .get(self.committed.len()..hw as usize)
+                    .unwrap_or(&[])
+                    .to_vec();
                 self.committed.extend_from_slice(&grow);
                 let w = self.voters.get_mut(&n).expect("inserted");
                 w.hw = Some(hw);
@@ -858,7 +1007,9 @@ impl KraftView {
 pub fn conform_command() -> clap::Command {
     use clap::{Arg, ArgAction, Command};
     Command::new("conform")
-        .about("Check that a run's protocol traces are behaviours of the replication and kraft models")
+        .about(
+            "Check that a run's protocol traces are behaviours of the replication and kraft models",
+        )
         .arg(
             Arg::new("run-dir")
                 .required(true)
@@ -896,5 +1047,323 @@ pub fn run_conform(m: &clap::ArgMatches) -> u8 {
         0
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A trace in the given global order: times are the positions, sequence numbers count per
+    /// node.
+    fn trace(steps: &[(i32, &str, Value)]) -> Vec<TraceEvent> {
+        let mut seqs: BTreeMap<i32, u64> = BTreeMap::new();
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, (node, event, f))| {
+                let seq = seqs.entry(*node).or_default();
+                let mut v = f.clone();
+                let m = v.as_object_mut().expect("fields are an object");
+                m.insert("node".into(), json!(node));
+                m.insert("seq".into(), json!(*seq));
+                m.insert("mono_ns".into(), json!(1000 + i as u64));
+                m.insert("event".into(), json!(event));
+                *seq += 1;
+                TraceEvent::parse(&v.to_string()).expect("well formed")
+            })
+            .collect()
+    }
+
+    fn p(mut f: Value) -> Value {
+        let m = f.as_object_mut().unwrap();
+        m.insert("topic".into(), json!("t"));
+        m.insert("partition".into(), json!(0));
+        f
+    }
+
+    fn lead(epoch: i64, isr: &[i64], min_isr: i64) -> Value {
+        p(
+            json!({"leader_epoch": epoch, "partition_epoch": epoch, "isr": isr, "replicas": [1, 2, 3], "min_isr": min_isr, "leo": 0, "hw": 0}),
+        )
+    }
+    fn follow(leader: i64, epoch: i64, isr: &[i64]) -> Value {
+        p(
+            json!({"leader": leader, "leader_epoch": epoch, "partition_epoch": epoch, "isr": isr, "replicas": [1, 2, 3], "leo": 0, "hw": 0}),
+        )
+    }
+    fn append(leader: bool, batches: &[[i64; 3]]) -> Value {
+        p(json!({"leader": leader, "leader_epoch": 1, "batches": batches, "leo": 0}))
+    }
+    fn hw(hw: i64, leader: bool) -> Value {
+        p(json!({"hw": hw, "before": 0, "leo": 0, "leader": leader, "leader_epoch": 1}))
+    }
+    fn truncate(to: i64) -> Value {
+        p(json!({"to": to, "leo": to, "hw": 0, "leader_epoch": 2, "reason": "diverging-epoch"}))
+    }
+
+    /// b1 leads epoch 1 with ISR {1,2}, min.insync.replicas 2; both hold m0@e1 m1@e1 and the
+    /// HW covers them.
+    fn replicated() -> Vec<(i32, &'static str, Value)> {
+        vec![
+            (1, "partition.leader", lead(1, &[1, 2], 2)),
+            (2, "partition.follower", follow(1, 1, &[1, 2])),
+            (1, "partition.append", append(true, &[[0, 1, 1]])),
+            (2, "partition.append", append(false, &[[0, 1, 1]])),
+            (1, "partition.hw", hw(2, true)),
+            (2, "partition.hw", hw(2, false)),
+        ]
+    }
+
+    fn check(steps: &[(i32, &str, Value)]) -> ConformReport {
+        check_events(trace(steps))
+    }
+
+    /// The violation's check name and message (panics when the trace conforms).
+    fn caught(steps: &[(i32, &str, Value)]) -> (&'static str, String) {
+        let r = check(steps);
+        let v = r
+            .violation
+            .unwrap_or_else(|| panic!("expected a violation"));
+        assert!(
+            !v.state_before.is_empty() || v.model == "trace",
+            "state before is printed"
+        );
+        (v.check, v.message)
+    }
+
+    #[test]
+    fn a_correct_replication_conforms() {
+        let r = check(&replicated());
+        assert!(r.conforms(), "{}", r.text());
+        assert_eq!(
+            (r.events, r.partitions, r.nodes.clone()),
+            (6, 1, vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn a_follower_append_of_a_record_no_leader_wrote_is_caught() {
+        let mut t = replicated();
+        t.swap(2, 3); // the follower "fetches" m0@e1 before the leader appended it
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "Fetch");
+        assert!(msg.contains("m0@e1"), "{msg}");
+    }
+
+    #[test]
+    fn a_leader_append_off_its_epoch_or_twice_is_caught() {
+        let mut t = replicated();
+        t[2].2 = append(true, &[[0, 1, 2]]);
+        assert_eq!(caught(&t).0, "Produce");
+        let mut t = replicated();
+        t.insert(3, (1, "partition.append", append(true, &[[0, 0, 1]])));
+        assert_eq!(caught(&t).0, "Produce", "not at the LEO");
+    }
+
+    #[test]
+    fn an_hw_past_an_isr_member_or_below_min_isr_is_caught() {
+        let mut t = replicated();
+        t.swap(3, 4); // the leader advances before the follower has the records
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "advance_hw");
+        assert!(msg.contains("ISR member b2"), "{msg}");
+        // KIP-966: the HW stays while the ISR is below min.insync.replicas.
+        let mut t = replicated();
+        t[0].2 = lead(1, &[1], 2);
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "advance_hw");
+        assert!(msg.contains("min.insync.replicas"), "{msg}");
+        // With min.insync.replicas 1 the same ISR is fine.
+        let mut t = replicated();
+        t[0].2 = lead(1, &[1], 1);
+        assert!(check(&t).conforms());
+    }
+
+    #[test]
+    fn a_follower_hw_above_every_leader_hw_is_caught() {
+        let mut t = replicated();
+        t.swap(4, 5);
+        assert_eq!(caught(&t).0, "Fetch");
+    }
+
+    #[test]
+    fn two_leaders_in_one_leader_epoch_are_caught() {
+        let mut t = replicated();
+        t.push((3, "partition.leader", lead(1, &[3, 1], 1)));
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "ElectLeader");
+        assert!(
+            msg.contains("both became leader in leader epoch 1"),
+            "{msg}"
+        );
+    }
+
+    /// b2 becomes leader of epoch 2; b1, now its follower, truncates.
+    fn failover(to: i64) -> Vec<(i32, &'static str, Value)> {
+        let mut t = replicated();
+        t.push((2, "partition.leader", lead(2, &[2, 1], 1)));
+        t.push((1, "partition.follower", follow(2, 2, &[2, 1])));
+        t.push((1, "partition.truncate", truncate(to)));
+        t
+    }
+
+    #[test]
+    fn truncating_a_record_the_leader_holds_is_caught() {
+        assert!(check(&failover(2)).conforms(), "truncating nothing is fine");
+        let (name, msg) = caught(&failover(1));
+        assert_eq!(name, "BecomeFollower");
+        assert!(msg.contains("truncation offset (KIP-279) is 2"), "{msg}");
+    }
+
+    #[test]
+    fn a_leader_without_the_committed_records_is_caught() {
+        let mut t = replicated();
+        // b3 never fetched, yet becomes leader (an unclean election).
+        t.push((3, "partition.leader", lead(2, &[3], 1)));
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "no-committed-data-loss");
+        assert!(msg.contains("lacks committed records"), "{msg}");
+    }
+
+    #[test]
+    fn a_recovered_log_must_be_a_prefix_of_the_old_one() {
+        let open = |leo: i64, epochs: Value| {
+            p(json!({"leo": leo, "log_start": 0, "hw": 0, "epochs": epochs}))
+        };
+        let mut t = replicated();
+        t.push((2, "replica.open", open(1, json!([[1, 0]]))));
+        assert!(
+            check(&t).conforms(),
+            "losing an unflushed suffix is a crash"
+        );
+        let mut t = replicated();
+        t.push((2, "replica.open", open(2, json!([[7, 0]]))));
+        assert_eq!(caught(&t).0, "Crash");
+    }
+
+    #[test]
+    fn a_malformed_event_is_reported_as_such() {
+        let mut t = replicated();
+        t.push((2, "partition.hw", p(json!({"leader": false}))));
+        let r = check(&t);
+        let v = r.violation.unwrap();
+        assert_eq!((v.model, v.check), ("trace", "well-formed-event"));
+        assert!(TraceEvent::parse("{\"event\":\"x\"}").is_err());
+        assert!(TraceEvent::parse("not json").is_err());
+    }
+
+    // ---- kraft ----
+
+    fn quorum() -> Vec<(i32, &'static str, Value)> {
+        let restore = || json!({"epoch": 0, "voted_for": -1, "leo": 0, "epochs": []});
+        vec![
+            (1, "raft.restore", restore()),
+            (2, "raft.restore", restore()),
+            (3, "raft.restore", restore()),
+            (1, "raft.vote", json!({"epoch": 1, "candidate": 1})),
+            (2, "raft.vote", json!({"epoch": 1, "candidate": 1})),
+            (1, "raft.leader", json!({"epoch": 1, "leo": 0, "hw": 0})),
+            (
+                1,
+                "raft.append",
+                json!({"base_offset": 0, "epochs": [1, 1], "leader": true}),
+            ),
+            (
+                2,
+                "raft.append",
+                json!({"base_offset": 0, "epochs": [1, 1], "leader": false}),
+            ),
+            (1, "raft.hw", json!({"hw": 2, "before": 0})),
+            (2, "raft.hw", json!({"hw": 2, "before": 0})),
+        ]
+    }
+
+    #[test]
+    fn a_correct_quorum_conforms() {
+        let r = check(&quorum());
+        assert!(r.conforms(), "{}", r.text());
+    }
+
+    #[test]
+    fn a_second_vote_in_an_epoch_is_caught() {
+        let mut t = quorum();
+        t.insert(5, (2, "raft.vote", json!({"epoch": 1, "candidate": 3})));
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "HandleVoteRequest");
+        assert!(msg.contains("one vote per epoch"), "{msg}");
+        // The vote survives a restart (quorum-state): forgetting it is caught too.
+        let mut t = quorum();
+        t.push((
+            2,
+            "raft.restore",
+            json!({"epoch": 1, "voted_for": -1, "leo": 2, "epochs": [[1, 0]]}),
+        ));
+        t.push((2, "raft.vote", json!({"epoch": 1, "candidate": 3})));
+        assert_eq!(caught(&t).0, "HandleVoteRequest");
+    }
+
+    #[test]
+    fn two_leaders_of_an_epoch_are_caught() {
+        let mut t = quorum();
+        t.push((3, "raft.leader", json!({"epoch": 1, "leo": 0, "hw": 0})));
+        assert_eq!(caught(&t).0, "election-safety");
+    }
+
+    #[test]
+    fn an_hw_going_back_is_caught_even_across_a_restart() {
+        let mut t = quorum();
+        t.push((2, "raft.hw", json!({"hw": 1, "before": 2})));
+        assert_eq!(caught(&t).0, "hw-monotonic");
+        let mut t = quorum();
+        t.push((
+            2,
+            "raft.restore",
+            json!({"epoch": 1, "voted_for": 1, "leo": 2, "epochs": [[1, 0]]}),
+        ));
+        t.push((2, "raft.hw", json!({"hw": 1, "before": 0})));
+        assert_eq!(
+            caught(&t).0,
+            "hw-monotonic",
+            "the model's track_hw keeps the floor"
+        );
+        let mut t = quorum();
+        t.push((
+            2,
+            "raft.restore",
+            json!({"epoch": 1, "voted_for": 1, "leo": 2, "epochs": [[1, 0]]}),
+        ));
+        t.push((2, "raft.hw", json!({"hw": 2, "before": 0})));
+        assert!(check(&t).conforms());
+    }
+
+    #[test]
+    fn losing_committed_metadata_is_caught() {
+        let mut t = quorum();
+        t.push((2, "raft.truncate", json!({"offset": 1, "hw": 2})));
+        assert_eq!(caught(&t).0, "leader-completeness", "below its own HW");
+        let mut t = quorum();
+        // Node 3 never fetched; elected anyway it lacks the committed records.
+        t.push((3, "raft.vote", json!({"epoch": 2, "candidate": 3})));
+        t.push((3, "raft.leader", json!({"epoch": 2, "leo": 0, "hw": 0})));
+        assert_eq!(caught(&t).0, "leader-completeness");
+        let mut t = quorum();
+        // Node 3 fetches a record that no leader of epoch 2 wrote.
+        t.push((
+            3,
+            "raft.append",
+            json!({"base_offset": 0, "epochs": [2], "leader": false}),
+        ));
+        assert_eq!(caught(&t).0, "log-matching");
+    }
+
+    #[test]
+    fn merging_keeps_each_nodes_order_and_orders_by_the_monotonic_clock() {
+        let mut t = trace(&replicated());
+        t.reverse();
+        let merged = merge(t);
+        let order: Vec<(i32, u64)> = merged.iter().map(|e| (e.node, e.seq)).collect();
+        assert_eq!(order, vec![(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (2, 2)]);
     }
 }
