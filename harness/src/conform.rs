@@ -302,7 +302,9 @@ struct ReplicaView {
     min_isr: i64,
     /// Follower: how many records, from offset 0, it holds as its leader does in `leader_epoch`
     /// (the model's `follower_leo`, as the leader may know it from this replica's fetches).
-    matched: (i32, usize),
+    /// Kept per leader epoch: a leader may still act on a fetch sent before the follower
+    /// moved on to the next leader epoch (or restarted with its log intact).
+    matched: BTreeMap<i32, usize>,
     /// How far below its HW this replica's log is known to agree with the consumed log.
     verified: usize,
 }
@@ -317,7 +319,7 @@ impl ReplicaView {
             partition_epoch: -1,
             isr: Vec::new(),
             min_isr: 1,
-            matched: (-1, 0),
+            matched: BTreeMap::new(),
             verified: 0,
         }
     }
@@ -395,13 +397,13 @@ impl PartitionView {
             return;
         };
         let epoch = r.leader_epoch;
-        let mut m = if r.matched.0 == epoch { r.matched.1 } else { 0 };
+        let mut m = r.matched.get(&epoch).copied().unwrap_or(0);
         m = m.min(r.log.len()).min(leader.log.len());
         while m < r.log.len() && m < leader.log.len() && r.log[m] == leader.log[m] {
             m += 1;
         }
         let r = self.replicas.get_mut(&b).expect("looked up above");
-        r.matched = (epoch, m);
+        r.matched.insert(epoch, m);
     }
 }
 
@@ -476,6 +478,13 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                 p.written.insert((o as i64, ep));
             }
             let mut n = ReplicaView::new();
+            // What the leaders learnt from the previous incarnation's fetches stays true of
+            // the records that survived.
+            n.matched = r
+                .matched
+                .iter()
+                .map(|(&ep, &m)| (ep, m.min(leo as usize)))
+                .collect();
             n.hw = e.i("hw").map_err(Err)?.min(leo);
             n.log = log;
             p.replicas.insert(b, n);
@@ -664,8 +673,9 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
             v.log.truncate(leo);
             v.hw = v.hw.min(leo as i64);
             v.verified = v.verified.min(leo);
-            if v.matched.1 > leo {
-                v.matched.1 = leo;
+            let epoch = v.leader_epoch;
+            if let Some(m) = v.matched.get_mut(&epoch) {
+                *m = (*m).min(leo);
             }
         }
         "partition.hw" => {
@@ -705,8 +715,8 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                     let matched = p
                         .replicas
                         .get(&m)
-                        .filter(|f| f.role == Role::Follower(b) && f.matched.0 == r.leader_epoch)
-                        .map_or(0, |f| f.matched.1);
+                        .and_then(|f| f.matched.get(&r.leader_epoch).copied())
+                        .unwrap_or(0);
                     if (matched as i64) < hw {
                         violation!(M, "advance_hw", before!(),
                             "leader b{b} advanced its HW to {hw} but ISR member b{m} holds only {matched} records as the leader does in leader epoch {}: the HW is the smallest LEO of the ISR",
@@ -1181,6 +1191,23 @@ mod tests {
         let mut t = replicated();
         t[0].2 = lead(1, &[1], 1);
         assert!(check(&t).conforms());
+    }
+
+    #[test]
+    fn a_late_fetch_from_a_follower_that_moved_on_still_counts() {
+        // b2 fetched in epoch 1, then applied epoch 2 (b3 leads) before b1 handled that
+        // fetch and advanced its HW: what b1 learnt stays true.
+        let mut t = replicated();
+        t.insert(4, (2, "partition.follower", follow(3, 2, &[3, 2])));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        // The same after a restart that kept the log; not after one that lost the records.
+        let open = |leo: i64| p(json!({"leo": leo, "log_start": 0, "hw": 0, "epochs": [[1, 0]]}));
+        let mut t = replicated();
+        t.insert(4, (2, "replica.open", open(2)));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        let mut t = replicated();
+        t.insert(4, (2, "replica.open", open(1)));
+        assert_eq!(caught(&t).0, "advance_hw");
     }
 
     #[test]
