@@ -30,6 +30,7 @@ fn cli() -> Command {
         .subcommand(compare_cli::compare_command())
         .subcommand(kcheck_harness::cli::analyze_command())
         .subcommand(kcheck_harness::test_cli::test_command())
+        .subcommand(kcheck_harness::conform::conform_command())
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
         .subcommand(kcheck_reference::cli::bench_quorum_command())
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Some(("compare", m)) => compare_cli::run_compare(m),
         Some(("analyze", m)) => kcheck_harness::cli::run_analyze(m),
         Some(("test", m)) => kcheck_harness::test_cli::run_test(m),
+        Some(("conform", m)) => kcheck_harness::conform::run_conform(m),
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
         Some(("bench-quorum", m)) => kcheck_reference::cli::run_bench_quorum(m),

@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod cli;
+pub mod conform;
 pub mod edn;
 pub mod history;
 pub mod kafka;

@@ -1117,7 +1117,7 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         });
     }
     std::fs::create_dir_all(dir).map_err(io)?;
-    let system = ProcessSystem::start(dir, specs, lazy, false)
+    let system = ProcessSystem::start(dir, specs, lazy, false, None)
         .map_err(|e| format!("cannot start the cluster: {e}"))?;
     let mut cluster = Cluster {
         system,

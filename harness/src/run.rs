@@ -389,6 +389,7 @@ fn node_specs(
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
+        args.extend(trace_flag(dir, *id));
         args.extend(flags(&controller_bugs));
         specs.push(NodeSpec {
             id: *id,
@@ -421,6 +422,7 @@ fn node_specs(
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
+        args.extend(trace_flag(dir, id));
         args.extend(flags(&broker_bugs));
         specs.push(NodeSpec {
             id,
@@ -431,6 +433,14 @@ fn node_specs(
         });
     }
     Ok(specs)
+}
+
+/// Every cluster node writes its protocol transition events to `<run>/n<ID>/trace.jsonl`, for
+/// `kcheck conform` (next to the node's log, not in its data directory: a LazyFs data
+/// directory loses unsynced writes, and the trace must keep every event).
+fn trace_flag(dir: &Path, id: i32) -> [String; 2] {
+    let path = dir.join(format!("n{id}")).join(crate::conform::TRACE_FILE);
+    ["--trace-file".into(), path.display().to_string()]
 }
 
 fn standalone_spec(config: &TestConfig, dir: &Path, host: &str) -> std::io::Result<Vec<NodeSpec>> {

@@ -239,11 +239,53 @@ pub fn run_test(m: &ArgMatches) -> u8 {
         }
     };
     print_summary(&file, &out, &results);
+    let conformance = if config.controllers > 0 {
+        conformance(&outcome.dir, &out)
+    } else {
+        Verdict::Valid
+    };
     let line = match results.verdict {
         Verdict::Valid => "VALID: no anomaly found",
         Verdict::Invalid => "INVALID: an anomaly was found",
         Verdict::Unknown => "UNKNOWN: the checkers could not decide",
     };
     println!("kcheck test: {line}: {}", results.summary);
-    results.verdict.exit_code()
+    if conformance == Verdict::Invalid {
+        println!("kcheck test: NON-CONFORMING: a node took a step no model action explains");
+    }
+    Verdict::combine([results.verdict, conformance]).exit_code()
+}
+
+/// Trace validation of a cluster run (`kcheck conform`): prints the report, adds it to
+/// `results.json` under `conformance` and writes `conformance.json`. A run whose traces
+/// cannot be read is unknown, never silently conforming.
+fn conformance(dir: &std::path::Path, results_json: &std::path::Path) -> Verdict {
+    let report = match crate::conform::conform_run(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("conformance: UNKNOWN: {e}");
+            return Verdict::Unknown;
+        }
+    };
+    print!("{}", report.text());
+    let value = serde_json::to_value(&report).expect("report serializes");
+    let _ = std::fs::write(
+        dir.join("conformance.json"),
+        format!("{}\n", serde_json::to_string_pretty(&value).expect("json")),
+    );
+    let merged = std::fs::read_to_string(results_json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|mut r| {
+            r.as_object_mut()?.insert("conformance".into(), value);
+            serde_json::to_string_pretty(&r).ok()
+        });
+    if let Some(text) = merged {
+        let _ = std::fs::write(results_json, format!("{text}\n"));
+    }
+    if report.conforms() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid
+    }
 }

@@ -490,7 +490,10 @@ fn brute_force_comparison_sees_both_verdicts() {
 #[test]
 fn an_empty_read_is_no_information_but_a_different_record_at_a_committed_offset_fails() {
     use kcheck_harness::run::read_outcome;
-    assert!(read_outcome(0, &[]).is_err(), "nothing at 0: no information");
+    assert!(
+        read_outcome(0, &[]).is_err(),
+        "nothing at 0: no information"
+    );
     assert!(read_outcome(2, &[(0, 7), (1, 9)]).is_err());
     assert_eq!(read_outcome(1, &[(0, 7), (1, 9)]), Ok(9));
 
@@ -510,6 +513,9 @@ fn an_empty_read_is_no_information_but_a_different_record_at_a_committed_offset_
     // The new leader lost record 7 and put 8 at offset 0: a violation, blamed on that read.
     let r = lin(&after_failover(8));
     assert_eq!(r.verdict, Verdict::Invalid);
-    let bad = r.partitions[0].first_illegal.as_ref().expect("an illegal op");
+    let bad = r.partitions[0]
+        .first_illegal
+        .as_ref()
+        .expect("an illegal op");
     assert_eq!(bad.invoke_index, 4, "{}", bad.explanation);
 }

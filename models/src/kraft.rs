@@ -1650,7 +1650,9 @@ pub fn hw_monotonic(s: &State) -> bool {
 
 /// One node's HW moved from `old` to `new`: whether it went below what the node knew before.
 /// An HW that becomes unknown is remembered in `floor` until the node learns one again.
-pub fn track_hw(old: Option<Offset>, new: Option<Offset>, floor: &mut Offset) -> bool {
+/// Generic over the offset type: trace validation (`kcheck conform`) runs it on the real
+/// controllers' 64-bit offsets.
+pub fn track_hw<O: Ord + Copy + Default>(old: Option<O>, new: Option<O>, floor: &mut O) -> bool {
     match (old, new) {
         (Some(a), Some(b)) => b < a,
         (Some(a), None) => {
@@ -1659,7 +1661,7 @@ pub fn track_hw(old: Option<Offset>, new: Option<Offset>, floor: &mut Offset) ->
         }
         (None, Some(b)) => {
             let regressed = b < *floor;
-            *floor = 0;
+            *floor = O::default();
             regressed
         }
         (None, None) => false,

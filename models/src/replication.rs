@@ -905,11 +905,19 @@ pub fn no_committed_data_loss(s: &State) -> bool {
 /// Any two replicas hold the same record at every offset below both of their HWs.
 pub fn replica_log_consistency(s: &State) -> bool {
     s.replicas.iter().enumerate().all(|(i, a)| {
-        s.replicas[i + 1..].iter().all(|b| {
-            let upto = a.hw.min(b.hw) as usize;
-            a.log[..upto] == b.log[..upto]
-        })
+        s.replicas[i + 1..]
+            .iter()
+            .all(|b| logs_agree_below_hw(&a.log, a.hw as usize, &b.log, b.hw as usize))
     })
+}
+
+/// The pairwise core of `replica-log-consistency`, over logs of any length (each record named
+/// by its leader epoch): two replicas hold the same records below the smaller of their HWs.
+/// An HW beyond its own log is a disagreement too. Shared with trace validation
+/// (`kcheck conform`), which runs it on the real brokers' logs without the model's bounds.
+pub fn logs_agree_below_hw<E: PartialEq>(a: &[E], a_hw: usize, b: &[E], b_hw: usize) -> bool {
+    let upto = a_hw.min(b_hw);
+    upto <= a.len() && upto <= b.len() && a[..upto] == b[..upto]
 }
 
 /// The leader serves, below its HW, exactly what the consumer already read there.

@@ -2,6 +2,7 @@
 //! [`PartitionLog`]), the group coordinator and the committed offsets store. Called by the
 //! tokio adapter in [`crate::server`] under one lock; no sockets here.
 
+use crate::batch::{self, BatchHeader};
 use crate::group::GroupCoordinator;
 use crate::log::{FlushPolicy, LogConfig, LogError, PartitionLog, ReadResult};
 use crate::metadata::MetadataImage;
@@ -10,6 +11,7 @@ use crate::partition::{
     AlterPartitionRequest, BrokerBugs, FetchBound, FollowerFetch, FollowerFetchOutcome,
     PartitionState, ProduceError, Transition,
 };
+use crate::proto_trace::TARGET;
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
@@ -195,13 +197,14 @@ impl Broker {
     pub fn enter_cluster_mode(&mut self) {
         self.cluster = true;
         let cfg = self.config.clone();
-        for t in self.topics.values_mut() {
+        for (name, t) in self.topics.iter_mut() {
             for r in &mut t.partitions {
                 let hw = PartitionLog::read_hw_checkpoint(r.log.dir())
                     .ok()
                     .flatten()
                     .unwrap_or(0);
                 r.state = follower_state(&cfg, r, hw);
+                trace_open(name, r);
             }
         }
     }
@@ -255,7 +258,10 @@ impl Broker {
                 while (t.partitions.len() as i32) < count.max(p + 1) {
                     let next = t.partitions.len() as i32;
                     match open_follower_replica(&self.config, &topic.name, topic.topic_id, next) {
-                        Ok(r) => t.partitions.push(r),
+                        Ok(r) => {
+                            trace_open(&topic.name, &r);
+                            t.partitions.push(r)
+                        }
                         Err(e) => {
                             tracing::error!(topic = %topic.name, partition = next, error = %e, "cannot open replica");
                             break;
@@ -265,8 +271,10 @@ impl Broker {
                 let Some(r) = t.partitions.get_mut(p as usize) else {
                     continue;
                 };
+                let hw_before = r.state.high_watermark;
                 let transition = r.state.apply_registration(registration, now_ms);
-                if let Err(e) = carry_out(r, &transition) {
+                trace_transition(&topic.name, r, &transition, hw_before);
+                if let Err(e) = carry_out(&topic.name, r, &transition) {
                     tracing::error!(topic = %topic.name, partition = p, error = %e, "storage error applying a partition change");
                 }
                 if !matches!(transition, Transition::Stale) {
@@ -293,7 +301,9 @@ impl Broker {
     ) -> Result<(FollowerFetchOutcome, Vec<u8>), i16> {
         let r = self.replica_mut(topic, p)?;
         let epochs = r.log.epochs().clone();
+        let hw_before = r.state.high_watermark;
         let outcome = r.state.on_follower_fetch(fetch, &epochs, now_ms);
+        trace_hw(topic, r, hw_before);
         let mut records = Vec::new();
         if let FollowerFetchOutcome::Read { .. } = outcome {
             let leo = r.state.log_end_offset;
@@ -328,6 +338,7 @@ impl Broker {
                 records,
                 high_watermark,
             } => {
+                let hw_before = r.state.high_watermark;
                 let n = if records.is_empty() {
                     0
                 } else {
@@ -346,8 +357,18 @@ impl Broker {
                         code::KAFKA_STORAGE_ERROR
                     })?;
                 }
+                if n > 0 {
+                    let headers: Vec<BatchHeader> = batch::scan(&records)
+                        .batches
+                        .into_iter()
+                        .take(n)
+                        .map(|(_, h)| h)
+                        .collect();
+                    trace_append(topic, r, &headers);
+                }
                 r.state
                     .on_follower_append(r.log.log_end_offset(), high_watermark);
+                trace_hw(topic, r, hw_before);
                 Ok(n > 0)
             }
             FetchedPartition::Diverging { epoch, end_offset } => {
@@ -368,6 +389,7 @@ impl Broker {
                 );
                 let leo = r.log.truncate_to(to).map_err(storage_error)?;
                 r.state.on_truncated(leo);
+                trace_truncate(topic, r, to, "diverging-epoch");
                 Ok(true)
             }
             FetchedPartition::OffsetOutOfRange {
@@ -378,6 +400,7 @@ impl Broker {
                     .truncate_to(leader_log_end_offset)
                     .map_err(storage_error)?;
                 r.state.on_truncated(leo);
+                trace_truncate(topic, r, leader_log_end_offset, "offset-out-of-range");
                 Ok(true)
             }
         }
@@ -516,7 +539,11 @@ impl Broker {
         if flush == FlushPolicy::Always {
             r.log.flush().map_err(storage_error)?;
         }
+        let hw_before = r.state.high_watermark;
         r.state.on_local_append(&plan);
+        let headers: Vec<BatchHeader> = plan.batches.iter().map(|(_, h)| *h).collect();
+        trace_append(topic, r, &headers);
+        trace_hw(topic, r, hw_before);
         Ok(Appended {
             base_offset: plan.base_offset,
             last_offset: plan.last_offset,
@@ -642,7 +669,7 @@ pub enum FetchedPartition {
     },
 }
 
-fn carry_out(r: &mut Replica, t: &Transition) -> Result<(), LogError> {
+fn carry_out(topic: &str, r: &mut Replica, t: &Transition) -> Result<(), LogError> {
     match t {
         Transition::BecomeLeader { leader_epoch } => {
             r.log.assign_epoch_at_leo(*leader_epoch)?;
@@ -661,6 +688,7 @@ fn carry_out(r: &mut Replica, t: &Transition) -> Result<(), LogError> {
             if let Some(offset) = truncate_to {
                 let leo = r.log.truncate_to(*offset)?;
                 r.state.on_truncated(leo);
+                trace_truncate(topic, r, *offset, "truncate-to-hw");
             }
             tracing::info!(
                 partition = r.state.partition,
@@ -672,6 +700,94 @@ fn carry_out(r: &mut Replica, t: &Transition) -> Result<(), LogError> {
         _ => {}
     }
     Ok(())
+}
+
+// ---- protocol transition events (`kcheck conform`, see `crate::proto_trace`) ----------------
+
+/// A replica opened after a (re)start: its recovered log as its leader-epoch cache, so the
+/// checker knows what survived (the model's `Crash` keeps a flushed prefix).
+fn trace_open(topic: &str, r: &Replica) {
+    let epochs: Vec<[i64; 2]> = r
+        .log
+        .epochs()
+        .entries
+        .iter()
+        .map(|&(e, o)| [i64::from(e), o])
+        .collect();
+    tracing::info!(target: TARGET, topic, partition = r.state.partition,
+        leo = r.log.log_end_offset(), log_start = r.log.log_start_offset(),
+        hw = r.state.high_watermark, epochs = ?epochs, "replica.open");
+}
+
+/// A registration applied: the model's election seen by the new leader, `BecomeFollower`, or
+/// an ISR change (the leader computes its HW over this ISR).
+pub fn trace_transition(topic: &str, r: &Replica, t: &Transition, hw_before: i64) {
+    let s = &r.state;
+    let p = s.partition;
+    match t {
+        Transition::BecomeLeader { leader_epoch } => {
+            tracing::info!(target: TARGET, topic, partition = p, leader_epoch,
+                partition_epoch = s.partition_epoch, isr = ?s.isr, replicas = ?s.replicas,
+                min_isr = s.min_insync_replicas, leo = s.log_end_offset, hw = s.high_watermark,
+                "partition.leader");
+        }
+        Transition::BecomeFollower {
+            leader,
+            leader_epoch,
+            ..
+        } => {
+            tracing::info!(target: TARGET, topic, partition = p, leader, leader_epoch,
+                partition_epoch = s.partition_epoch, isr = ?s.isr, replicas = ?s.replicas,
+                leo = s.log_end_offset, hw = s.high_watermark, "partition.follower");
+        }
+        Transition::Updated => {
+            tracing::info!(target: TARGET, topic, partition = p, leader_epoch = s.leader_epoch,
+                partition_epoch = s.partition_epoch, isr = ?s.isr, replicas = ?s.replicas,
+                leader = s.is_leader(), "partition.update");
+        }
+        Transition::Stopped => {
+            tracing::info!(target: TARGET, topic, partition = p, leader_epoch = s.leader_epoch,
+                partition_epoch = s.partition_epoch, "partition.stopped");
+        }
+        Transition::Stale => {}
+    }
+    trace_hw(topic, r, hw_before);
+}
+
+/// The replica's HW moved (leader: the model's `advance_hw`; follower: the fetch response's).
+pub fn trace_hw(topic: &str, r: &Replica, before: i64) {
+    let s = &r.state;
+    if s.high_watermark != before {
+        tracing::info!(target: TARGET, topic, partition = s.partition, hw = s.high_watermark,
+            before, leo = s.log_end_offset, leader = s.is_leader(), leader_epoch = s.leader_epoch,
+            "partition.hw");
+    }
+}
+
+/// Records appended: by the leader (the model's `Produce`) or a follower (`Fetch`), each batch
+/// as [base offset, last offset, leader epoch].
+fn trace_append(topic: &str, r: &Replica, headers: &[BatchHeader]) {
+    let s = &r.state;
+    let batches: Vec<[i64; 3]> = headers
+        .iter()
+        .map(|h| {
+            [
+                h.base_offset,
+                h.last_offset(),
+                i64::from(h.partition_leader_epoch),
+            ]
+        })
+        .collect();
+    tracing::info!(target: TARGET, topic, partition = s.partition, leader = s.is_leader(),
+        leader_epoch = s.leader_epoch, batches = ?batches, leo = r.log.log_end_offset(),
+        "partition.append");
+}
+
+/// A follower truncated (`to` asked, `leo` reached: whole batches go).
+fn trace_truncate(topic: &str, r: &Replica, to: i64, reason: &str) {
+    let s = &r.state;
+    tracing::info!(target: TARGET, topic, partition = s.partition, to, leo = r.log.log_end_offset(),
+        hw = s.high_watermark, leader_epoch = s.leader_epoch, reason, "partition.truncate");
 }
 
 /// A replica whose role the metadata image decides (cluster mode): it starts neither

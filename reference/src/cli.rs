@@ -111,6 +111,12 @@ pub fn broker_command() -> Command {
                 .help("TESTS ONLY: serve the hold/release control endpoint on this loopback address (kcheck replay --against cluster); off when absent"),
         )
         .arg(
+            Arg::new("trace-file")
+                .long("trace-file")
+                .value_name("PATH")
+                .help("Write protocol transition events as JSON lines to PATH (for `kcheck conform`)"),
+        )
+        .arg(
             Arg::new("max-request-bytes")
                 .long("max-request-bytes")
                 .default_value("104857600")
@@ -400,7 +406,18 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
 /// Runs the broker until Ctrl-C. Exit 0 on clean shutdown, 2 on bad arguments, 1 when the
 /// broker cannot start (e.g. corrupt committed data).
 pub fn run_broker(m: &ArgMatches) -> u8 {
-    init_tracing();
+    let node_id = *m.get_one::<i32>("node-id").expect("has default");
+    let trace_file = m.get_one::<String>("trace-file").map(PathBuf::from);
+    if let Err(e) = crate::proto_trace::init(trace_file.as_deref(), node_id) {
+        eprintln!(
+            "kcheck broker: cannot open --trace-file {}: {e} (give a writable path)",
+            trace_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        );
+        return 2;
+    }
     let cfg = match broker_config(m) {
         Ok(c) => c,
         Err(e) => {
@@ -663,9 +680,20 @@ pub fn bench_broker_command() -> Command {
         .arg(Arg::new("in-flight").long("in-flight").default_value("64").value_parser(clap::value_parser!(usize)).help("Outstanding produce requests"))
         .arg(Arg::new("records-per-batch").long("records-per-batch").default_value("100").value_parser(clap::value_parser!(i32)))
         .arg(Arg::new("record-bytes").long("record-bytes").default_value("100").value_parser(clap::value_parser!(usize)))
+        .arg(Arg::new("trace-file").long("trace-file").value_name("PATH").help("Trace the in-process broker's protocol events to PATH (measures tracing's overhead)"))
 }
 
 pub fn run_bench_broker(m: &ArgMatches) -> u8 {
+    let trace_file = m.get_one::<String>("trace-file").map(PathBuf::from);
+    if let Some(path) = &trace_file {
+        if let Err(e) = crate::proto_trace::init(Some(path), 0) {
+            eprintln!(
+                "kcheck bench-broker: cannot open --trace-file {}: {e} (give a writable path)",
+                path.display()
+            );
+            return 2;
+        }
+    }
     let cfg = crate::bench::BenchConfig {
         data_dir: PathBuf::from(m.get_one::<String>("data-dir").expect("has default")),
         seconds: m
@@ -699,8 +727,20 @@ pub fn run_bench_broker(m: &ArgMatches) -> u8 {
             return 1;
         }
     };
+    let started = std::time::Instant::now();
     match rt.block_on(crate::bench::run(&cfg)) {
-        Ok(_) => 0,
+        Ok(_) => {
+            if let Some(path) = &trace_file {
+                let events = std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "trace: {events} protocol events in {secs:.1} s ({:.0} events/s) to {}",
+                    events as f64 / secs,
+                    path.display()
+                );
+            }
+            0
+        }
         Err(e) => {
             eprintln!("kcheck bench-broker: {e:#}");
             1

@@ -25,6 +25,7 @@ pub mod metadata;
 pub mod metadata_log;
 pub mod offsets;
 pub mod partition;
+pub mod proto_trace;
 pub mod raft;
 pub mod replication;
 pub mod server;

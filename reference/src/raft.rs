@@ -19,6 +19,7 @@
 //! The names of the invariants asserted here are those of the `kraft` model: `election-safety`,
 //! `log-matching`, `leader-completeness`, `hw-monotonic`, `observer-prefix`.
 
+use crate::proto_trace::TARGET;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -368,6 +369,7 @@ impl RaftNode {
             bootstrap_cursor: 0,
         };
         node.check_log_epochs();
+        node.trace_restore();
         node.deadline_ms = match role {
             Role::Follower => now_ms + node.config.fetch_timeout_ms,
             _ => node.random_election_deadline(now_ms),
@@ -623,6 +625,8 @@ impl RaftNode {
             leader_id: None,
         };
         self.role = Role::Candidate;
+        tracing::info!(target: TARGET, node = self.id, epoch = self.leader_epoch(),
+            candidate = self.id, "raft.vote");
         self.granted.clear();
         self.granted.insert(self.id);
         self.deadline_ms = self.random_election_deadline(now_ms);
@@ -653,6 +657,8 @@ impl RaftNode {
     fn become_leader(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         self.quorum.leader_id = Some(self.id);
         self.role = Role::Leader;
+        tracing::info!(target: TARGET, node = self.id, epoch = self.leader_epoch(),
+            leo = self.log_end_offset(), hw = self.high_watermark, "raft.leader");
         self.granted.clear();
         self.replicas.clear();
         self.check_quorum_ms = now_ms;
@@ -753,6 +759,9 @@ impl RaftNode {
             );
             self.log.push(e.clone());
         }
+        let epochs: Vec<Epoch> = entries.iter().map(|e| e.epoch).collect();
+        tracing::info!(target: TARGET, node = self.id, base_offset, epochs = ?epochs,
+            leader = self.role == Role::Leader, "raft.append");
         out.push(Output::Append {
             base_offset,
             entries,
@@ -773,6 +782,8 @@ impl RaftNode {
         );
         if offset < self.log_end_offset() {
             self.log.truncate(offset as usize);
+            tracing::info!(target: TARGET, node = self.id, offset, hw = self.high_watermark,
+                "raft.truncate");
             out.push(Output::Truncate { offset });
         }
     }
@@ -785,6 +796,7 @@ impl RaftNode {
             self.log_end_offset()
         );
         if hw > self.high_watermark {
+            self.trace_hw(hw);
             self.high_watermark = hw;
         }
     }
@@ -847,6 +859,26 @@ impl RaftNode {
         if candidate > self.epoch_start_offset {
             self.set_high_watermark(candidate);
         }
+    }
+
+    /// The HW moves from its current value to `hw` (a `raft.hw` event for `kcheck conform`).
+    fn trace_hw(&self, hw: i64) {
+        tracing::info!(target: TARGET, node = self.id, hw, before = self.high_watermark,
+            leo = self.log_end_offset(), leader = self.role == Role::Leader, "raft.hw");
+    }
+
+    /// What a (re)started node remembers: its quorum-state and its log as (epoch, start
+    /// offset) runs; its HW is unknown (0) until it learns one.
+    fn trace_restore(&self) {
+        let mut runs: Vec<[i64; 2]> = Vec::new();
+        for (o, e) in self.log.iter().enumerate() {
+            if runs.last().is_none_or(|r| r[0] != i64::from(e.epoch)) {
+                runs.push([i64::from(e.epoch), o as i64]);
+            }
+        }
+        tracing::info!(target: TARGET, node = self.id, epoch = self.quorum.leader_epoch,
+            voted_for = self.quorum.voted_for.unwrap_or(-1), leo = self.log_end_offset(),
+            epochs = ?runs, "raft.restore");
     }
 
     fn check_log_epochs(&self) {
@@ -1014,6 +1046,8 @@ impl RaftNode {
         };
         let granted = may_vote && up_to_date;
         if granted && self.quorum.voted_for != Some(candidate) {
+            tracing::info!(target: TARGET, node = self.id, epoch = self.leader_epoch(),
+                candidate, "raft.vote");
             self.quorum.voted_for = Some(candidate);
             self.role = Role::Voted;
             self.deadline_ms = self.random_election_deadline(now_ms);
@@ -1225,6 +1259,9 @@ impl RaftNode {
                     high_watermark.min(self.log_end_offset())
                 };
                 if self.has(RaftBug::HwCopiedFromLeader) {
+                    if hw != self.high_watermark {
+                        self.trace_hw(hw);
+                    }
                     self.high_watermark = hw;
                 } else {
                     self.set_high_watermark(hw);

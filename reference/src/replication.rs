@@ -220,8 +220,11 @@ pub fn send_alter_partition(
         let now = shared.now_ms();
         let mut b = shared.lock();
         if let Ok(r) = b.replica_mut(&topic, partition) {
-            r.state
+            let hw_before = r.state.high_watermark;
+            let t = r
+                .state
                 .on_alter_partition_response(result.as_ref().map_err(|c| *c), now);
+            crate::broker::trace_transition(&topic, r, &t, hw_before);
         }
         shared.deliver_acks(&mut b);
     });
