@@ -408,6 +408,12 @@ pub enum Action {
         node: NodeId,
         to: NodeId,
     },
+    /// A follower's Fetch is handled by the leader (which records its end offset and may
+    /// advance the HW) but the response is lost: the follower learns nothing.
+    FetchResponseLost {
+        node: NodeId,
+        to: NodeId,
+    },
     /// A candidate or prospective voter resends a lost (pre-)VoteRequest.
     ResendVote {
         voter: NodeId,
@@ -452,6 +458,8 @@ pub enum KraftBug {
     ApplyUncommitted,
     ForgetVoteOnRestart,
     NoElectionTimeout,
+    HwBeyondLogEnd,
+    HwBeforeLeaderChangeCommitted,
 }
 
 impl KraftBug {
@@ -463,15 +471,19 @@ impl KraftBug {
             KraftBug::ApplyUncommitted => "apply-uncommitted",
             KraftBug::ForgetVoteOnRestart => "forget-vote-on-restart",
             KraftBug::NoElectionTimeout => "no-election-timeout",
+            KraftBug::HwBeyondLogEnd => "hw-beyond-log-end",
+            KraftBug::HwBeforeLeaderChangeCommitted => "hw-before-leader-change-committed",
         }
     }
-    pub const ALL: [KraftBug; 6] = [
+    pub const ALL: [KraftBug; 8] = [
         KraftBug::VoteIgnoresLog,
         KraftBug::CommitPriorEpoch,
         KraftBug::NoDivergingEpoch,
         KraftBug::ApplyUncommitted,
         KraftBug::ForgetVoteOnRestart,
         KraftBug::NoElectionTimeout,
+        KraftBug::HwBeyondLogEnd,
+        KraftBug::HwBeforeLeaderChangeCommitted,
     ];
 }
 
@@ -484,9 +496,21 @@ static BUG_FLAGS: &[BugFlag] = &[
     },
     BugFlag {
         name: "commit-prior-epoch",
-        meaning: "the leader advances the HW over a majority of a prior epoch's records",
-        source: "KIP-595; Raft paper figure 8",
+        meaning: "the leader advances the HW over whatever offset a majority of voters reached, records of prior epochs included, so a new leader's HW can fall below its predecessor's",
+        source: "KIP-595 (a leader commits only through a record of its own epoch); Raft paper §5.4.2",
+        violates: "hw-monotonic",
+    },
+    BugFlag {
+        name: "hw-before-leader-change-committed",
+        meaning: "the new leader advances the HW once a majority reached its epoch start offset, before its LeaderChange record is replicated (an off-by-one): prior epochs' records commit (Raft figure 8)",
+        source: "KAFKA-12619 (fixed in Kafka 3.0)",
         violates: "no-committed-data-loss",
+    },
+    BugFlag {
+        name: "hw-beyond-log-end",
+        meaning: "mutation: a broker takes the leader's HW from a FetchResponse without bounding it by its own log end offset",
+        source: "mutation of KafkaRaftClient.updateFollowerHighWatermark (HW = min(leader HW, LEO))",
+        violates: "hw-within-log",
     },
     BugFlag {
         name: "no-diverging-epoch",
@@ -526,7 +550,7 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "brokers",
         meaning: "brokers observing __cluster_metadata",
-        default: 0,
+        default: 1,
         release: 1,
         min: 0,
         max: MAX_OBSERVERS as u32,
@@ -542,24 +566,24 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "records",
         meaning: "metadata records the active controllers write",
-        default: 0,
-        release: 0,
+        default: 1,
+        release: 2,
         min: 0,
         max: 4,
     },
     Bound {
         name: "crashes",
         meaning: "node crashes (graceful or not); restarts are free",
-        default: 0,
-        release: 0,
+        default: 1,
+        release: 1,
         min: 0,
         max: 4,
     },
     Bound {
         name: "network",
         meaning: "messages in flight at once (a send into a full network is lost)",
-        default: 2,
-        release: 2,
+        default: 1,
+        release: 1,
         min: 1,
         max: MAX_NETWORK as u32,
     },
@@ -809,7 +833,16 @@ impl Kraft {
             .iter()
             .position(|r| r.epoch == v.epoch)
             .unwrap_or(v.log.len()) as Offset;
-        let own_epoch_ok = majority_end > epoch_start || self.has(KraftBug::CommitPriorEpoch);
+        // The majority must hold a record of the leader's epoch: past the epoch start, which
+        // is its LeaderChange record (KAFKA-12619 fixed an off-by-one that accepted the epoch
+        // start itself, i.e. only records of prior epochs).
+        let own_epoch_ok = if self.has(KraftBug::CommitPriorEpoch) {
+            true
+        } else if self.has(KraftBug::HwBeforeLeaderChangeCommitted) {
+            majority_end >= epoch_start
+        } else {
+            majority_end > epoch_start
+        };
         if own_epoch_ok && v.hw.is_none_or(|hw| majority_end > hw) && majority_end > 0 {
             let log = v.log;
             let epoch = v.epoch;
@@ -996,7 +1029,7 @@ impl Kraft {
                 }
                 // A follower voter's own HW is not modelled (the observers model how committed
                 // records are applied); only the leader's HW is.
-                v.log = follower_fetch_response(&v.log, data, hw).0;
+                v.log = follower_fetch_response(&v.log, data, hw, true).0;
             }
         }
     }
@@ -1025,7 +1058,8 @@ impl Kraft {
         }
         o.epoch = epoch;
         o.leader = Some(m.from);
-        let (log, new_hw) = follower_fetch_response(&o.log, data, hw);
+        let bound = !self.has(KraftBug::HwBeyondLogEnd);
+        let (log, new_hw) = follower_fetch_response(&o.log, data, hw, bound);
         o.log = log;
         if let Some(h) = new_hw {
             o.hw = Some(h);
@@ -1067,8 +1101,9 @@ impl Kraft {
             match v.state {
                 QuorumStateKind::Follower => {
                     let l = v.leader.expect("a follower knows its leader");
-                    if self.may_fetch(s, id) {
+                    if self.alive(s, l) {
                         actions.push(Action::SendFetch { node: id, to: l });
+                        actions.push(Action::FetchResponseLost { node: id, to: l });
                     }
                 }
                 QuorumStateKind::Prospective => {
@@ -1122,11 +1157,15 @@ impl Kraft {
                 actions.push(Action::Restart { node: id });
                 continue;
             }
-            if self.may_fetch(s, id) {
-                match o.leader {
-                    Some(l) => actions.push(Action::SendFetch { node: id, to: l }),
-                    None => {
-                        for to in 0..n_voters {
+            match o.leader {
+                Some(l) => {
+                    if self.alive(s, l) {
+                        actions.push(Action::SendFetch { node: id, to: l });
+                    }
+                }
+                None => {
+                    for to in 0..n_voters {
+                        if self.alive(s, to) {
                             actions.push(Action::SendFetch { node: id, to });
                         }
                     }
@@ -1153,14 +1192,6 @@ impl Kraft {
             }
             actions.push(Action::Drop { message: *m });
         }
-    }
-
-    /// A fetcher has one Fetch outstanding at a time over one TCP connection (KafkaRaftClient
-    /// waits for the response or the request timeout, which closes the connection and with it
-    /// what it carried). So it sends when neither its request nor the response is in flight:
-    /// initially, after a response, or after either was lost.
-    fn may_fetch(&self, s: &State, id: NodeId) -> bool {
-        !self.in_flight(s, |m| fetch_of(m, id))
     }
 
     fn alive(&self, s: &State, n: NodeId) -> bool {
@@ -1222,47 +1253,19 @@ impl Kraft {
                 let i = s.network.iter().position(|m| *m == message)?;
                 remove_at(&mut s.network, i);
             }
-            Action::SendFetch { node, to } => {
-                let (epoch, log) = if self.is_voter(node) {
-                    let v = &mut s.voters[node as usize];
-                    (v.epoch, v.log)
-                } else {
-                    let o = &mut s.observers[node as usize - self.voters];
-                    (o.epoch, o.log)
-                };
-                let (last_fetched_epoch, fetch_offset) = last_epoch_and_end_offset(&log);
-                // The request reaches a live voter and is handled at once; only the response
-                // travels the network. (Losing the request is the same as losing the response
-                // before anything changed, and one request is outstanding per fetcher.)
-                if self.alive(&s, to) {
-                    let body = Body::Fetch {
-                        epoch,
-                        fetch_offset,
-                        last_fetched_epoch,
-                    };
-                    self.handle_at_voter(
-                        &mut s,
-                        Message {
-                            from: node,
-                            to,
-                            body,
-                        },
-                    );
-                    if !self.is_voter(node) {
-                        // A broker's fetch is a round trip in one step: observers are not part
-                        // of the quorum, and a response that arrives late is one the broker
-                        // rejects by fetch offset and epoch, or one that arrives in time.
-                        if let Some(i) = s.outbox.iter().position(|m| m.to == node) {
-                            let response = s.outbox[i];
-                            let mut rest: InlineVec<Message, 8> = InlineVec::new();
-                            for (j, m) in s.outbox.iter().enumerate() {
-                                if j != i {
-                                    rest.push(*m);
-                                }
-                            }
-                            s.outbox = rest;
-                            self.handle_at_observer(&mut s, response);
-                        }
+            Action::SendFetch { node, to } | Action::FetchResponseLost { node, to } => {
+                if !self.alive(&s, to) {
+                    return None;
+                }
+                let lost = matches!(action, Action::FetchResponseLost { .. });
+                self.fetch_round_trip(&mut s, node, to, lost);
+                if !self.is_voter(node) {
+                    // A broker told by a voter who leads (NOT_LEADER_OR_FOLLOWER naming the
+                    // leader) fetches from it next; the two round trips are one step, since
+                    // only the broker's own state changed in between.
+                    let o = s.observers[node as usize - self.voters];
+                    if let Some(l) = o.leader.filter(|l| *l != to && self.alive(&s, *l)) {
+                        self.fetch_round_trip(&mut s, node, l, false);
                     }
                 }
             }
@@ -1347,9 +1350,9 @@ impl Kraft {
                     };
                 } else {
                     let o = &mut s.observers[node as usize - self.voters];
+                    // A broker's KafkaRaftClient keeps quorum-state too: epoch and leader
+                    // survive, the HW does not.
                     o.alive = true;
-                    o.epoch = 0;
-                    o.leader = None;
                     o.hw = None;
                     // The image is rebuilt from the log as the HW becomes known again.
                     o.applied = InlineVec::new();
@@ -1365,6 +1368,48 @@ impl Kraft {
             s.hw_regressed |= track_hw(old.hw, new.hw, &mut new.hw_floor);
         }
         Some(s)
+    }
+
+    /// One Fetch round trip from `node` to voter `to`: the request is handled and its response
+    /// is handled by the fetcher at once, or lost. One request is outstanding per fetcher over
+    /// one connection, and a response changes only its fetcher, which rejects a late one by
+    /// epoch, leader and fetch offset; a response held back in the network would only add
+    /// interleavings of commuting steps. Losing the request is the same as doing nothing.
+    fn fetch_round_trip(&self, s: &mut State, node: NodeId, to: NodeId, lost: bool) {
+        let (epoch, log) = if self.is_voter(node) {
+            let v = &s.voters[node as usize];
+            (v.epoch, v.log)
+        } else {
+            let o = &s.observers[node as usize - self.voters];
+            (o.epoch, o.log)
+        };
+        let (last_fetched_epoch, fetch_offset) = last_epoch_and_end_offset(&log);
+        let body = Body::Fetch {
+            epoch,
+            fetch_offset,
+            last_fetched_epoch,
+        };
+        self.handle_at_voter(
+            s,
+            Message {
+                from: node,
+                to,
+                body,
+            },
+        );
+        if let Some(i) = s.outbox.iter().position(|m| m.to == node) {
+            let response = s.outbox[i];
+            let mut rest: InlineVec<Message, 8> = InlineVec::new();
+            for (j, m) in s.outbox.iter().enumerate() {
+                if j != i {
+                    rest.push(*m);
+                }
+            }
+            s.outbox = rest;
+            if !lost {
+                self.handle(s, response);
+            }
+        }
     }
 
     fn resign(&self, s: &mut State, id: NodeId) {
@@ -1498,11 +1543,14 @@ fn remove_at(net: &mut InlineVec<Message, MAX_NETWORK>, i: usize) {
 }
 
 /// A follower's or observer's log and HW after a FetchResponse: append the record at its LEO,
-/// or truncate on a diverging epoch; the HW is the response's, capped at the new LEO.
+/// or truncate on a diverging epoch; the HW is the response's, capped at the new LEO
+/// (`KafkaRaftClient.updateFollowerHighWatermark` takes the smaller of the two: a follower
+/// cannot have committed records it does not hold).
 pub fn follower_fetch_response(
     log: &InlineVec<Record, MAX_LOG>,
     data: FetchData,
     hw: Option<Offset>,
+    bound_hw_by_leo: bool,
 ) -> (InlineVec<Record, MAX_LOG>, Option<Offset>) {
     let mut log = *log;
     match data {
@@ -1519,6 +1567,9 @@ pub fn follower_fetch_response(
         FetchData::Empty | FetchData::NotLeader => {}
     }
     let leo = log.len() as Offset;
+    if !bound_hw_by_leo {
+        return (log, hw);
+    }
     (log, hw.map(|h| h.min(leo)))
 }
 
@@ -1704,7 +1755,10 @@ fn leader_electable_goal(m: &Kraft, s: &State) -> bool {
 fn no_faults(a: &Action) -> bool {
     !matches!(
         a,
-        Action::Crash { .. } | Action::Drop { .. } | Action::Duplicate { .. }
+        Action::Crash { .. }
+            | Action::Drop { .. }
+            | Action::Duplicate { .. }
+            | Action::FetchResponseLost { .. }
     )
 }
 
@@ -1853,6 +1907,14 @@ impl KcheckModel for Kraft {
                     } else {
                         " and applies the answer"
                     }
+                )
+            }
+            Action::FetchResponseLost { node, to } => {
+                let (e, o) = last_epoch_and_end_offset(&s.voters[node as usize].log);
+                format!(
+                    "{} sends Fetch(offset {o}, last fetched epoch {e}) to {}, whose answer the network loses",
+                    n(node),
+                    n(to)
                 )
             }
             Action::ResendVote { voter, to } => {

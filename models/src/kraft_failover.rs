@@ -38,6 +38,7 @@ fn no_fault(action: &Action) -> bool {
             | Action::Restart { .. }
             | Action::Drop { .. }
             | Action::Duplicate { .. }
+            | Action::FetchResponseLost { .. }
             | Action::Resign { .. }
     )
 }
@@ -83,7 +84,7 @@ pub fn messages(_m: &Kraft, before: &State, action: &Action, after: &State) -> u
         }
     }
     let inside = match *action {
-        Action::SendFetch { .. } => 1,
+        Action::SendFetch { .. } | Action::FetchResponseLost { .. } => 1,
         Action::PreVote { .. } => before
             .voters
             .iter()
