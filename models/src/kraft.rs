@@ -460,6 +460,7 @@ pub enum KraftBug {
     NoElectionTimeout,
     HwBeyondLogEnd,
     HwBeforeLeaderChangeCommitted,
+    ProspectiveFollowsItself,
 }
 
 impl KraftBug {
@@ -473,9 +474,10 @@ impl KraftBug {
             KraftBug::NoElectionTimeout => "no-election-timeout",
             KraftBug::HwBeyondLogEnd => "hw-beyond-log-end",
             KraftBug::HwBeforeLeaderChangeCommitted => "hw-before-leader-change-committed",
+            KraftBug::ProspectiveFollowsItself => "prospective-follows-itself",
         }
     }
-    pub const ALL: [KraftBug; 8] = [
+    pub const ALL: [KraftBug; 9] = [
         KraftBug::VoteIgnoresLog,
         KraftBug::CommitPriorEpoch,
         KraftBug::NoDivergingEpoch,
@@ -484,6 +486,7 @@ impl KraftBug {
         KraftBug::NoElectionTimeout,
         KraftBug::HwBeyondLogEnd,
         KraftBug::HwBeforeLeaderChangeCommitted,
+        KraftBug::ProspectiveFollowsItself,
     ];
 }
 
@@ -505,6 +508,12 @@ static BUG_FLAGS: &[BugFlag] = &[
         meaning: "the new leader advances the HW once a majority reached its epoch start offset, before its LeaderChange record is replicated (an off-by-one): prior epochs' records commit (Raft figure 8)",
         source: "KAFKA-12619 (fixed in Kafka 3.0)",
         violates: "no-committed-data-loss",
+    },
+    BugFlag {
+        name: "prospective-follows-itself",
+        meaning: "a resigned leader that went prospective in its own epoch handles a rejected pre-vote naming it as leader by becoming follower of itself",
+        source: "KAFKA-16281 (found by Jack Vanlightly's KIP-996 TLA+ model)",
+        violates: "valid-quorum-state",
     },
     BugFlag {
         name: "hw-beyond-log-end",
@@ -566,16 +575,16 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "records",
         meaning: "metadata records the active controllers write",
-        default: 1,
-        release: 2,
+        default: 0,
+        release: 1,
         min: 0,
         max: 4,
     },
     Bound {
         name: "crashes",
         meaning: "node crashes (graceful or not); restarts are free",
-        default: 1,
-        release: 1,
+        default: 0,
+        release: 0,
         min: 0,
         max: 4,
     },
@@ -1315,10 +1324,27 @@ impl Kraft {
                     })
                     .count();
                 if grants < self.majority() {
-                    return None;
+                    // A rejected pre-vote still teaches the leader of the epoch, if a voter
+                    // names one: the prospective voter follows it (KIP-996). Not itself: a
+                    // leader that resigned and went prospective in the same epoch is still
+                    // named leader by its followers (KAFKA-16281).
+                    let named = s
+                        .voters
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, r)| *i != voter as usize && r.alive && r.epoch == v.epoch)
+                        .find_map(|(_, r)| r.leader);
+                    match named {
+                        Some(l) if l != voter || self.has(KraftBug::ProspectiveFollowsItself) => {
+                            let e = v.epoch;
+                            Self::to_follower(&mut s.voters[voter as usize], e, l);
+                        }
+                        _ => return None,
+                    }
+                } else {
+                    s.voters[voter as usize].votes = BrokerSet::all(self.voters);
+                    self.maybe_win(&mut s, voter);
                 }
-                s.voters[voter as usize].votes = BrokerSet::all(self.voters);
-                self.maybe_win(&mut s, voter);
             }
             Action::Crash { node } => {
                 s.crashes += 1;
@@ -1717,6 +1743,23 @@ pub fn track_hw(old: Option<Offset>, new: Option<Offset>, floor: &mut Offset) ->
     }
 }
 
+/// Every live voter's quorum state is one `QuorumState` allows (Kafka throws
+/// IllegalStateException on the others): a Follower's leader is another voter, a Leader leads
+/// itself, a Candidate voted for itself and knows no leader, a Voted voter holds its vote.
+pub fn valid_quorum_state(s: &State) -> bool {
+    s.voters.iter().enumerate().all(|(i, v)| {
+        let id = i as NodeId;
+        !v.alive
+            || match v.state {
+                QuorumStateKind::Follower => v.leader.is_some_and(|l| l != id),
+                QuorumStateKind::Leader => v.leader == Some(id),
+                QuorumStateKind::Candidate => v.voted_for == Some(id) && v.leader.is_none(),
+                QuorumStateKind::Voted => v.voted_for.is_some(),
+                _ => true,
+            }
+    })
+}
+
 /// Every broker's applied records are a prefix of the committed log.
 pub fn observer_prefix(s: &State) -> bool {
     s.observers.iter().all(|o| {
@@ -1827,6 +1870,11 @@ impl KcheckModel for Kraft {
                 "hw-within-log",
                 "every HW is at most the node's LEO and covers only committed records",
                 |_, s| hw_within_log(s),
+            ),
+            Property::always(
+                "valid-quorum-state",
+                "every live voter's quorum state is one Kafka allows: a follower follows another voter, a leader leads itself, a candidate voted for itself, a voted voter holds its vote",
+                |_, s| valid_quorum_state(s),
             ),
             Property::sometimes(
                 "metadata-committed-after-failover",

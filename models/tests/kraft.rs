@@ -24,6 +24,7 @@ fn bug_bounds(bug: &str) -> Vec<(String, u32)> {
         "forget-vote-on-restart" => (1, 0, 0, 1, 1),
         "no-election-timeout" => (1, 0, 0, 0, 1),
         "hw-beyond-log-end" => (1, 1, 1, 0, 1),
+        "prospective-follows-itself" => (2, 0, 0, 0, 1),
         other => panic!("no bounds for {other}"),
     };
     [
@@ -295,6 +296,14 @@ fn hw_beyond_log_end_breaks_hw_within_log() {
     holds_without_flag("hw-beyond-log-end");
 }
 
+/// KAFKA-16281 (Jack Vanlightly, KIP-996 TLA+ model): a leader resigns, goes prospective in
+/// its own epoch, and its followers reject the pre-vote naming it as leader.
+#[test]
+fn prospective_follows_itself_breaks_valid_quorum_state() {
+    assert!(counterexample("prospective-follows-itself") <= 20);
+    holds_without_flag("prospective-follows-itself");
+}
+
 #[test]
 fn forget_vote_on_restart_elects_two_leaders_in_one_epoch() {
     counterexample("forget-vote-on-restart");
@@ -419,6 +428,12 @@ fn invariants_reject_hand_made_bad_states() {
         !kraft::log_matching(&s),
         "same epoch at offset 1, different offset 0"
     );
+    let mut s = m.initial_state();
+    s.voters[0].state = kraft::QuorumStateKind::Follower;
+    s.voters[0].leader = Some(0);
+    assert!(!kraft::valid_quorum_state(&s), "c0 follows itself");
+    s.voters[0].leader = Some(1);
+    assert!(kraft::valid_quorum_state(&s));
     let mut s = m.initial_state();
     s.observers[0].applied = [r(1)].as_slice().into();
     assert!(
