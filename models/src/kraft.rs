@@ -264,9 +264,6 @@ pub struct Voter {
     pub hw: Option<Offset>,
     /// Leader: each voter's end offset from its last Fetch in this epoch.
     pub end_offsets: [Offset; MAX_VOTERS],
-    /// History: the HW this node had before its HW became unknown (a restart, a new leader's
-    /// epoch), until it learns one again (for `hw-monotonic`).
-    pub hw_floor: Offset,
 }
 
 impl Voter {
@@ -285,6 +282,8 @@ pub struct Observer {
     pub hw: Option<Offset>,
     /// The records applied to its metadata image, in order (the image is their fold).
     pub applied: InlineVec<Record, MAX_LOG>,
+    /// History: the HW this broker had before a restart made it unknown, until it learns one
+    /// again (for `hw-monotonic`).
     pub hw_floor: Offset,
 }
 
@@ -1313,28 +1312,12 @@ impl Kraft {
                 if v.state != QuorumStateKind::Prospective || v.epoch >= self.max_epoch {
                     return None;
                 }
-                let candidate = last_epoch_and_end_offset(&v.log);
-                let grants = s
-                    .voters
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, r)| {
-                        *i == voter as usize
-                            || (r.alive && self.grants_pre_vote(r, v.epoch, candidate))
-                    })
-                    .count();
-                if grants < self.majority() {
+                if self.pre_vote_grants(&s, voter) < self.majority() {
                     // A rejected pre-vote still teaches the leader of the epoch, if a voter
                     // names one: the prospective voter follows it (KIP-996). Not itself: a
                     // leader that resigned and went prospective in the same epoch is still
                     // named leader by its followers (KAFKA-16281).
-                    let named = s
-                        .voters
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, r)| *i != voter as usize && r.alive && r.epoch == v.epoch)
-                        .find_map(|(_, r)| r.leader);
-                    match named {
+                    match self.leader_named_to(&s, voter) {
                         Some(l) if l != voter || self.has(KraftBug::ProspectiveFollowsItself) => {
                             let e = v.epoch;
                             Self::to_follower(&mut s.voters[voter as usize], e, l);
@@ -1386,9 +1369,19 @@ impl Kraft {
             }
         }
         self.flush_outbox(&mut s);
+        for v in s.voters.iter_mut() {
+            self.normalize_end_offsets(v);
+        }
         // History for hw-monotonic: compare every node's HW with the one it had before.
-        for (new, old) in s.voters.iter_mut().zip(before.voters.iter()) {
-            s.hw_regressed |= track_hw(old.hw, new.hw, &mut new.hw_floor);
+        // A voter's HW exists only while it leads; a leader's HW is never below what any
+        // leader committed before (so no voter needs to remember its own old HW).
+        let committed_before = before.committed.len() as Offset;
+        for (new, old) in s.voters.iter().zip(before.voters.iter()) {
+            s.hw_regressed |= match (old.hw, new.hw) {
+                (Some(a), Some(b)) => b < a,
+                (None, Some(b)) => b < committed_before,
+                _ => false,
+            };
         }
         for (new, old) in s.observers.iter_mut().zip(before.observers.iter()) {
             s.hw_regressed |= track_hw(old.hw, new.hw, &mut new.hw_floor);
@@ -1438,6 +1431,60 @@ impl Kraft {
         }
     }
 
+    /// Forget what the leader's view of its followers' end offsets cannot use: an end offset
+    /// at or below the HW (and the epoch start) can never raise the HW, so only whether it is
+    /// 0 (the voter has not fetched: resend BeginQuorumEpoch) is kept; voters that do not lead
+    /// keep none. States that differ only there behave alike, and merging them is exact.
+    fn normalize_end_offsets(&self, v: &mut Voter) {
+        if v.state != QuorumStateKind::Leader {
+            v.end_offsets = [0; MAX_VOTERS];
+            return;
+        }
+        let epoch_start = v
+            .log
+            .iter()
+            .position(|r| r.epoch == v.epoch)
+            .unwrap_or(v.log.len()) as Offset;
+        // The HW rises only past this offset (see `update_leader_hw`).
+        let base = if self.has(KraftBug::CommitPriorEpoch) {
+            0
+        } else if self.has(KraftBug::HwBeforeLeaderChangeCommitted) {
+            epoch_start.saturating_sub(1)
+        } else {
+            epoch_start
+        };
+        let floor = base.max(v.hw.unwrap_or(0));
+        for e in v.end_offsets.iter_mut() {
+            if *e <= floor {
+                *e = (*e).min(1);
+            }
+        }
+    }
+
+    /// How many voters (itself included) would grant `voter`'s pre-vote now.
+    fn pre_vote_grants(&self, s: &State, voter: NodeId) -> usize {
+        let v = &s.voters[voter as usize];
+        let candidate = last_epoch_and_end_offset(&v.log);
+        s.voters
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| {
+                *i == voter as usize || (r.alive && self.grants_pre_vote(r, v.epoch, candidate))
+            })
+            .count()
+    }
+
+    /// The leader of `voter`'s epoch that the other live voters of that epoch name in their
+    /// (pre-)vote responses, if any.
+    fn leader_named_to(&self, s: &State, voter: NodeId) -> Option<NodeId> {
+        let epoch = s.voters[voter as usize].epoch;
+        s.voters
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i != voter as usize && r.alive && r.epoch == epoch)
+            .find_map(|(_, r)| r.leader)
+    }
+
     fn resign(&self, s: &mut State, id: NodeId) {
         let v = &mut s.voters[id as usize];
         if v.state != QuorumStateKind::Leader {
@@ -1466,7 +1513,6 @@ impl Kraft {
                 v.alive,
                 v.votes.len(),
                 v.voted_for == Some(i as NodeId),
-                v.hw_floor,
             )
         };
         let mut order: Vec<usize> = (0..n).collect();
@@ -1858,7 +1904,7 @@ impl KcheckModel for Kraft {
             ),
             Property::always(
                 "hw-monotonic",
-                "no node's HW goes below one it had before, across restarts",
+                "no HW goes backwards: a node's never decreases, a new leader's is not below the committed log, a broker's survives its restart",
                 |_, s| hw_monotonic(s),
             ),
             Property::always(
@@ -1981,11 +2027,24 @@ impl KcheckModel for Kraft {
                 "leader {} resigns (shutdown or check-quorum timeout) and sends EndQuorumEpoch",
                 n(voter)
             ),
-            Action::PreVote { voter } => format!(
-                "{} wins its pre-vote and becomes candidate for epoch {}",
-                n(voter),
-                s.voters[voter as usize].epoch + 1
-            ),
+            Action::PreVote { voter } => {
+                let epoch = s.voters[voter as usize].epoch;
+                if self.pre_vote_grants(s, voter) >= self.majority() {
+                    format!(
+                        "{} wins its pre-vote and becomes candidate for epoch {}",
+                        n(voter),
+                        epoch + 1
+                    )
+                } else {
+                    let l = self.leader_named_to(s, voter).unwrap_or(voter);
+                    format!(
+                        "{}'s pre-vote is rejected by voters that name {} leader of epoch {epoch}: it follows {}",
+                        n(voter),
+                        n(l),
+                        n(l)
+                    )
+                }
+            }
             Action::Crash { node } => format!("{} crashes", n(node)),
             Action::Restart { node } => format!("{} restarts", n(node)),
         }
