@@ -1461,6 +1461,21 @@ impl Kraft {
         }
     }
 
+    /// How many Fetch requests a `SendFetch` step sends: one, or two when a broker is told the
+    /// leader's name and fetches from it in the same step (for `kcheck compare`).
+    pub fn fetch_requests(&self, before: &State, node: NodeId, to: NodeId) -> usize {
+        if !self.alive(before, to) {
+            return 0;
+        }
+        if self.is_voter(node) {
+            return 1;
+        }
+        let mut s = before.clone();
+        self.fetch_round_trip(&mut s, node, to, false);
+        let o = s.observers[node as usize - self.voters];
+        1 + usize::from(o.leader.is_some_and(|l| l != to && self.alive(&s, l)))
+    }
+
     /// How many voters (itself included) would grant `voter`'s pre-vote now.
     fn pre_vote_grants(&self, s: &State, voter: NodeId) -> usize {
         let v = &s.voters[voter as usize];
