@@ -264,9 +264,6 @@ pub struct Voter {
     pub hw: Option<Offset>,
     /// Leader: each voter's end offset from its last Fetch in this epoch.
     pub end_offsets: [Offset; MAX_VOTERS],
-    /// History: the HW this node had before its HW became unknown (a restart, a new leader's
-    /// epoch), until it learns one again (for `hw-monotonic`).
-    pub hw_floor: Offset,
 }
 
 impl Voter {
@@ -285,6 +282,8 @@ pub struct Observer {
     pub hw: Option<Offset>,
     /// The records applied to its metadata image, in order (the image is their fold).
     pub applied: InlineVec<Record, MAX_LOG>,
+    /// History: the HW this broker had before a restart made it unknown, until it learns one
+    /// again (for `hw-monotonic`).
     pub hw_floor: Offset,
 }
 
@@ -408,6 +407,12 @@ pub enum Action {
         node: NodeId,
         to: NodeId,
     },
+    /// A follower's Fetch is handled by the leader (which records its end offset and may
+    /// advance the HW) but the response is lost: the follower learns nothing.
+    FetchResponseLost {
+        node: NodeId,
+        to: NodeId,
+    },
     /// A candidate or prospective voter resends a lost (pre-)VoteRequest.
     ResendVote {
         voter: NodeId,
@@ -452,6 +457,9 @@ pub enum KraftBug {
     ApplyUncommitted,
     ForgetVoteOnRestart,
     NoElectionTimeout,
+    HwBeyondLogEnd,
+    HwBeforeLeaderChangeCommitted,
+    ProspectiveFollowsItself,
 }
 
 impl KraftBug {
@@ -463,15 +471,21 @@ impl KraftBug {
             KraftBug::ApplyUncommitted => "apply-uncommitted",
             KraftBug::ForgetVoteOnRestart => "forget-vote-on-restart",
             KraftBug::NoElectionTimeout => "no-election-timeout",
+            KraftBug::HwBeyondLogEnd => "hw-beyond-log-end",
+            KraftBug::HwBeforeLeaderChangeCommitted => "hw-before-leader-change-committed",
+            KraftBug::ProspectiveFollowsItself => "prospective-follows-itself",
         }
     }
-    pub const ALL: [KraftBug; 6] = [
+    pub const ALL: [KraftBug; 9] = [
         KraftBug::VoteIgnoresLog,
         KraftBug::CommitPriorEpoch,
         KraftBug::NoDivergingEpoch,
         KraftBug::ApplyUncommitted,
         KraftBug::ForgetVoteOnRestart,
         KraftBug::NoElectionTimeout,
+        KraftBug::HwBeyondLogEnd,
+        KraftBug::HwBeforeLeaderChangeCommitted,
+        KraftBug::ProspectiveFollowsItself,
     ];
 }
 
@@ -484,9 +498,27 @@ static BUG_FLAGS: &[BugFlag] = &[
     },
     BugFlag {
         name: "commit-prior-epoch",
-        meaning: "the leader advances the HW over a majority of a prior epoch's records",
-        source: "KIP-595; Raft paper figure 8",
+        meaning: "the leader advances the HW over whatever offset a majority of voters reached, records of prior epochs included, so a new leader's HW can fall below its predecessor's",
+        source: "KIP-595 (a leader commits only through a record of its own epoch); Raft paper §5.4.2",
+        violates: "hw-monotonic",
+    },
+    BugFlag {
+        name: "hw-before-leader-change-committed",
+        meaning: "the new leader advances the HW once a majority reached its epoch start offset, before its LeaderChange record is replicated (an off-by-one): prior epochs' records commit (Raft figure 8)",
+        source: "KAFKA-12619 (fixed in Kafka 3.0)",
         violates: "no-committed-data-loss",
+    },
+    BugFlag {
+        name: "prospective-follows-itself",
+        meaning: "a resigned leader that went prospective in its own epoch handles a rejected pre-vote naming it as leader by becoming follower of itself",
+        source: "KAFKA-16281 (found by Jack Vanlightly's KIP-996 TLA+ model)",
+        violates: "valid-quorum-state",
+    },
+    BugFlag {
+        name: "hw-beyond-log-end",
+        meaning: "mutation: a broker takes the leader's HW from a FetchResponse without bounding it by its own log end offset",
+        source: "mutation of KafkaRaftClient.updateFollowerHighWatermark (HW = min(leader HW, LEO))",
+        violates: "hw-within-log",
     },
     BugFlag {
         name: "no-diverging-epoch",
@@ -526,7 +558,7 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "brokers",
         meaning: "brokers observing __cluster_metadata",
-        default: 0,
+        default: 1,
         release: 1,
         min: 0,
         max: MAX_OBSERVERS as u32,
@@ -543,7 +575,7 @@ static BOUNDS: &[Bound] = &[
         name: "records",
         meaning: "metadata records the active controllers write",
         default: 0,
-        release: 0,
+        release: 1,
         min: 0,
         max: 4,
     },
@@ -558,8 +590,8 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "network",
         meaning: "messages in flight at once (a send into a full network is lost)",
-        default: 2,
-        release: 2,
+        default: 1,
+        release: 1,
         min: 1,
         max: MAX_NETWORK as u32,
     },
@@ -809,7 +841,16 @@ impl Kraft {
             .iter()
             .position(|r| r.epoch == v.epoch)
             .unwrap_or(v.log.len()) as Offset;
-        let own_epoch_ok = majority_end > epoch_start || self.has(KraftBug::CommitPriorEpoch);
+        // The majority must hold a record of the leader's epoch: past the epoch start, which
+        // is its LeaderChange record (KAFKA-12619 fixed an off-by-one that accepted the epoch
+        // start itself, i.e. only records of prior epochs).
+        let own_epoch_ok = if self.has(KraftBug::CommitPriorEpoch) {
+            true
+        } else if self.has(KraftBug::HwBeforeLeaderChangeCommitted) {
+            majority_end >= epoch_start
+        } else {
+            majority_end > epoch_start
+        };
         if own_epoch_ok && v.hw.is_none_or(|hw| majority_end > hw) && majority_end > 0 {
             let log = v.log;
             let epoch = v.epoch;
@@ -996,7 +1037,7 @@ impl Kraft {
                 }
                 // A follower voter's own HW is not modelled (the observers model how committed
                 // records are applied); only the leader's HW is.
-                v.log = follower_fetch_response(&v.log, data, hw).0;
+                v.log = follower_fetch_response(&v.log, data, hw, true).0;
             }
         }
     }
@@ -1025,7 +1066,8 @@ impl Kraft {
         }
         o.epoch = epoch;
         o.leader = Some(m.from);
-        let (log, new_hw) = follower_fetch_response(&o.log, data, hw);
+        let bound = !self.has(KraftBug::HwBeyondLogEnd);
+        let (log, new_hw) = follower_fetch_response(&o.log, data, hw, bound);
         o.log = log;
         if let Some(h) = new_hw {
             o.hw = Some(h);
@@ -1067,8 +1109,9 @@ impl Kraft {
             match v.state {
                 QuorumStateKind::Follower => {
                     let l = v.leader.expect("a follower knows its leader");
-                    if self.may_fetch(s, id) {
+                    if self.alive(s, l) {
                         actions.push(Action::SendFetch { node: id, to: l });
+                        actions.push(Action::FetchResponseLost { node: id, to: l });
                     }
                 }
                 QuorumStateKind::Prospective => {
@@ -1122,11 +1165,15 @@ impl Kraft {
                 actions.push(Action::Restart { node: id });
                 continue;
             }
-            if self.may_fetch(s, id) {
-                match o.leader {
-                    Some(l) => actions.push(Action::SendFetch { node: id, to: l }),
-                    None => {
-                        for to in 0..n_voters {
+            match o.leader {
+                Some(l) => {
+                    if self.alive(s, l) {
+                        actions.push(Action::SendFetch { node: id, to: l });
+                    }
+                }
+                None => {
+                    for to in 0..n_voters {
+                        if self.alive(s, to) {
                             actions.push(Action::SendFetch { node: id, to });
                         }
                     }
@@ -1153,14 +1200,6 @@ impl Kraft {
             }
             actions.push(Action::Drop { message: *m });
         }
-    }
-
-    /// A fetcher has one Fetch outstanding at a time over one TCP connection (KafkaRaftClient
-    /// waits for the response or the request timeout, which closes the connection and with it
-    /// what it carried). So it sends when neither its request nor the response is in flight:
-    /// initially, after a response, or after either was lost.
-    fn may_fetch(&self, s: &State, id: NodeId) -> bool {
-        !self.in_flight(s, |m| fetch_of(m, id))
     }
 
     fn alive(&self, s: &State, n: NodeId) -> bool {
@@ -1222,47 +1261,19 @@ impl Kraft {
                 let i = s.network.iter().position(|m| *m == message)?;
                 remove_at(&mut s.network, i);
             }
-            Action::SendFetch { node, to } => {
-                let (epoch, log) = if self.is_voter(node) {
-                    let v = &mut s.voters[node as usize];
-                    (v.epoch, v.log)
-                } else {
-                    let o = &mut s.observers[node as usize - self.voters];
-                    (o.epoch, o.log)
-                };
-                let (last_fetched_epoch, fetch_offset) = last_epoch_and_end_offset(&log);
-                // The request reaches a live voter and is handled at once; only the response
-                // travels the network. (Losing the request is the same as losing the response
-                // before anything changed, and one request is outstanding per fetcher.)
-                if self.alive(&s, to) {
-                    let body = Body::Fetch {
-                        epoch,
-                        fetch_offset,
-                        last_fetched_epoch,
-                    };
-                    self.handle_at_voter(
-                        &mut s,
-                        Message {
-                            from: node,
-                            to,
-                            body,
-                        },
-                    );
-                    if !self.is_voter(node) {
-                        // A broker's fetch is a round trip in one step: observers are not part
-                        // of the quorum, and a response that arrives late is one the broker
-                        // rejects by fetch offset and epoch, or one that arrives in time.
-                        if let Some(i) = s.outbox.iter().position(|m| m.to == node) {
-                            let response = s.outbox[i];
-                            let mut rest: InlineVec<Message, 8> = InlineVec::new();
-                            for (j, m) in s.outbox.iter().enumerate() {
-                                if j != i {
-                                    rest.push(*m);
-                                }
-                            }
-                            s.outbox = rest;
-                            self.handle_at_observer(&mut s, response);
-                        }
+            Action::SendFetch { node, to } | Action::FetchResponseLost { node, to } => {
+                if !self.alive(&s, to) {
+                    return None;
+                }
+                let lost = matches!(action, Action::FetchResponseLost { .. });
+                self.fetch_round_trip(&mut s, node, to, lost);
+                if !self.is_voter(node) {
+                    // A broker told by a voter who leads (NOT_LEADER_OR_FOLLOWER naming the
+                    // leader) fetches from it next; the two round trips are one step, since
+                    // only the broker's own state changed in between.
+                    let o = s.observers[node as usize - self.voters];
+                    if let Some(l) = o.leader.filter(|l| *l != to && self.alive(&s, *l)) {
+                        self.fetch_round_trip(&mut s, node, l, false);
                     }
                 }
             }
@@ -1301,21 +1312,22 @@ impl Kraft {
                 if v.state != QuorumStateKind::Prospective || v.epoch >= self.max_epoch {
                     return None;
                 }
-                let candidate = last_epoch_and_end_offset(&v.log);
-                let grants = s
-                    .voters
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, r)| {
-                        *i == voter as usize
-                            || (r.alive && self.grants_pre_vote(r, v.epoch, candidate))
-                    })
-                    .count();
-                if grants < self.majority() {
-                    return None;
+                if self.pre_vote_grants(&s, voter) < self.majority() {
+                    // A rejected pre-vote still teaches the leader of the epoch, if a voter
+                    // names one: the prospective voter follows it (KIP-996). Not itself: a
+                    // leader that resigned and went prospective in the same epoch is still
+                    // named leader by its followers (KAFKA-16281).
+                    match self.leader_named_to(&s, voter) {
+                        Some(l) if l != voter || self.has(KraftBug::ProspectiveFollowsItself) => {
+                            let e = v.epoch;
+                            Self::to_follower(&mut s.voters[voter as usize], e, l);
+                        }
+                        _ => return None,
+                    }
+                } else {
+                    s.voters[voter as usize].votes = BrokerSet::all(self.voters);
+                    self.maybe_win(&mut s, voter);
                 }
-                s.voters[voter as usize].votes = BrokerSet::all(self.voters);
-                self.maybe_win(&mut s, voter);
             }
             Action::Crash { node } => {
                 s.crashes += 1;
@@ -1347,9 +1359,9 @@ impl Kraft {
                     };
                 } else {
                     let o = &mut s.observers[node as usize - self.voters];
+                    // A broker's KafkaRaftClient keeps quorum-state too: epoch and leader
+                    // survive, the HW does not.
                     o.alive = true;
-                    o.epoch = 0;
-                    o.leader = None;
                     o.hw = None;
                     // The image is rebuilt from the log as the HW becomes known again.
                     o.applied = InlineVec::new();
@@ -1357,14 +1369,135 @@ impl Kraft {
             }
         }
         self.flush_outbox(&mut s);
+        for v in s.voters.iter_mut() {
+            self.normalize_end_offsets(v);
+        }
         // History for hw-monotonic: compare every node's HW with the one it had before.
-        for (new, old) in s.voters.iter_mut().zip(before.voters.iter()) {
-            s.hw_regressed |= track_hw(old.hw, new.hw, &mut new.hw_floor);
+        // A voter's HW exists only while it leads; a leader's HW is never below what any
+        // leader committed before (so no voter needs to remember its own old HW).
+        let committed_before = before.committed.len() as Offset;
+        for (new, old) in s.voters.iter().zip(before.voters.iter()) {
+            s.hw_regressed |= match (old.hw, new.hw) {
+                (Some(a), Some(b)) => b < a,
+                (None, Some(b)) => b < committed_before,
+                _ => false,
+            };
         }
         for (new, old) in s.observers.iter_mut().zip(before.observers.iter()) {
             s.hw_regressed |= track_hw(old.hw, new.hw, &mut new.hw_floor);
         }
         Some(s)
+    }
+
+    /// One Fetch round trip from `node` to voter `to`: the request is handled and its response
+    /// is handled by the fetcher at once, or lost. One request is outstanding per fetcher over
+    /// one connection, and a response changes only its fetcher, which rejects a late one by
+    /// epoch, leader and fetch offset; a response held back in the network would only add
+    /// interleavings of commuting steps. Losing the request is the same as doing nothing.
+    fn fetch_round_trip(&self, s: &mut State, node: NodeId, to: NodeId, lost: bool) {
+        let (epoch, log) = if self.is_voter(node) {
+            let v = &s.voters[node as usize];
+            (v.epoch, v.log)
+        } else {
+            let o = &s.observers[node as usize - self.voters];
+            (o.epoch, o.log)
+        };
+        let (last_fetched_epoch, fetch_offset) = last_epoch_and_end_offset(&log);
+        let body = Body::Fetch {
+            epoch,
+            fetch_offset,
+            last_fetched_epoch,
+        };
+        self.handle_at_voter(
+            s,
+            Message {
+                from: node,
+                to,
+                body,
+            },
+        );
+        if let Some(i) = s.outbox.iter().position(|m| m.to == node) {
+            let response = s.outbox[i];
+            let mut rest: InlineVec<Message, 8> = InlineVec::new();
+            for (j, m) in s.outbox.iter().enumerate() {
+                if j != i {
+                    rest.push(*m);
+                }
+            }
+            s.outbox = rest;
+            if !lost {
+                self.handle(s, response);
+            }
+        }
+    }
+
+    /// Forget what the leader's view of its followers' end offsets cannot use: an end offset
+    /// at or below the HW (and the epoch start) can never raise the HW, so only whether it is
+    /// 0 (the voter has not fetched: resend BeginQuorumEpoch) is kept; voters that do not lead
+    /// keep none. States that differ only there behave alike, and merging them is exact.
+    fn normalize_end_offsets(&self, v: &mut Voter) {
+        if v.state != QuorumStateKind::Leader {
+            v.end_offsets = [0; MAX_VOTERS];
+            return;
+        }
+        let epoch_start = v
+            .log
+            .iter()
+            .position(|r| r.epoch == v.epoch)
+            .unwrap_or(v.log.len()) as Offset;
+        // The HW rises only past this offset (see `update_leader_hw`).
+        let base = if self.has(KraftBug::CommitPriorEpoch) {
+            0
+        } else if self.has(KraftBug::HwBeforeLeaderChangeCommitted) {
+            epoch_start.saturating_sub(1)
+        } else {
+            epoch_start
+        };
+        let floor = base.max(v.hw.unwrap_or(0));
+        for e in v.end_offsets.iter_mut() {
+            if *e <= floor {
+                *e = (*e).min(1);
+            }
+        }
+    }
+
+    /// How many Fetch requests a `SendFetch` step sends: one, or two when a broker is told the
+    /// leader's name and fetches from it in the same step (for `kcheck compare`).
+    pub fn fetch_requests(&self, before: &State, node: NodeId, to: NodeId) -> usize {
+        if !self.alive(before, to) {
+            return 0;
+        }
+        if self.is_voter(node) {
+            return 1;
+        }
+        let mut s = before.clone();
+        self.fetch_round_trip(&mut s, node, to, false);
+        let o = s.observers[node as usize - self.voters];
+        1 + usize::from(o.leader.is_some_and(|l| l != to && self.alive(&s, l)))
+    }
+
+    /// How many voters (itself included) would grant `voter`'s pre-vote now.
+    fn pre_vote_grants(&self, s: &State, voter: NodeId) -> usize {
+        let v = &s.voters[voter as usize];
+        let candidate = last_epoch_and_end_offset(&v.log);
+        s.voters
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| {
+                *i == voter as usize || (r.alive && self.grants_pre_vote(r, v.epoch, candidate))
+            })
+            .count()
+    }
+
+    /// The leader of `voter`'s epoch that the other live voters of that epoch name in their
+    /// (pre-)vote responses, if any.
+    fn leader_named_to(&self, s: &State, voter: NodeId) -> Option<NodeId> {
+        let epoch = s.voters[voter as usize].epoch;
+        s.voters
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i != voter as usize && r.alive && r.epoch == epoch)
+            .find_map(|(_, r)| r.leader)
     }
 
     fn resign(&self, s: &mut State, id: NodeId) {
@@ -1395,7 +1528,6 @@ impl Kraft {
                 v.alive,
                 v.votes.len(),
                 v.voted_for == Some(i as NodeId),
-                v.hw_floor,
             )
         };
         let mut order: Vec<usize> = (0..n).collect();
@@ -1498,11 +1630,14 @@ fn remove_at(net: &mut InlineVec<Message, MAX_NETWORK>, i: usize) {
 }
 
 /// A follower's or observer's log and HW after a FetchResponse: append the record at its LEO,
-/// or truncate on a diverging epoch; the HW is the response's, capped at the new LEO.
+/// or truncate on a diverging epoch; the HW is the response's, capped at the new LEO
+/// (`KafkaRaftClient.updateFollowerHighWatermark` takes the smaller of the two: a follower
+/// cannot have committed records it does not hold).
 pub fn follower_fetch_response(
     log: &InlineVec<Record, MAX_LOG>,
     data: FetchData,
     hw: Option<Offset>,
+    bound_hw_by_leo: bool,
 ) -> (InlineVec<Record, MAX_LOG>, Option<Offset>) {
     let mut log = *log;
     match data {
@@ -1519,6 +1654,9 @@ pub fn follower_fetch_response(
         FetchData::Empty | FetchData::NotLeader => {}
     }
     let leo = log.len() as Offset;
+    if !bound_hw_by_leo {
+        return (log, hw);
+    }
     (log, hw.map(|h| h.min(leo)))
 }
 
@@ -1668,6 +1806,23 @@ pub fn track_hw<O: Ord + Copy + Default>(old: Option<O>, new: Option<O>, floor: 
     }
 }
 
+/// Every live voter's quorum state is one `QuorumState` allows (Kafka throws
+/// IllegalStateException on the others): a Follower's leader is another voter, a Leader leads
+/// itself, a Candidate voted for itself and knows no leader, a Voted voter holds its vote.
+pub fn valid_quorum_state(s: &State) -> bool {
+    s.voters.iter().enumerate().all(|(i, v)| {
+        let id = i as NodeId;
+        !v.alive
+            || match v.state {
+                QuorumStateKind::Follower => v.leader.is_some_and(|l| l != id),
+                QuorumStateKind::Leader => v.leader == Some(id),
+                QuorumStateKind::Candidate => v.voted_for == Some(id) && v.leader.is_none(),
+                QuorumStateKind::Voted => v.voted_for.is_some(),
+                _ => true,
+            }
+    })
+}
+
 /// Every broker's applied records are a prefix of the committed log.
 pub fn observer_prefix(s: &State) -> bool {
     s.observers.iter().all(|o| {
@@ -1706,7 +1861,10 @@ fn leader_electable_goal(m: &Kraft, s: &State) -> bool {
 fn no_faults(a: &Action) -> bool {
     !matches!(
         a,
-        Action::Crash { .. } | Action::Drop { .. } | Action::Duplicate { .. }
+        Action::Crash { .. }
+            | Action::Drop { .. }
+            | Action::Duplicate { .. }
+            | Action::FetchResponseLost { .. }
     )
 }
 
@@ -1763,7 +1921,7 @@ impl KcheckModel for Kraft {
             ),
             Property::always(
                 "hw-monotonic",
-                "no node's HW goes below one it had before, across restarts",
+                "no HW goes backwards: a node's never decreases, a new leader's is not below the committed log, a broker's survives its restart",
                 |_, s| hw_monotonic(s),
             ),
             Property::always(
@@ -1775,6 +1933,11 @@ impl KcheckModel for Kraft {
                 "hw-within-log",
                 "every HW is at most the node's LEO and covers only committed records",
                 |_, s| hw_within_log(s),
+            ),
+            Property::always(
+                "valid-quorum-state",
+                "every live voter's quorum state is one Kafka allows: a follower follows another voter, a leader leads itself, a candidate voted for itself, a voted voter holds its vote",
+                |_, s| valid_quorum_state(s),
             ),
             Property::sometimes(
                 "metadata-committed-after-failover",
@@ -1857,6 +2020,14 @@ impl KcheckModel for Kraft {
                     }
                 )
             }
+            Action::FetchResponseLost { node, to } => {
+                let (e, o) = last_epoch_and_end_offset(&s.voters[node as usize].log);
+                format!(
+                    "{} sends Fetch(offset {o}, last fetched epoch {e}) to {}, whose answer the network loses",
+                    n(node),
+                    n(to)
+                )
+            }
             Action::ResendVote { voter, to } => {
                 format!("{} resends its vote request to {}", n(voter), n(to))
             }
@@ -1873,11 +2044,24 @@ impl KcheckModel for Kraft {
                 "leader {} resigns (shutdown or check-quorum timeout) and sends EndQuorumEpoch",
                 n(voter)
             ),
-            Action::PreVote { voter } => format!(
-                "{} wins its pre-vote and becomes candidate for epoch {}",
-                n(voter),
-                s.voters[voter as usize].epoch + 1
-            ),
+            Action::PreVote { voter } => {
+                let epoch = s.voters[voter as usize].epoch;
+                if self.pre_vote_grants(s, voter) >= self.majority() {
+                    format!(
+                        "{} wins its pre-vote and becomes candidate for epoch {}",
+                        n(voter),
+                        epoch + 1
+                    )
+                } else {
+                    let l = self.leader_named_to(s, voter).unwrap_or(voter);
+                    format!(
+                        "{}'s pre-vote is rejected by voters that name {} leader of epoch {epoch}: it follows {}",
+                        n(voter),
+                        n(l),
+                        n(l)
+                    )
+                }
+            }
             Action::Crash { node } => format!("{} crashes", n(node)),
             Action::Restart { node } => format!("{} restarts", n(node)),
         }

@@ -38,6 +38,7 @@ fn no_fault(action: &Action) -> bool {
             | Action::Restart { .. }
             | Action::Drop { .. }
             | Action::Duplicate { .. }
+            | Action::FetchResponseLost { .. }
             | Action::Resign { .. }
     )
 }
@@ -58,9 +59,10 @@ fn brokers_know_a_live_leader(m: &Kraft, s: &State) -> bool {
 }
 
 /// Requests one step sends (responses are not counted, as on the ZooKeeper side): requests
-/// that enter the network, plus those the model handles inside the step (a fetch's request,
-/// a pre-vote round's requests to the other live voters).
-pub fn messages(_m: &Kraft, before: &State, action: &Action, after: &State) -> usize {
+/// that enter the network, plus those the model handles inside the step (a fetch's request, two
+/// when a broker is told the leader and fetches again, a pre-vote round's requests to the other
+/// live voters).
+pub fn messages(m: &Kraft, before: &State, action: &Action, after: &State) -> usize {
     let mut pool: Vec<Message> = before.network.to_vec();
     if let Action::Deliver { message } = action {
         if let Some(i) = pool.iter().position(|x| x == message) {
@@ -83,7 +85,8 @@ pub fn messages(_m: &Kraft, before: &State, action: &Action, after: &State) -> u
         }
     }
     let inside = match *action {
-        Action::SendFetch { .. } => 1,
+        Action::SendFetch { node, to } => m.fetch_requests(before, node, to),
+        Action::FetchResponseLost { .. } => 1,
         Action::PreVote { .. } => before
             .voters
             .iter()

@@ -89,7 +89,7 @@ fn kraft_failover_and_leader_change_figures() {
     use kcheck_models::kraft_failover;
     // As measured by the kraft model (see specs/zookeeper-vs-kraft.md for the path).
     let failover = kraft_failover::controller_failover(2).expect("the failover completes");
-    assert_eq!((failover.steps, failover.messages), (15, 11));
+    assert_eq!((failover.steps, failover.messages), (12, 11));
     let change = kraft_failover::leader_change(2).expect("a new leader");
     assert_eq!(change.messages, 3);
     assert_eq!(kraft_failover::leader_change(1), None, "no other replica");

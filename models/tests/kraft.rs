@@ -4,7 +4,7 @@
 
 use kcheck_models::engine::{self, CheckOptions, Verdict};
 use kcheck_models::kraft::{self, Kraft};
-use kcheck_models::{find, Config, KcheckModel, ModelDef, PropertyKind, Trace};
+use kcheck_models::{find, Config, KcheckModel, ModelDef, Trace};
 use proptest::prelude::*;
 
 fn model() -> &'static dyn ModelDef {
@@ -14,58 +14,45 @@ fn model() -> &'static dyn ModelDef {
 /// The bounds each bug flag's test (and its recorded trace) uses: the smallest that hold its
 /// counterexample, so the breadth-first search reaches it in seconds.
 fn bug_bounds(bug: &str) -> Vec<(String, u32)> {
-    let b = |pairs: &[(&str, u32)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    match bug {
-        "vote-ignores-log" => b(&[
-            ("epochs", 2),
-            ("records", 0),
-            ("brokers", 0),
-            ("crashes", 0),
-            ("duplicates", 0),
-            ("network", 2),
-        ]),
-        "commit-prior-epoch" => b(&[
-            ("epochs", 4),
-            ("records", 0),
-            ("brokers", 0),
-            ("crashes", 1),
-            ("duplicates", 0),
-            ("network", 2),
-        ]),
-        "no-diverging-epoch" => b(&[
-            ("epochs", 2),
-            ("records", 1),
-            ("brokers", 1),
-            ("crashes", 0),
-            ("duplicates", 0),
-            ("network", 2),
-        ]),
-        "apply-uncommitted" => b(&[
-            ("epochs", 1),
-            ("records", 0),
-            ("brokers", 1),
-            ("crashes", 0),
-            ("duplicates", 0),
-            ("network", 2),
-        ]),
-        "forget-vote-on-restart" => b(&[
-            ("epochs", 1),
-            ("records", 0),
-            ("brokers", 0),
-            ("crashes", 1),
-            ("duplicates", 0),
-            ("network", 2),
-        ]),
-        "no-election-timeout" => b(&[
-            ("epochs", 1),
-            ("records", 0),
-            ("brokers", 0),
-            ("crashes", 0),
-            ("duplicates", 0),
-            ("network", 2),
-        ]),
+    // (epochs, records, brokers, crashes, network)
+    let (epochs, records, brokers, crashes, network) = match bug {
+        "vote-ignores-log" => (2, 0, 0, 0, 1),
+        "commit-prior-epoch" => (2, 1, 1, 0, 1),
+        "hw-before-leader-change-committed" => (4, 0, 0, 0, 1),
+        "no-diverging-epoch" => (2, 1, 1, 0, 1),
+        "apply-uncommitted" => (1, 0, 1, 0, 1),
+        "forget-vote-on-restart" => (1, 0, 0, 1, 1),
+        "no-election-timeout" => (1, 0, 0, 0, 1),
+        "hw-beyond-log-end" => (1, 1, 1, 0, 1),
+        "prospective-follows-itself" => (2, 0, 0, 0, 1),
         other => panic!("no bounds for {other}"),
-    }
+    };
+    [
+        ("epochs", epochs),
+        ("records", records),
+        ("brokers", brokers),
+        ("crashes", crashes),
+        ("duplicates", 0),
+        ("network", network),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect()
+}
+
+/// The bounds of the directed figure-8 scenario (two Votes in flight at once).
+fn figure_8_bounds() -> Vec<(String, u32)> {
+    [
+        ("epochs", 4),
+        ("records", 0),
+        ("brokers", 0),
+        ("crashes", 0),
+        ("duplicates", 0),
+        ("network", 2),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect()
 }
 
 fn config(bugs: &[&str], bounds: &[(String, u32)]) -> Config {
@@ -99,42 +86,27 @@ fn correct_protocol_passes_exhaustively_at_default_bounds() {
     assert!(!report.failed());
 }
 
-/// Check only the property a bug flag is documented to violate, stopping at its first
-/// (shortest) counterexample; returns its length.
-fn counterexample(bug: &str) -> usize {
-    let flag = model()
+fn violates(bug: &str) -> &'static str {
+    model()
         .bug_flags()
         .iter()
         .find(|b| b.name == bug)
-        .expect("known flag");
+        .expect("known flag")
+        .violates
+}
+
+/// The shortest counterexample of `property` with `bug` on, at the flag's bounds: its length.
+fn counterexample_of(bug: &str, property: &str) -> usize {
     let m = Kraft::from_config(&config(&[bug], &bug_bounds(bug)));
-    let properties: Vec<_> = Kraft::named_properties()
-        .into_iter()
-        .filter(|p| p.name == flag.violates)
-        .collect();
-    assert_eq!(properties.len(), 1, "{bug} names a property of the model");
-    let outcome = engine::check(
-        &m,
-        &properties,
-        Kraft::representative,
-        &CheckOptions::default(),
-        &|_| {},
-    );
-    match outcome.verdict(flag.violates) {
-        Some(Verdict::Violated(path)) => {
-            if let PropertyKind::Always(holds) = properties[0].kind {
-                assert!(
-                    !holds(&m, path.last_state()),
-                    "the path ends in a violation"
-                );
-            }
-            path.steps.len()
-        }
-        other => panic!(
-            "{bug}: expected a counterexample of {}, got {other:?}",
-            flag.violates
-        ),
+    match kcheck_models::catalog::shortest_violation(&m, property) {
+        Ok(path) => path.steps.len(),
+        Err(e) => panic!("{bug}: {e}"),
     }
+}
+
+/// The shortest counterexample of the property a bug flag is documented to violate.
+fn counterexample(bug: &str) -> usize {
+    counterexample_of(bug, violates(bug))
 }
 
 /// The same bounds without the flag: the property holds (so the flag, not the bounds, breaks it).
@@ -173,6 +145,7 @@ enum Step {
     PreVote(u8),
     Resign(u8),
     Fetch(u8, u8),
+    FetchLost(u8, u8),
     Deliver(u8, u8, &'static str),
     Drop(u8, u8, &'static str),
 }
@@ -195,6 +168,7 @@ fn run(m: &Kraft, steps: &[Step]) -> Result<Vec<(kraft::Action, kraft::State)>, 
             Step::PreVote(n) => Some(Action::PreVote { voter: n }),
             Step::Resign(n) => Some(Action::Resign { voter: n }),
             Step::Fetch(n, to) => Some(Action::SendFetch { node: n, to }),
+            Step::FetchLost(n, to) => Some(Action::FetchResponseLost { node: n, to }),
             Step::Deliver(f, t, k) => find(f, t, k).map(|message| Action::Deliver { message }),
             Step::Drop(f, t, k) => find(f, t, k).map(|message| Action::Drop { message }),
         };
@@ -210,10 +184,9 @@ fn run(m: &Kraft, steps: &[Step]) -> Result<Vec<(kraft::Action, kraft::State)>, 
 }
 
 /// Raft's figure 8 in KRaft: c0 leads epoch 1 with LC@e1 alone, c1 leads epoch 2 with LC@e2
-/// alone, c0 leads epoch 3 and replicates LC@e1 to c2; with the bug a majority of that prior
-/// epoch's offset commits it; c1 then wins epoch 4 (its last epoch 2 beats c2's 1) and c2
-/// truncates the committed record. The breadth-first search needs four epochs, more than
-/// the tests can afford, so this scenario is directed.
+/// alone, c0 leads epoch 3 and replicates LC@e1 to c2; when a majority holding that prior
+/// epoch's offset commits it, c1 wins epoch 4 (its last epoch 2 beats c2's 1) and c2
+/// truncates the committed record.
 fn figure_8() -> Vec<Step> {
     use Step::*;
     vec![
@@ -243,10 +216,8 @@ fn figure_8() -> Vec<Step> {
         Drop(0, 1, "BeginQuorumEpoch"),
         // c0 leads epoch 3 with [LC@e1 LC@e3] and replicates offset 0 to c2.
         Fetch(2, 0),
-        Deliver(0, 2, "FetchResponse"),
-        Fetch(2, 0),
-        // With the bug the HW passes offset 0, a record of epoch 1: LC@e1 is "committed".
-        Drop(0, 2, "FetchResponse"),
+        // With either bug the HW passes offset 0, a record of epoch 1: LC@e1 is "committed".
+        FetchLost(2, 0),
         Resign(0),
         Drop(0, 1, "EndQuorumEpoch"),
         Drop(0, 2, "EndQuorumEpoch"),
@@ -260,28 +231,27 @@ fn figure_8() -> Vec<Step> {
         Deliver(1, 2, "BeginQuorumEpoch"),
         Drop(1, 0, "BeginQuorumEpoch"),
         Fetch(2, 1),
-        Deliver(1, 2, "FetchResponse"),
     ]
 }
 
-fn figure_8_bounds() -> Vec<(String, u32)> {
-    bug_bounds("commit-prior-epoch")
-}
-
+/// Figure 8 loses a committed record with either HW bug, and the correct protocol, which
+/// commits only through a record of the leader's own epoch, loses nothing on the same steps.
 #[test]
-fn commit_prior_epoch_loses_committed_data() {
-    let m = Kraft::from_config(&config(&["commit-prior-epoch"], &figure_8_bounds()));
-    let path = run(&m, &figure_8()).unwrap_or_else(|step| panic!("step {step} is not enabled"));
-    let last = &path.last().unwrap().1;
-    assert!(
-        !kraft::no_committed_data_loss(&m, last),
-        "LC@e1 was committed and is lost"
-    );
-    assert!(
-        path.iter().any(|(_, s)| !kraft::leader_completeness(s)),
-        "c1 led epoch 4 without it"
-    );
-    // The correct protocol does not commit LC@e1 in epoch 3, so the same steps lose nothing.
+fn figure_8_loses_committed_data_with_either_hw_bug() {
+    for bug in ["commit-prior-epoch", "hw-before-leader-change-committed"] {
+        let m = Kraft::from_config(&config(&[bug], &figure_8_bounds()));
+        let path =
+            run(&m, &figure_8()).unwrap_or_else(|step| panic!("{bug}: step {step} is not enabled"));
+        let last = &path.last().unwrap().1;
+        assert!(
+            !kraft::no_committed_data_loss(&m, last),
+            "{bug}: LC@e1 was committed and is lost"
+        );
+        assert!(
+            path.iter().any(|(_, s)| !kraft::leader_completeness(s)),
+            "{bug}: c1 led epoch 4 without it"
+        );
+    }
     let correct = Kraft::from_config(&config(&[], &figure_8_bounds()));
     match run(&correct, &figure_8()) {
         Err(_) => {}
@@ -292,50 +262,46 @@ fn commit_prior_epoch_loses_committed_data() {
             }
         }
     }
-    // The recorded trace is this scenario (regenerate with KCHECK_RECORD=1).
-    let trace = Trace {
-        format: "kcheck-trace/1".into(),
-        model: "kraft".into(),
-        bugs: vec!["commit-prior-epoch".into()],
-        bounds: config(&["commit-prior-epoch"], &figure_8_bounds()).bounds,
-        property: "no-committed-data-loss".into(),
-        kind: "counterexample".into(),
-        init: m.describe_state(&m.initial_state()),
-        steps: {
-            let mut before = m.initial_state();
-            path.iter()
-                .map(|(a, s)| {
-                    let step = kcheck_models::trace::TraceStep {
-                        action: serde_json::to_value(a).unwrap(),
-                        description: m.describe_action(&before, a),
-                        state: m.describe_state(s),
-                    };
-                    before = s.clone();
-                    step
-                })
-                .collect()
-        },
-    };
-    if std::env::var("KCHECK_RECORD").is_ok() {
-        std::fs::write(
-            trace_path("commit-prior-epoch"),
-            serde_json::to_string_pretty(&trace).unwrap(),
-        )
-        .unwrap();
-    }
+}
+
+/// KAFKA-12619's off-by-one, found by the breadth-first search itself (four epochs).
+#[test]
+fn hw_before_leader_change_committed_is_found_by_the_checker() {
+    let steps = counterexample("hw-before-leader-change-committed");
+    assert!(steps <= 45, "{steps} steps");
+}
+
+#[test]
+fn commit_prior_epoch_lets_the_hw_go_backwards() {
+    assert!(counterexample("commit-prior-epoch") <= 30);
+    // (The correct protocol at these bounds, the default ones, is the default-bounds test.)
 }
 
 #[test]
 fn no_diverging_epoch_breaks_log_matching() {
-    // (Without the flag these bounds, with a broker and a metadata record, take minutes to
-    // exhaust; the default-bounds test covers log-matching without a broker.)
-    assert!(counterexample("no-diverging-epoch") <= 16);
+    assert!(counterexample("no-diverging-epoch") <= 20);
+    // The leader also counts the follower's unvalidated fetch offset toward its HW.
+    counterexample_of("no-diverging-epoch", "no-committed-data-loss");
 }
 
 #[test]
 fn apply_uncommitted_breaks_observer_prefix() {
     counterexample("apply-uncommitted");
     holds_without_flag("apply-uncommitted");
+}
+
+#[test]
+fn hw_beyond_log_end_breaks_hw_within_log() {
+    assert!(counterexample("hw-beyond-log-end") <= 12);
+    holds_without_flag("hw-beyond-log-end");
+}
+
+/// KAFKA-16281 (Jack Vanlightly, KIP-996 TLA+ model): a leader resigns, goes prospective in
+/// its own epoch, and its followers reject the pre-vote naming it as leader.
+#[test]
+fn prospective_follows_itself_breaks_valid_quorum_state() {
+    assert!(counterexample("prospective-follows-itself") <= 20);
+    holds_without_flag("prospective-follows-itself");
 }
 
 #[test]
@@ -462,6 +428,12 @@ fn invariants_reject_hand_made_bad_states() {
         !kraft::log_matching(&s),
         "same epoch at offset 1, different offset 0"
     );
+    let mut s = m.initial_state();
+    s.voters[0].state = kraft::QuorumStateKind::Follower;
+    s.voters[0].leader = Some(0);
+    assert!(!kraft::valid_quorum_state(&s), "c0 follows itself");
+    s.voters[0].leader = Some(1);
+    assert!(kraft::valid_quorum_state(&s));
     let mut s = m.initial_state();
     s.observers[0].applied = [r(1)].as_slice().into();
     assert!(
