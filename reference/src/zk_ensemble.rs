@@ -9,8 +9,10 @@
 //!
 //! The timeouts are small so that failovers happen within a test: `tickTime` 200 ms makes the
 //! sessions ZooKeeper grants 0.4 s to 4 s (2 to 20 ticks, its defaults for the minimum and
-//! maximum session timeout), and a follower that cannot reach its leader for `syncLimit` ticks
-//! (1 s) gives up and rejoins Fast Leader Election.
+//! maximum session timeout), and a follower that hears nothing from its leader for `syncLimit`
+//! ticks (2 s) gives up and rejoins Fast Leader Election. `initLimit` (10 s for a follower to
+//! connect and sync to a new leader) stays generous: JVMs starting on a loaded two-core machine
+//! take seconds, and a tighter limit makes the first election fail over and over.
 //!
 //! Network faults between servers need somewhere to cut: [`ZkEnsemble::route_peer`] makes one
 //! server reach another through a different port (a fault-injecting proxy), in that server's
@@ -99,8 +101,8 @@ impl ZkEnsembleSpec {
             servers,
             dir: dir.to_path_buf(),
             tick_time_ms: 200,
-            init_limit: 10,
-            sync_limit: 5,
+            init_limit: 50,
+            sync_limit: 10,
             java: PathBuf::from("/usr/bin/java"),
             heap_mb: 128,
             ready_timeout: Duration::from_secs(60),
@@ -360,9 +362,9 @@ impl ZkEnsemble {
                 "-Dlog4j.configuration=file:{}",
                 me.dir.join("log4j.properties").display()
             ))
-            // Election connections to a peer behind a dropping proxy give up after 1 s
+            // Election connections to a peer behind a dropping proxy give up after 2 s
             // instead of ZooKeeper's 5 s.
-            .arg("-Dzookeeper.cnxTimeout=1000")
+            .arg("-Dzookeeper.cnxTimeout=2000")
             .arg("-cp")
             .arg(classpath())
             .arg(MAIN_CLASS)
