@@ -105,7 +105,7 @@ impl ZkEnsembleSpec {
             sync_limit: 10,
             java: PathBuf::from("/usr/bin/java"),
             heap_mb: 128,
-            ready_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -483,10 +483,10 @@ impl ZkEnsemble {
         }
     }
 
-    /// What `myid` says it is; [`ZkMode::NotServing`] when it does not answer within 1 s.
+    /// What `myid` says it is; [`ZkMode::NotServing`] when it does not answer within 2 s.
     pub fn mode(&self, myid: u32) -> ZkMode {
         match self.server(myid) {
-            Ok(s) => four_letter_word(s.client_port, "srvr", Duration::from_secs(1))
+            Ok(s) => four_letter_word(s.client_port, "srvr", Duration::from_secs(2))
                 .map(|text| parse_mode(&text))
                 .unwrap_or(ZkMode::NotServing),
             Err(_) => ZkMode::NotServing,
