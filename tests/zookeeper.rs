@@ -98,7 +98,10 @@ fn register_run_under_faults_is_valid() {
             "no ok {f} in the history: {t}"
         );
     }
-    assert!(fs.iter().any(|(f, _)| f.starts_with("start-")), "no fault: {t}");
+    assert!(
+        fs.iter().any(|(f, _)| f.starts_with("start-")),
+        "no fault: {t}"
+    );
     assert!(fs.iter().any(|(f, _)| f == "heal"));
     // Every server wrote its own log in the run folder.
     for id in 1..=3 {
@@ -132,7 +135,10 @@ fn election_run_is_valid_and_the_unfenced_zombie_is_caught() {
     assert_eq!(out.status.code(), Some(0), "{t}");
     let r = results(&run_dir(store.path()));
     assert_eq!(r["verdict"], "valid");
-    assert!(r["election"]["elections"].as_array().unwrap().len() >= 1, "{t}");
+    assert!(
+        r["election"]["elections"].as_array().unwrap().len() >= 1,
+        "{t}"
+    );
 
     // Without KAFKA-6082's fence, the same schedule's zombie is obeyed.
     let store = tempfile::tempdir().unwrap();
@@ -147,9 +153,16 @@ fn election_run_is_valid_and_the_unfenced_zombie_is_caught() {
 #[test]
 fn bad_arguments_exit_2() {
     let store = tempfile::tempdir().unwrap();
-    let out = kcheck_test(store.path(), &["--bug", "no-such-flag", "--workload", "election"]);
+    let out = kcheck_test(
+        store.path(),
+        &["--bug", "no-such-flag", "--workload", "election"],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("unknown bug flag 'no-such-flag'"), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown bug flag 'no-such-flag'"),
+        "{}",
+        text(&out)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_kcheck"))
         .args(["test", "--workload", "election"])
         .output()

@@ -136,8 +136,8 @@ pub fn failover(trials: usize, dir: &Path) -> anyhow::Result<FailoverReport> {
         stop.store(true, Ordering::SeqCst);
         let _ = rt.block_on(writer);
         let ok = first_ok_ns.load(Ordering::SeqCst);
-        let first_write_ms = (ok > 0)
-            .then(|| (ok - killed_at_ns.load(Ordering::SeqCst)) as f64 / 1e6);
+        let first_write_ms =
+            (ok > 0).then(|| (ok - killed_at_ns.load(Ordering::SeqCst)) as f64 / 1e6);
         out.push(FailoverTrial {
             killed_leader: leader,
             new_leader,
@@ -207,7 +207,10 @@ pub fn run_bench(m: &clap::ArgMatches) -> u8 {
         }
     };
     if m.get_flag("json") {
-        println!("{}", serde_json::to_string_pretty(&r).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serializes")
+        );
         return 0;
     }
     println!(
@@ -246,7 +249,10 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let d = std::env::temp_dir().join(format!("kcheck-bench-zookeeper-{}-{stamp}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "kcheck-bench-zookeeper-{}-{stamp}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
@@ -258,7 +264,10 @@ mod tests {
     #[test]
     fn spread_of_measurements() {
         let s = spread(&[30.0, 10.0, 20.0, 40.0]).unwrap();
-        assert_eq!((s.median_ms, s.min_ms, s.max_ms, s.p90_ms), (25.0, 10.0, 40.0, 40.0));
+        assert_eq!(
+            (s.median_ms, s.min_ms, s.max_ms, s.p90_ms),
+            (25.0, 10.0, 40.0, 40.0)
+        );
         assert!(spread(&[]).is_none());
     }
 }

@@ -249,19 +249,21 @@ pub fn check(history: &History) -> ElectionReport {
             .min_by_key(|e| e.complete_pos);
         let Some(newer) = newer else { continue };
         let end_ms = comp.map_or(ms(i), |(j, _)| ms(j));
-        let w = windows.entry((broker, epoch)).or_insert_with(|| ZombieWindow {
-            broker,
-            epoch,
-            newer_epoch: newer.epoch,
-            after_session_expiry: expired_at
-                .get(&broker)
-                .is_some_and(|v| v.iter().any(|&p| p < i)),
-            from_ms: newer.complete_ms,
-            to_ms: end_ms,
-            acts_applied: 0,
-            acts_fenced: 0,
-            acts_unknown: 0,
-        });
+        let w = windows
+            .entry((broker, epoch))
+            .or_insert_with(|| ZombieWindow {
+                broker,
+                epoch,
+                newer_epoch: newer.epoch,
+                after_session_expiry: expired_at
+                    .get(&broker)
+                    .is_some_and(|v| v.iter().any(|&p| p < i)),
+                from_ms: newer.complete_ms,
+                to_ms: end_ms,
+                acts_applied: 0,
+                acts_fenced: 0,
+                acts_unknown: 0,
+            });
         w.to_ms = w.to_ms.max(end_ms);
         match kind {
             Some(OpType::Ok) => {
@@ -324,20 +326,41 @@ mod tests {
         }
         fn op(&mut self, p: u64, f: &str, inv: Json, kind: OpType, comp: Json, err: Option<&str>) {
             self.t += 1_000_000;
-            self.r
-                .push(self.t, OpType::Invoke, Process::Client(p), f, OpValue::Other(inv));
+            self.r.push(
+                self.t,
+                OpType::Invoke,
+                Process::Client(p),
+                f,
+                OpValue::Other(inv),
+            );
             self.t += 1_000_000;
-            let i = self.r.push(self.t, kind, Process::Client(p), f, OpValue::Other(comp));
+            let i = self
+                .r
+                .push(self.t, kind, Process::Client(p), f, OpValue::Other(comp));
             if let Some(e) = err {
                 self.r.set_error(i, e);
             }
         }
         fn elect(&mut self, p: u64, b: u64, epoch: i64) {
-            self.op(p, F_ELECT, elect_value(b), OpType::Ok, elected_value(b, epoch, epoch as i32), None);
+            self.op(
+                p,
+                F_ELECT,
+                elect_value(b),
+                OpType::Ok,
+                elected_value(b, epoch, epoch as i32),
+                None,
+            );
         }
         fn act(&mut self, p: u64, b: u64, epoch: i64, kind: OpType) {
             let err = (kind == OpType::Fail).then_some("controller-moved");
-            self.op(p, F_ACT, act_value(b, epoch, 0), kind, act_value(b, epoch, 0), err);
+            self.op(
+                p,
+                F_ACT,
+                act_value(b, epoch, 0),
+                kind,
+                act_value(b, epoch, 0),
+                err,
+            );
         }
         fn expire(&mut self, p: u64, b: u64, epoch: i64) {
             self.op(
@@ -363,7 +386,14 @@ mod tests {
         h.expire(1, 1, 1);
         h.act(11, 1, 1, OpType::Fail);
         h.act(2, 2, 2, OpType::Ok);
-        h.op(3, F_FINAL_READ, json!({}), OpType::Ok, json!({"controller-epoch": 2}), None);
+        h.op(
+            3,
+            F_FINAL_READ,
+            json!({}),
+            OpType::Ok,
+            json!({"controller-epoch": 2}),
+            None,
+        );
         let r = check(&h.done());
         assert_eq!(r.verdict, Verdict::Valid, "{:?}", r.violations);
         assert_eq!(r.zombie_windows.len(), 1);
@@ -391,8 +421,14 @@ mod tests {
         h.elect(1, 1, 1);
         h.elect(2, 2, 1);
         let r = check(&h.done());
-        assert!(r.violations.iter().any(|v| v.invariant == "one-controller-per-epoch"));
-        assert!(r.violations.iter().any(|v| v.invariant == "controller-epoch-increases"));
+        assert!(r
+            .violations
+            .iter()
+            .any(|v| v.invariant == "one-controller-per-epoch"));
+        assert!(r
+            .violations
+            .iter()
+            .any(|v| v.invariant == "controller-epoch-increases"));
     }
 
     #[test]
@@ -410,7 +446,14 @@ mod tests {
         let mut h = H::new();
         h.elect(1, 1, 1);
         h.elect(2, 2, 2);
-        h.op(3, F_FINAL_READ, json!({}), OpType::Ok, json!({"controller-epoch": 1}), None);
+        h.op(
+            3,
+            F_FINAL_READ,
+            json!({}),
+            OpType::Ok,
+            json!({"controller-epoch": 1}),
+            None,
+        );
         let r = check(&h.done());
         assert_eq!(r.violations[0].invariant, "controller-epoch-durable");
     }

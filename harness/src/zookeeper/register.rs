@@ -46,7 +46,10 @@ pub fn path(key: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterCall {
     /// `version`: the new version when acknowledged, `None` when unknown.
-    Write { value: u64, version: Option<i32> },
+    Write {
+        value: u64,
+        version: Option<i32>,
+    },
     /// `applied`: acknowledged (`true`), refused with `BadVersion` (`false`); an indeterminate
     /// cas is `true` (it may have applied).
     Cas {
@@ -54,7 +57,10 @@ pub enum RegisterCall {
         value: u64,
         applied: bool,
     },
-    Read { value: u64, version: i32 },
+    Read {
+        value: u64,
+        version: i32,
+    },
 }
 
 /// The (value, version) register; every register starts at value 0, version 0 (the harness
@@ -69,7 +75,11 @@ impl SequentialModel for RegisterModel {
         (0, 0)
     }
 
-    fn step(&self, &(value, version): &(u64, i32), call: &RegisterCall) -> Result<(u64, i32), String> {
+    fn step(
+        &self,
+        &(value, version): &(u64, i32),
+        call: &RegisterCall,
+    ) -> Result<(u64, i32), String> {
         match *call {
             RegisterCall::Write {
                 version: Some(r), ..
@@ -185,14 +195,21 @@ pub fn with_version(mut invocation: Json, value: u64, version: i32) -> Json {
 }
 
 /// The register operations of a history by key; plain reads only when `plain_reads`.
-pub fn register_ops(history: &History, plain_reads: bool) -> BTreeMap<u64, Vec<ModelOp<RegisterCall>>> {
+pub fn register_ops(
+    history: &History,
+    plain_reads: bool,
+) -> BTreeMap<u64, Vec<ModelOp<RegisterCall>>> {
     let mut out: BTreeMap<u64, Vec<ModelOp<RegisterCall>>> = BTreeMap::new();
     for (i, inv) in history.ops.iter().enumerate() {
         if !inv.is_client() || inv.kind != OpType::Invoke {
             continue;
         }
-        let Some(iv) = other(&inv.value) else { continue };
-        let Some(key) = field_u64(iv, "key") else { continue };
+        let Some(iv) = other(&inv.value) else {
+            continue;
+        };
+        let Some(key) = field_u64(iv, "key") else {
+            continue;
+        };
         let comp = history.pair[i].map(|j| (j, &history.ops[j]));
         let kind = comp.map(|(_, c)| c.kind);
         let cv = comp.and_then(|(_, c)| other(&c.value));
@@ -322,7 +339,9 @@ pub fn staleness(history: &History, f: &str) -> ReadStaleness {
             continue;
         }
         let Some(v) = other(&op.value) else { continue };
-        let Some(key) = field_u64(v, "key") else { continue };
+        let Some(key) = field_u64(v, "key") else {
+            continue;
+        };
         match (op.kind, op.f.as_str()) {
             (OpType::Ok, F_WRITE | F_CAS | F_READ_SYNC) => {
                 if let Some(r) = field_i32(v, "version") {
@@ -373,7 +392,9 @@ pub fn session_regressions(history: &History) -> Vec<SessionRegression> {
     let mut seen: BTreeMap<(u64, u64), i32> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, op) in history.ops.iter().enumerate() {
-        let Process::Client(p) = op.process else { continue };
+        let Process::Client(p) = op.process else {
+            continue;
+        };
         if op.kind != OpType::Ok {
             continue;
         }
@@ -422,16 +443,13 @@ pub fn check(history: &History, time_limit: Duration) -> RegisterReport {
     );
     let session_regressions = session_regressions(history);
     let synced_reads = staleness(history, F_READ_SYNC);
-    let verdict = Verdict::combine(
-        linearizable
-            .iter()
-            .map(|r| r.verdict)
-            .chain([if session_regressions.is_empty() && synced_reads.stale == 0 {
-                Verdict::Valid
-            } else {
-                Verdict::Invalid
-            }]),
-    );
+    let verdict = Verdict::combine(linearizable.iter().map(|r| r.verdict).chain([
+        if session_regressions.is_empty() && synced_reads.stale == 0 {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        },
+    ]));
     RegisterReport {
         verdict,
         linearizable,
@@ -453,9 +471,21 @@ mod tests {
         let mut t = 0;
         for (p, f, inv, kind, comp) in ops {
             t += 1;
-            r.push(t, OpType::Invoke, Process::Client(*p), f, OpValue::Other(inv.clone()));
+            r.push(
+                t,
+                OpType::Invoke,
+                Process::Client(*p),
+                f,
+                OpValue::Other(inv.clone()),
+            );
             t += 1;
-            let i = r.push(t, *kind, Process::Client(*p), f, OpValue::Other(comp.clone()));
+            let i = r.push(
+                t,
+                *kind,
+                Process::Client(*p),
+                f,
+                OpValue::Other(comp.clone()),
+            );
             if *kind == OpType::Fail {
                 r.set_error(i, "bad-version");
             }
@@ -464,11 +494,23 @@ mod tests {
     }
 
     fn ok_write(p: u64, v: u64, r: i32) -> (u64, &'static str, Json, OpType, Json) {
-        (p, F_WRITE, write_value(0, v), OpType::Ok, with_version(write_value(0, v), v, r))
+        (
+            p,
+            F_WRITE,
+            write_value(0, v),
+            OpType::Ok,
+            with_version(write_value(0, v), v, r),
+        )
     }
 
     fn ok_read(p: u64, f: &'static str, v: u64, r: i32) -> (u64, &'static str, Json, OpType, Json) {
-        (p, f, read_value(0), OpType::Ok, with_version(read_value(0), v, r))
+        (
+            p,
+            f,
+            read_value(0),
+            OpType::Ok,
+            with_version(read_value(0), v, r),
+        )
     }
 
     #[test]
@@ -476,8 +518,20 @@ mod tests {
         let h = history(&[
             ok_write(1, 5, 1),
             ok_read(2, F_READ_SYNC, 5, 1),
-            (1, F_CAS, cas_value(0, 1, 7), OpType::Ok, with_version(cas_value(0, 1, 7), 7, 2)),
-            (2, F_CAS, cas_value(0, 1, 8), OpType::Fail, cas_value(0, 1, 8)),
+            (
+                1,
+                F_CAS,
+                cas_value(0, 1, 7),
+                OpType::Ok,
+                with_version(cas_value(0, 1, 7), 7, 2),
+            ),
+            (
+                2,
+                F_CAS,
+                cas_value(0, 1, 8),
+                OpType::Fail,
+                cas_value(0, 1, 8),
+            ),
             ok_read(2, F_READ_NOSYNC, 7, 2),
         ]);
         let r = check(&h, Duration::from_secs(5));
@@ -489,21 +543,39 @@ mod tests {
 
     #[test]
     fn a_stale_synced_read_is_not_linearizable() {
-        let h = history(&[ok_write(1, 5, 1), ok_write(1, 6, 2), ok_read(2, F_READ_SYNC, 5, 1)]);
+        let h = history(&[
+            ok_write(1, 5, 1),
+            ok_write(1, 6, 2),
+            ok_read(2, F_READ_SYNC, 5, 1),
+        ]);
         let r = check(&h, Duration::from_secs(5));
         assert_eq!(r.verdict, Verdict::Invalid);
-        let bad = r.linearizable[0].first_illegal.as_ref().expect("an illegal op");
-        assert!(bad.explanation.contains("not 5 at version 1"), "{}", bad.explanation);
+        let bad = r.linearizable[0]
+            .first_illegal
+            .as_ref()
+            .expect("an illegal op");
+        assert!(
+            bad.explanation.contains("not 5 at version 1"),
+            "{}",
+            bad.explanation
+        );
         assert_eq!(r.synced_reads.stale, 1);
     }
 
     #[test]
     fn a_stale_plain_read_is_counted_not_a_violation() {
-        let h = history(&[ok_write(1, 5, 1), ok_write(1, 6, 2), ok_read(2, F_READ_NOSYNC, 5, 1)]);
+        let h = history(&[
+            ok_write(1, 5, 1),
+            ok_write(1, 6, 2),
+            ok_read(2, F_READ_NOSYNC, 5, 1),
+        ]);
         let r = check(&h, Duration::from_secs(5));
         assert_eq!(r.verdict, Verdict::Valid, "{r:?}");
         assert_eq!(r.with_plain_reads, Verdict::Invalid);
-        assert_eq!((r.plain_reads.stale, r.plain_reads.max_versions_behind), (1, 1));
+        assert_eq!(
+            (r.plain_reads.stale, r.plain_reads.max_versions_behind),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -511,7 +583,13 @@ mod tests {
         let h = history(&[
             ok_write(1, 5, 1),
             ok_write(1, 6, 2),
-            (2, F_CAS, cas_value(0, 1, 9), OpType::Ok, with_version(cas_value(0, 1, 9), 9, 2)),
+            (
+                2,
+                F_CAS,
+                cas_value(0, 1, 9),
+                OpType::Ok,
+                with_version(cas_value(0, 1, 9), 9, 2),
+            ),
         ]);
         assert_eq!(check(&h, Duration::from_secs(5)).verdict, Verdict::Invalid);
     }
@@ -520,7 +598,13 @@ mod tests {
     fn a_wrong_bad_version_is_caught() {
         let h = history(&[
             ok_write(1, 5, 1),
-            (2, F_CAS, cas_value(0, 1, 9), OpType::Fail, cas_value(0, 1, 9)),
+            (
+                2,
+                F_CAS,
+                cas_value(0, 1, 9),
+                OpType::Fail,
+                cas_value(0, 1, 9),
+            ),
         ]);
         assert_eq!(check(&h, Duration::from_secs(5)).verdict, Verdict::Invalid);
     }
@@ -529,14 +613,24 @@ mod tests {
     fn a_lost_acknowledged_write_is_caught() {
         // Version 2 acknowledged, yet a later synced read sees version 1's value again with
         // version 2: the write of 6 was lost and replaced.
-        let h = history(&[ok_write(1, 5, 1), ok_write(1, 6, 2), ok_read(2, F_READ_SYNC, 5, 2)]);
+        let h = history(&[
+            ok_write(1, 5, 1),
+            ok_write(1, 6, 2),
+            ok_read(2, F_READ_SYNC, 5, 2),
+        ]);
         assert_eq!(check(&h, Duration::from_secs(5)).verdict, Verdict::Invalid);
     }
 
     #[test]
     fn an_indeterminate_write_may_or_may_not_apply() {
         let h = history(&[
-            (1, F_WRITE, write_value(0, 5), OpType::Info, write_value(0, 5)),
+            (
+                1,
+                F_WRITE,
+                write_value(0, 5),
+                OpType::Info,
+                write_value(0, 5),
+            ),
             ok_read(2, F_READ_SYNC, 0, 0),
             ok_read(2, F_READ_SYNC, 5, 1),
         ]);

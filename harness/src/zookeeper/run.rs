@@ -79,7 +79,7 @@ pub struct ZkTestConfig {
     /// Registers (znodes) of the register workload.
     pub keys: u64,
     pub servers: usize,
-    /// The session timeout clients ask for (the ensemble grants 0.4 s to 4 s).
+    /// The session timeout clients ask for (the ensemble grants 0.6 s to 6 s).
     pub session_timeout: Duration,
     /// Per-request timeout.
     pub client_timeout: Duration,
@@ -105,7 +105,7 @@ impl ZkTestConfig {
             bugs: Vec::new(),
             keys: 3,
             servers: 3,
-            session_timeout: Duration::from_secs(2),
+            session_timeout: Duration::from_secs(3),
             client_timeout: Duration::from_secs(3),
         }
     }
@@ -185,7 +185,11 @@ struct ZkSystem {
 }
 
 impl ZkSystem {
-    fn start(c: &ZkTestConfig, dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<ZkSystem> {
+    fn start(
+        c: &ZkTestConfig,
+        dir: &std::path::Path,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<ZkSystem> {
         let mut ensemble = ZkEnsemble::new(ZkEnsembleSpec::new(c.servers, dir))?;
         let servers = ensemble.servers().to_vec();
         let mut peers = BTreeMap::new();
@@ -197,9 +201,16 @@ impl ZkSystem {
                 }
                 seed += 1;
                 let q = rt.block_on(Proxy::start(([127, 0, 0, 1], to.quorum_port).into(), seed))?;
-                let e =
-                    rt.block_on(Proxy::start(([127, 0, 0, 1], to.election_port).into(), seed))?;
-                ensemble.route_peer(from.myid, to.myid, q.local_addr.port(), e.local_addr.port())?;
+                let e = rt.block_on(Proxy::start(
+                    ([127, 0, 0, 1], to.election_port).into(),
+                    seed,
+                ))?;
+                ensemble.route_peer(
+                    from.myid,
+                    to.myid,
+                    q.local_addr.port(),
+                    e.local_addr.port(),
+                )?;
                 peers.insert((from.myid, to.myid), [q, e]);
             }
         }
@@ -339,13 +350,27 @@ fn persistent() -> zk::CreateOptions<'static> {
 
 /// The znodes the workload starts from.
 async fn setup(cs: &str, c: &ZkTestConfig) -> Result<(), String> {
-    let client = connect(cs, c).await.map_err(|e| format!("connecting: {e}"))?;
+    // A quorum that has just formed on a loaded machine may take seconds to take sessions.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match connect(cs, c).await {
+            Ok(cl) => break cl,
+            Err(e) if Instant::now() >= deadline => return Err(format!("connecting: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let create = |path: String, data: &'static [u8]| {
         let client = client.clone();
         async move {
-            match within(Duration::from_secs(10), client.create(&path, data, &persistent())).await {
-                Ok(_) | Err("node-exists") => Ok(()),
-                Err(e) => Err(format!("creating {path}: {e}")),
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                client.create(&path, data, &persistent()),
+            )
+            .await
+            {
+                Ok(Ok(_)) | Ok(Err(zk::Error::NodeExists)) => Ok(()),
+                Ok(Err(e)) => Err(format!("creating {path}: {e:?}")),
+                Err(_) => Err(format!("creating {path}: no answer within 10 s")),
             }
         }
     };
@@ -409,9 +434,12 @@ async fn register_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
         };
         shared.record(OpType::Invoke, process, f, inv.clone(), None);
         let outcome: Result<Json, &'static str> = match f {
-            register::F_WRITE => within(c.client_timeout, cl.set_data(&path, value.to_string().as_bytes(), None))
-                .await
-                .map(|st| register::with_version(inv.clone(), value, st.version)),
+            register::F_WRITE => within(
+                c.client_timeout,
+                cl.set_data(&path, value.to_string().as_bytes(), None),
+            )
+            .await
+            .map(|st| register::with_version(inv.clone(), value, st.version)),
             register::F_CAS => {
                 let expected = inv["expected-version"].as_i64().unwrap_or(0) as i32;
                 within(
@@ -430,7 +458,9 @@ async fn register_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
                 match synced {
                     Ok(()) => within(c.client_timeout, cl.get_data(&path))
                         .await
-                        .map(|(d, st)| register::with_version(inv.clone(), parse_u64(&d), st.version)),
+                        .map(|(d, st)| {
+                            register::with_version(inv.clone(), parse_u64(&d), st.version)
+                        }),
                     Err(e) => Err(e),
                 }
             }
@@ -494,7 +524,13 @@ async fn election_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
                     if holding.is_some() {
                         // The old session expired while this broker was controller: it opens
                         // a new one and carries on with its cached epoch (the zombie).
-                        shared.record(OpType::Invoke, process, election::F_NEW_SESSION, reason.clone(), None);
+                        shared.record(
+                            OpType::Invoke,
+                            process,
+                            election::F_NEW_SESSION,
+                            reason.clone(),
+                            None,
+                        );
                         shared.record(
                             OpType::Ok,
                             process,
@@ -530,18 +566,32 @@ async fn election_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
                     Err(e) => Err(zk_error_name(&e)),
                 }
             } else {
-                within(c.client_timeout, cl.set_data(PARTITION_STATE, data.as_bytes(), None))
-                    .await
-                    .map(|_| ())
+                within(
+                    c.client_timeout,
+                    cl.set_data(PARTITION_STATE, data.as_bytes(), None),
+                )
+                .await
+                .map(|_| ())
             };
             match result {
                 Ok(()) => shared.record(OpType::Ok, process, election::F_ACT, inv, None),
                 Err("bad-version") => {
                     // ControllerMovedException: resign.
-                    shared.record(OpType::Fail, process, election::F_ACT, inv, Some("controller-moved"));
+                    shared.record(
+                        OpType::Fail,
+                        process,
+                        election::F_ACT,
+                        inv,
+                        Some("controller-moved"),
+                    );
                     holding = None;
                     zombie_acts_left = None;
-                    let _ = shared.controller.compare_exchange(broker, 0, Ordering::SeqCst, Ordering::SeqCst);
+                    let _ = shared.controller.compare_exchange(
+                        broker,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
                     resign(&cl, &c).await;
                 }
                 Err(e) => {
@@ -558,14 +608,30 @@ async fn election_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
                     // The broker processes its session expiry: it resigns.
                     holding = None;
                     zombie_acts_left = None;
-                    let _ = shared.controller.compare_exchange(broker, 0, Ordering::SeqCst, Ordering::SeqCst);
+                    let _ = shared.controller.compare_exchange(
+                        broker,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
                 }
             }
             continue;
         }
         // Candidate: Kafka's KafkaController.elect().
-        shared.record(OpType::Invoke, process, election::F_ELECT, election::elect_value(broker), None);
-        let created = match within(c.client_timeout, cl.create(CONTROLLER, broker.to_string().as_bytes(), &ephemeral)).await {
+        shared.record(
+            OpType::Invoke,
+            process,
+            election::F_ELECT,
+            election::elect_value(broker),
+            None,
+        );
+        let created = match within(
+            c.client_timeout,
+            cl.create(CONTROLLER, broker.to_string().as_bytes(), &ephemeral),
+        )
+        .await
+        {
             Ok(_) => Ok(true),
             Err("node-exists") => {
                 // Ours already, if an earlier create's answer was lost (KAFKA-7165)?
@@ -586,7 +652,11 @@ async fn election_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
                     let epoch = parse_u64(&d) as i64 + 1;
                     match within(
                         c.client_timeout,
-                        cl.set_data(CONTROLLER_EPOCH, epoch.to_string().as_bytes(), Some(st.version)),
+                        cl.set_data(
+                            CONTROLLER_EPOCH,
+                            epoch.to_string().as_bytes(),
+                            Some(st.version),
+                        ),
                     )
                     .await
                     {
@@ -613,7 +683,13 @@ async fn election_worker(w: usize, cs: String, c: ZkTestConfig, shared: Arc<Shar
                 shared.controller.store(broker, Ordering::SeqCst);
             }
             Err((kind, e)) => {
-                shared.record(kind, process, election::F_ELECT, election::elect_value(broker), Some(e));
+                shared.record(
+                    kind,
+                    process,
+                    election::F_ELECT,
+                    election::elect_value(broker),
+                    Some(e),
+                );
                 if kind == OpType::Info {
                     next_process(&mut process);
                     // Whether it holds /controller is unknown: let the session go, as a broker
@@ -648,7 +724,13 @@ async fn final_reads(cs: &str, c: &ZkTestConfig, shared: &Shared) {
             for key in 0..c.keys {
                 let path = register::path(key);
                 let inv = register::read_value(key);
-                shared.record(OpType::Invoke, process, register::F_READ_SYNC, inv.clone(), None);
+                shared.record(
+                    OpType::Invoke,
+                    process,
+                    register::F_READ_SYNC,
+                    inv.clone(),
+                    None,
+                );
                 let r = match within(Duration::from_secs(10), cl.sync(&path)).await {
                     Ok(()) => within(Duration::from_secs(10), cl.get_data(&path)).await,
                     Err(e) => Err(e),
@@ -661,12 +743,20 @@ async fn final_reads(cs: &str, c: &ZkTestConfig, shared: &Shared) {
                         register::with_version(inv, parse_u64(&d), st.version),
                         None,
                     ),
-                    Err(e) => shared.record(OpType::Fail, process, register::F_READ_SYNC, inv, Some(e)),
+                    Err(e) => {
+                        shared.record(OpType::Fail, process, register::F_READ_SYNC, inv, Some(e))
+                    }
                 }
             }
         }
         ZkWorkload::Election => {
-            shared.record(OpType::Invoke, process, election::F_FINAL_READ, json!({}), None);
+            shared.record(
+                OpType::Invoke,
+                process,
+                election::F_FINAL_READ,
+                json!({}),
+                None,
+            );
             let r = match within(Duration::from_secs(10), cl.sync(CONTROLLER_EPOCH)).await {
                 Ok(()) => within(Duration::from_secs(10), cl.get_data(CONTROLLER_EPOCH)).await,
                 Err(e) => Err(e),
@@ -679,7 +769,13 @@ async fn final_reads(cs: &str, c: &ZkTestConfig, shared: &Shared) {
                     json!({ "controller-epoch": parse_u64(&d), "zk-version": st.version }),
                     None,
                 ),
-                Err(e) => shared.record(OpType::Fail, process, election::F_FINAL_READ, json!({}), Some(e)),
+                Err(e) => shared.record(
+                    OpType::Fail,
+                    process,
+                    election::F_FINAL_READ,
+                    json!({}),
+                    Some(e),
+                ),
             }
         }
     }
@@ -718,12 +814,20 @@ fn start_fault(
         NemesisKind::Kill => {
             sys.ensemble.kill(server.0)?;
             let v = json!({ "server": server.0, "target": server.1 });
-            (v, Undo::Restart(server.0), format!("kill -9 server {} ({})", server.0, server.1))
+            (
+                v,
+                Undo::Restart(server.0),
+                format!("kill -9 server {} ({})", server.0, server.1),
+            )
         }
         NemesisKind::Pause => {
             sys.ensemble.pause(server.0)?;
             let v = json!({ "server": server.0, "target": server.1 });
-            (v, Undo::Resume(server.0), format!("pause server {} ({})", server.0, server.1))
+            (
+                v,
+                Undo::Resume(server.0),
+                format!("pause server {} ({})", server.0, server.1),
+            )
         }
         NemesisKind::Partition if rng.below(2) == 0 => {
             sys.isolate_server(server.0, LinkFaults::both(Mode::Drop));
@@ -731,7 +835,10 @@ fn start_fault(
             (
                 v,
                 Undo::HealServer(server.0),
-                format!("isolate server {} ({}) from the other servers", server.0, server.1),
+                format!(
+                    "isolate server {} ({}) from the other servers",
+                    server.0, server.1
+                ),
             )
         }
         NemesisKind::Partition => {
@@ -760,7 +867,10 @@ fn start_fault(
             (
                 v,
                 Undo::ResetClock(server.0),
-                format!("server {} ({}) wall clock {delta_ms:+} ms", server.0, server.1),
+                format!(
+                    "server {} ({}) wall clock {delta_ms:+} ms",
+                    server.0, server.1
+                ),
             )
         }
         NemesisKind::LoseUnsynced => anyhow::bail!("lose-unsynced is not supported here"),
@@ -845,9 +955,11 @@ pub fn run(c: &ZkTestConfig) -> Result<ZkRunOutcome, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let dir = c
-        .store
-        .join(format!("zookeeper-{}-seed{}-{stamp}", c.workload.name(), c.seed));
+    let dir = c.store.join(format!(
+        "zookeeper-{}-seed{}-{stamp}",
+        c.workload.name(),
+        c.seed
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     std::fs::write(
         dir.join("test.json"),
@@ -936,8 +1048,13 @@ pub struct ZkResults {
 /// Client operations by (f, completion type).
 fn op_counts(h: &History) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for op in h.ops.iter().filter(|o| o.is_client() && o.kind != OpType::Invoke) {
-        *out.entry(format!("{} {}", op.f, op.kind.name())).or_insert(0) += 1;
+    for op in h
+        .ops
+        .iter()
+        .filter(|o| o.is_client() && o.kind != OpType::Invoke)
+    {
+        *out.entry(format!("{} {}", op.f, op.kind.name()))
+            .or_insert(0) += 1;
     }
     out
 }
@@ -1008,8 +1125,14 @@ pub fn check(h: &History, workload: ZkWorkload, time_limit: Duration) -> ZkResul
                 r.session_expiries,
                 r.zombie_windows.len(),
                 zombie_acts,
-                r.zombie_windows.iter().map(|w| w.acts_fenced).sum::<usize>(),
-                r.zombie_windows.iter().map(|w| w.acts_applied).sum::<usize>(),
+                r.zombie_windows
+                    .iter()
+                    .map(|w| w.acts_fenced)
+                    .sum::<usize>(),
+                r.zombie_windows
+                    .iter()
+                    .map(|w| w.acts_applied)
+                    .sum::<usize>(),
                 r.acts_applied,
                 r.acts_fenced,
                 r.acts_unknown,
@@ -1060,9 +1183,11 @@ pub fn run_cli(m: &clap::ArgMatches) -> u8 {
         if m.value_source("brokers") == Some(clap::parser::ValueSource::CommandLine)
             || m.value_source("controllers") == Some(clap::parser::ValueSource::CommandLine)
         {
-            return Err("--brokers and --controllers are for --system kafka; a ZooKeeper run \
+            return Err(
+                "--brokers and --controllers are for --system kafka; a ZooKeeper run \
                         starts three servers"
-                .into());
+                    .into(),
+            );
         }
         Ok(c)
     })();
