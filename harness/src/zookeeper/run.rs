@@ -13,8 +13,8 @@
 //! - `kill`: SIGKILL the leader or a random server, restart it at the end;
 //! - `pause`: SIGSTOP the leader or a random server, SIGCONT at the end;
 //! - `partition`: isolate the leader or a random server from the other servers, or isolate a
-//!   worker (in the election workload, the current controller) from every server for longer
-//!   than its session timeout;
+//!   worker (in the election workload, the current controller) from every server for at least
+//!   twice its session timeout;
 //! - `clock`: move a server's wall clock by up to an hour either way (libfaketime).
 
 use super::election::{self, ElectionBug, CONTROLLER, CONTROLLER_EPOCH, PARTITION_STATE};
@@ -312,6 +312,14 @@ fn zk_error_name(e: &zk::Error) -> &'static str {
         zk::Error::NoNode => "no-node",
         zk::Error::ClientClosed => "client-closed",
         zk::Error::SessionMoved => "session-moved",
+        zk::Error::NoHosts => "no-hosts",
+        zk::Error::Throttled => "throttled",
+        zk::Error::NotReadOnly => "not-read-only",
+        zk::Error::UnexpectedError(_) => "unexpected-error",
+        zk::Error::UnexpectedErrorCode(_) => "unexpected-error-code",
+        zk::Error::RuntimeInconsistent => "runtime-inconsistent",
+        zk::Error::MarshallingError => "marshalling-error",
+        zk::Error::BadArguments(_) => "bad-arguments",
         _ => "error",
     }
 }
@@ -926,11 +934,20 @@ fn nemesis_loop(c: &ZkTestConfig, sys: &mut ZkSystem, shared: &Shared) -> Vec<St
             Ok((value, undo, line)) => {
                 shared.nemesis(&f, value.clone(), None);
                 lines.push(line);
+                // A client cut off from the ensemble stays cut off for at least twice its
+                // session timeout, so that its session expires while it lives on.
+                let min_ticks = match undo {
+                    Undo::HealWorker(_) => {
+                        (2.0 * c.session_timeout.as_secs_f64() / c.nemesis_interval.as_secs_f64())
+                            .ceil() as u64
+                    }
+                    _ => 1,
+                };
                 in_force = Some(Fault {
                     kind,
                     value,
                     undo,
-                    until_tick: tick + 1 + rng.below(2),
+                    until_tick: tick + (1 + rng.below(2)).max(min_ticks),
                 });
             }
             Err(e) => {
