@@ -342,11 +342,20 @@ async fn within<T>(
 }
 
 async fn connect(cs: &str, c: &ZkTestConfig) -> Result<zk::Client, &'static str> {
+    connect_within(cs, c, c.client_timeout).await
+}
+
+/// A new session, giving each server `limit / 2` to answer (`limit` in all).
+async fn connect_within(
+    cs: &str,
+    c: &ZkTestConfig,
+    limit: Duration,
+) -> Result<zk::Client, &'static str> {
     within(
-        c.client_timeout,
+        limit,
         zk::Client::connector()
             .with_session_timeout(c.session_timeout)
-            .with_connection_timeout(Duration::from_secs(1))
+            .with_connection_timeout(limit / 2)
             .connect(cs),
     )
     .await
@@ -359,9 +368,9 @@ fn persistent() -> zk::CreateOptions<'static> {
 /// The znodes the workload starts from.
 async fn setup(cs: &str, c: &ZkTestConfig) -> Result<(), String> {
     // A quorum that has just formed on a loaded machine may take seconds to take sessions.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {
-        match connect(cs, c).await {
+        match connect_within(cs, c, Duration::from_secs(10)).await {
             Ok(cl) => break cl,
             Err(e) if Instant::now() >= deadline => return Err(format!("connecting: {e}")),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -726,7 +735,9 @@ async fn resign(cl: &zk::Client, c: &ZkTestConfig) {
 /// Reads back after the heal: every register with `sync`, or the controller epoch.
 async fn final_reads(cs: &str, c: &ZkTestConfig, shared: &Shared) {
     let process = 1_000_000;
-    let Ok(cl) = connect(cs, c).await else { return };
+    let Ok(cl) = connect_within(cs, c, Duration::from_secs(20)).await else {
+        return;
+    };
     match c.workload {
         ZkWorkload::Register => {
             for key in 0..c.keys {
@@ -937,10 +948,9 @@ fn nemesis_loop(c: &ZkTestConfig, sys: &mut ZkSystem, shared: &Shared) -> Vec<St
                 // A client cut off from the ensemble stays cut off for at least twice its
                 // session timeout, so that its session expires while it lives on.
                 let min_ticks = match undo {
-                    Undo::HealWorker(_) => {
-                        (2.0 * c.session_timeout.as_secs_f64() / c.nemesis_interval.as_secs_f64())
-                            .ceil() as u64
-                    }
+                    Undo::HealWorker(_) => (2.0 * c.session_timeout.as_secs_f64()
+                        / c.nemesis_interval.as_secs_f64())
+                    .ceil() as u64,
                     _ => 1,
                 };
                 in_force = Some(Fault {
