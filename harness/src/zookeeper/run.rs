@@ -365,45 +365,56 @@ fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
-/// The znodes the workload starts from.
+/// The znodes the workload starts from. Retried for up to a minute: a quorum that has just
+/// formed on a loaded machine may take seconds to take sessions, and the client drops a
+/// connection that stays silent for 40% of the session timeout.
 async fn setup(cs: &str, c: &ZkTestConfig) -> Result<(), String> {
-    // A quorum that has just formed on a loaded machine may take seconds to take sessions.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let client = loop {
-        match connect_within(cs, c, Duration::from_secs(10)).await {
-            Ok(cl) => break cl,
-            Err(e) if Instant::now() >= deadline => return Err(format!("connecting: {e}")),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
-    let create = |path: String, data: &'static [u8]| {
-        let client = client.clone();
-        async move {
-            match tokio::time::timeout(
-                Duration::from_secs(10),
-                client.create(&path, data, &persistent()),
-            )
-            .await
-            {
-                Ok(Ok(_)) | Ok(Err(zk::Error::NodeExists)) => Ok(()),
-                Ok(Err(e)) => Err(format!("creating {path}: {e:?}")),
-                Err(_) => Err(format!("creating {path}: no answer within 10 s")),
-            }
-        }
-    };
-    create("/kcheck".into(), b"").await?;
+    let mut paths: Vec<(String, &'static [u8])> = vec![("/kcheck".into(), b"")];
     match c.workload {
-        ZkWorkload::Register => {
-            for k in 0..c.keys {
-                create(register::path(k), b"0").await?;
-            }
-        }
+        ZkWorkload::Register => paths.extend((0..c.keys).map(|k| (register::path(k), &b"0"[..]))),
         ZkWorkload::Election => {
-            create(CONTROLLER_EPOCH.into(), b"0").await?;
-            create(PARTITION_STATE.into(), b"").await?;
+            paths.push((CONTROLLER_EPOCH.into(), b"0"));
+            paths.push((PARTITION_STATE.into(), b""));
         }
     }
-    Ok(())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        let client = match connect_within(cs, c, Duration::from_secs(10)).await {
+            Ok(cl) => cl,
+            Err(e) => {
+                last = format!("connecting: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut done = true;
+        for (path, data) in &paths {
+            let created = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.create(path, data, &persistent()),
+            )
+            .await;
+            match created {
+                Ok(Ok(_)) | Ok(Err(zk::Error::NodeExists)) => {}
+                Ok(Err(e)) => {
+                    last = format!("creating {path}: {e:?}");
+                    done = false;
+                    break;
+                }
+                Err(_) => {
+                    last = format!("creating {path}: no answer within 10 s");
+                    done = false;
+                    break;
+                }
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
 }
 
 fn parse_u64(data: &[u8]) -> u64 {
