@@ -174,6 +174,10 @@ impl Shared {
     }
 }
 
+/// How long a peer proxy retries a server's quorum or election port that refuses (a leader
+/// opens its quorum port only once elected): what the dialling server would have done itself.
+const PEER_PATIENCE: Duration = Duration::from_secs(3);
+
 /// The ensemble with its proxies and clocks.
 struct ZkSystem {
     ensemble: ZkEnsemble,
@@ -200,10 +204,15 @@ impl ZkSystem {
                     continue;
                 }
                 seed += 1;
-                let q = rt.block_on(Proxy::start(([127, 0, 0, 1], to.quorum_port).into(), seed))?;
-                let e = rt.block_on(Proxy::start(
+                let q = rt.block_on(Proxy::start_patient(
+                    ([127, 0, 0, 1], to.quorum_port).into(),
+                    seed,
+                    PEER_PATIENCE,
+                ))?;
+                let e = rt.block_on(Proxy::start_patient(
                     ([127, 0, 0, 1], to.election_port).into(),
                     seed,
+                    PEER_PATIENCE,
                 ))?;
                 ensemble.route_peer(
                     from.myid,
