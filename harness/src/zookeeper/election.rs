@@ -255,9 +255,7 @@ pub fn check(history: &History) -> ElectionReport {
                 broker,
                 epoch,
                 newer_epoch: newer.epoch,
-                after_session_expiry: expired_at
-                    .get(&broker)
-                    .is_some_and(|v| v.iter().any(|&p| p < i)),
+                after_session_expiry: false,
                 from_ms: newer.complete_ms,
                 to_ms: end_ms,
                 acts_applied: 0,
@@ -265,6 +263,9 @@ pub fn check(history: &History) -> ElectionReport {
                 acts_unknown: 0,
             });
         w.to_ms = w.to_ms.max(end_ms);
+        w.after_session_expiry |= expired_at
+            .get(&broker)
+            .is_some_and(|v| v.iter().any(|&p| p < i));
         match kind {
             Some(OpType::Ok) => {
                 w.acts_applied += 1;
@@ -383,8 +384,9 @@ mod tests {
         h.elect(1, 1, 1);
         h.act(1, 1, 1, OpType::Ok);
         h.elect(2, 2, 2);
-        h.expire(1, 1, 1);
-        h.act(11, 1, 1, OpType::Fail);
+        h.act(1, 1, 1, OpType::Info);
+        h.expire(11, 1, 1);
+        h.act(21, 1, 1, OpType::Fail);
         h.act(2, 2, 2, OpType::Ok);
         h.op(
             3,
@@ -400,7 +402,7 @@ mod tests {
         let w = &r.zombie_windows[0];
         assert_eq!((w.broker, w.epoch, w.newer_epoch), (1, 1, 2));
         assert!(w.after_session_expiry);
-        assert_eq!((w.acts_fenced, w.acts_applied), (1, 0));
+        assert_eq!((w.acts_fenced, w.acts_applied, w.acts_unknown), (1, 0, 1));
         assert_eq!(r.session_expiries, 1);
     }
 
