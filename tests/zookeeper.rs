@@ -1,5 +1,5 @@
 //! `kcheck test --system zookeeper` end to end against a real Apache ZooKeeper 3.8 ensemble
-//! (Debian's `zookeeper`): a short register run under every fault is valid and records what
+//! (Debian's `zookeeper`): a short register run under kill, pause and partition faults is valid and records what
 //! the checkers need; a short election run is valid; with the `no-epoch-fence` bug flag the
 //! election checker finds the zombie controller's obeyed write once the controller's session
 //! has expired under a client partition; bad arguments exit 2. Skips with a notice when
@@ -79,8 +79,10 @@ fn register_run_under_faults_is_valid() {
         &[
             "--workload",
             "register",
+            // Not `clock`: libfaketime re-reading its offset file on every clock call makes
+            // the JVMs spend most of their time in the kernel (see specs/zookeeper.md).
             "--nemesis",
-            "kill,pause,partition,clock",
+            "kill,pause,partition",
             "--time-limit",
             "12",
             "--nemesis-interval",
