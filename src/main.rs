@@ -34,6 +34,7 @@ fn cli() -> Command {
         .subcommand(kcheck_reference::cli::broker_command())
         .subcommand(kcheck_reference::cli::bench_broker_command())
         .subcommand(kcheck_reference::cli::bench_quorum_command())
+        .subcommand(kcheck_harness::zookeeper::bench::bench_command())
         .subcommand(kcheck_reference::cluster::cluster_command())
         .arg(
             Arg::new("quiet")
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         Some(("broker", m)) => kcheck_reference::cli::run_broker(m),
         Some(("bench-broker", m)) => kcheck_reference::cli::run_bench_broker(m),
         Some(("bench-quorum", m)) => kcheck_reference::cli::run_bench_quorum(m),
+        Some(("bench-zookeeper", m)) => kcheck_harness::zookeeper::bench::run_bench(m),
         Some(("cluster", m)) => kcheck_reference::cluster::run_cluster(m),
         _ => unreachable!("clap requires a known subcommand"),
     };

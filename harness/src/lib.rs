@@ -23,6 +23,7 @@ pub mod run;
 pub mod sim;
 pub mod system;
 pub mod test_cli;
+pub mod zookeeper;
 
 use serde::Serialize;
 

@@ -204,18 +204,29 @@ const NIL: u32 = u32::MAX;
 impl Events {
     /// Only ops under `Rule::Model` are events; indeterminate produces are tried just in time.
     fn new(ops: &[LogOp], rule: &[Rule]) -> Events {
-        let mut evs: Vec<(usize, u32)> = Vec::with_capacity(ops.len() * 2);
-        for (i, op) in ops.iter().enumerate() {
-            if !matches!(rule[i], Rule::Model) {
-                continue;
-            }
-            evs.push((op.call_pos, 2 * i as u32));
-            if let Some(r) = op.ret_pos {
+        Events::from_positions(
+            ops.len(),
+            ops.iter()
+                .enumerate()
+                .filter(|(i, _)| matches!(rule[*i], Rule::Model))
+                .map(|(i, op)| (i, op.call_pos, op.ret_pos)),
+        )
+    }
+
+    /// Events of `ops` ops, given (op, call position, return position) of those that take part.
+    fn from_positions(
+        ops: usize,
+        positions: impl Iterator<Item = (usize, usize, Option<usize>)>,
+    ) -> Events {
+        let mut evs: Vec<(usize, u32)> = Vec::with_capacity(ops * 2);
+        for (i, call_pos, ret_pos) in positions {
+            evs.push((call_pos, 2 * i as u32));
+            if let Some(r) = ret_pos {
                 evs.push((r, 2 * i as u32 + 1));
             }
         }
         evs.sort_unstable();
-        let n = ops.len() * 2;
+        let n = ops * 2;
         let mut next = vec![NIL; n];
         let mut prev = vec![NIL; n];
         for w in evs.windows(2) {
@@ -751,4 +762,225 @@ pub fn check(history: &History, time_limit: Duration, threads: usize) -> LinRepo
         verdict: Verdict::combine(results.iter().map(|r| r.verdict)),
         partitions: results,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Any sequential object: the same Wing & Gong search with Lowe's cache, for a model given as a
+// trait. The log above keeps its own search because it linearizes indeterminate produces just
+// in time, which only a log's offsets make possible; other objects (the ZooKeeper register)
+// have few enough indeterminate ops that the plain search, which may linearize one anywhere
+// after its call or never, stays fast.
+
+/// The sequential specification of an object: its state and what each call does to it.
+pub trait SequentialModel {
+    /// A state of the object; the search memoises (linearized set, state) pairs.
+    type State: Clone + Eq + std::hash::Hash;
+    /// One operation with the result it returned.
+    type Call;
+    fn init(&self) -> Self::State;
+    /// The state after `call` takes effect in `state`, or why it cannot (its result differs
+    /// from what the object would return there).
+    fn step(&self, state: &Self::State, call: &Self::Call) -> Result<Self::State, String>;
+    fn describe_call(&self, call: &Self::Call) -> String;
+    fn describe_state(&self, state: &Self::State) -> String;
+}
+
+/// An operation for [`check_model`]: its call and its place in the history.
+#[derive(Debug, Clone)]
+pub struct ModelOp<C> {
+    pub call: C,
+    /// History index of the invocation.
+    pub invoke: u64,
+    /// History index of the `ok` (or definite `fail`) completion; `None` if the op may or
+    /// may not have happened.
+    pub complete: Option<u64>,
+    /// Positions of the invocation and the completion in the history.
+    pub call_pos: usize,
+    pub ret_pos: Option<usize>,
+}
+
+/// Why an op could not follow the longest linearizable prefix, in the model's terms.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelIllegal {
+    pub invoke_index: u64,
+    pub complete_index: Option<u64>,
+    pub op: String,
+    /// The object's state after the prefix.
+    pub state: String,
+    pub explanation: String,
+}
+
+/// The verdict on one object (one key) of a history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelResult {
+    pub key: u64,
+    pub verdict: Verdict,
+    pub ops: usize,
+    pub indeterminate_ops: usize,
+    /// Invocation indices of the longest linearizable prefix found (only when invalid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub linearized_prefix: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_illegal: Option<ModelIllegal>,
+    pub configurations: usize,
+    pub seconds: f64,
+}
+
+struct ModelFrame<S> {
+    op: u32,
+    prev_state: S,
+    node: u32,
+}
+
+fn search_model<M: SequentialModel>(
+    model: &M,
+    ops: &[ModelOp<M::Call>],
+    deadline: Instant,
+) -> Search {
+    let n = ops.len();
+    let mut seed = 0x6b63_6865_636b_u64;
+    let zobrist: Vec<u128> = (0..n)
+        .map(|_| (u128::from(splitmix(&mut seed)) << 64) | u128::from(splitmix(&mut seed)))
+        .collect();
+    let mut events = Events::from_positions(
+        n,
+        ops.iter()
+            .enumerate()
+            .map(|(i, o)| (i, o.call_pos, o.ret_pos)),
+    );
+    let mut remaining_required = ops.iter().filter(|o| o.ret_pos.is_some()).count();
+    let mut state = model.init();
+    let mut fingerprint = 0u128;
+    let mut cache: HashSet<(u128, M::State)> = HashSet::new();
+    let mut stack: Vec<ModelFrame<M::State>> = Vec::new();
+    let mut nodes: Vec<(u32, u32)> = Vec::new();
+    let mut best: Option<(usize, u32, u32)> = None;
+    let mut entry = events.head;
+    let mut steps: u64 = 0;
+    loop {
+        if remaining_required == 0 {
+            return Search {
+                configurations: cache.len(),
+                outcome: Outcome::Linearizable,
+            };
+        }
+        steps += 1;
+        if steps & 4095 == 0 && Instant::now() >= deadline {
+            return Search {
+                configurations: cache.len(),
+                outcome: Outcome::TimedOut,
+            };
+        }
+        if entry != NIL && entry & 1 == 0 {
+            let op = entry / 2;
+            let o = &ops[op as usize];
+            let lifted = match model.step(&state, &o.call) {
+                Ok(next) => {
+                    let fp = fingerprint ^ zobrist[op as usize];
+                    if cache.insert((fp, next.clone())) {
+                        let parent = stack.last().map_or(NIL, |f| f.node);
+                        nodes.push((op, parent));
+                        stack.push(ModelFrame {
+                            op,
+                            prev_state: std::mem::replace(&mut state, next),
+                            node: nodes.len() as u32 - 1,
+                        });
+                        fingerprint = fp;
+                        events.unlink(2 * op);
+                        if o.ret_pos.is_some() {
+                            events.unlink(2 * op + 1);
+                            remaining_required -= 1;
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Err(_) => false,
+            };
+            entry = if lifted {
+                events.head
+            } else {
+                events.next[entry as usize]
+            };
+            continue;
+        }
+        // At a return (every remaining call before it tried): backtrack.
+        if entry != NIL && !matches!(best, Some(b) if stack.len() <= b.0) {
+            let node = stack.last().map_or(NIL, |f| f.node);
+            best = Some((stack.len(), node, entry / 2));
+        }
+        let Some(frame) = stack.pop() else {
+            let (_, node, blocker) = best.unwrap_or((0, NIL, 0));
+            return Search {
+                configurations: cache.len(),
+                outcome: Outcome::Not {
+                    prefix: unwind(&nodes, node),
+                    blocker,
+                },
+            };
+        };
+        let op = frame.op;
+        state = frame.prev_state;
+        fingerprint ^= zobrist[op as usize];
+        if ops[op as usize].ret_pos.is_some() {
+            events.relink(2 * op + 1);
+            remaining_required += 1;
+        }
+        events.relink(2 * op);
+        entry = events.next[2 * op as usize];
+    }
+}
+
+/// Checks that `ops` (one object's operations) are linearizable with respect to `model`.
+pub fn check_model<M: SequentialModel>(
+    model: &M,
+    key: u64,
+    ops: &[ModelOp<M::Call>],
+    deadline: Instant,
+) -> ModelResult {
+    let start = Instant::now();
+    let s = search_model(model, ops, deadline);
+    let mut r = ModelResult {
+        key,
+        verdict: Verdict::Valid,
+        ops: ops.len(),
+        indeterminate_ops: ops.iter().filter(|o| o.ret_pos.is_none()).count(),
+        linearized_prefix: Vec::new(),
+        first_illegal: None,
+        configurations: s.configurations,
+        seconds: 0.0,
+    };
+    match s.outcome {
+        Outcome::Linearizable => {}
+        Outcome::TimedOut => r.verdict = Verdict::Unknown,
+        Outcome::Not { prefix, blocker } => {
+            r.verdict = Verdict::Invalid;
+            let mut state = model.init();
+            for &p in &prefix {
+                state = model
+                    .step(&state, &ops[p as usize].call)
+                    .expect("the prefix was linearized step by step");
+            }
+            let op = &ops[blocker as usize];
+            let why = model.step(&state, &op.call).err().unwrap_or_else(|| {
+                "it is legal here, but every order that takes it now fails later (see the prefix)"
+                    .to_string()
+            });
+            let call = model.describe_call(&op.call);
+            r.first_illegal = Some(ModelIllegal {
+                invoke_index: op.invoke,
+                complete_index: op.complete,
+                op: call.clone(),
+                state: model.describe_state(&state),
+                explanation: format!(
+                    "after the {} linearized ops, {call} must take effect before it returns, but {why}",
+                    prefix.len()
+                ),
+            });
+            r.linearized_prefix = prefix.iter().map(|&p| ops[p as usize].invoke).collect();
+        }
+    }
+    r.seconds = start.elapsed().as_secs_f64();
+    r
 }

@@ -90,11 +90,26 @@ impl Proxy {
     /// Listens on an ephemeral 127.0.0.1 port and forwards each connection to `upstream`.
     /// `seed` makes loss decisions reproducible.
     pub async fn start(upstream: SocketAddr, seed: u64) -> io::Result<Proxy> {
+        Proxy::start_patient(upstream, seed, Duration::ZERO).await
+    }
+
+    /// As [`Proxy::start`], but a connection whose upstream refuses keeps retrying the upstream
+    /// for up to `patience` before it is closed. The proxy accepts before the upstream does, so
+    /// a peer that would have seen "connection refused" and retried (a ZooKeeper follower
+    /// dialling a leader that has not opened its quorum port yet) would otherwise see an
+    /// accepted connection close at once, which it treats as a failure of the leader.
+    pub async fn start_patient(
+        upstream: SocketAddr,
+        seed: u64,
+        patience: Duration,
+    ) -> io::Result<Proxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let local_addr = listener.local_addr()?;
         let (faults, faults_rx) = watch::channel(LinkFaults::healed());
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, upstream, seed, faults_rx, stop_rx));
+        tokio::spawn(accept_loop(
+            listener, upstream, seed, patience, faults_rx, stop_rx,
+        ));
         Ok(Proxy {
             local_addr,
             faults,
@@ -121,6 +136,7 @@ async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     seed: u64,
+    patience: Duration,
     faults: watch::Receiver<LinkFaults>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -147,6 +163,7 @@ async fn accept_loop(
             client,
             upstream,
             seed ^ n,
+            patience,
             faults.clone(),
             stop.clone(),
         ));
@@ -157,11 +174,19 @@ async fn connection(
     client: TcpStream,
     upstream: SocketAddr,
     seed: u64,
+    patience: Duration,
     faults: watch::Receiver<LinkFaults>,
     stop: watch::Receiver<bool>,
 ) {
-    let Ok(server) = TcpStream::connect(upstream).await else {
-        return;
+    let give_up = tokio::time::Instant::now() + patience;
+    let server = loop {
+        match TcpStream::connect(upstream).await {
+            Ok(s) => break s,
+            Err(_) if tokio::time::Instant::now() < give_up && !*stop.borrow() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => return,
+        }
     };
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();

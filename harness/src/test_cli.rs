@@ -22,15 +22,24 @@ pub fn test_command() -> Command {
     };
     Command::new("test")
         .about("Run a Jepsen-style test: start brokers, run a workload under faults, check the history")
+        .arg(
+            Arg::new("system")
+                .long("system")
+                .value_name("kafka|zookeeper")
+                .default_value("kafka")
+                .value_parser(["kafka", "zookeeper"])
+                .help("kafka: kcheck's brokers; zookeeper: a real Apache ZooKeeper 3.8 ensemble (Debian's zookeeper)"),
+        )
         .arg(num("brokers", "1", "Broker processes").value_parser(value_parser!(usize)))
         .arg(num("controllers", "0", "KRaft controller processes").value_parser(value_parser!(usize)))
         .arg(
             Arg::new("workload")
                 .long("workload")
-                .value_name("log|queue")
+                .value_name("log|queue|register|election")
                 .default_value("log")
-                .value_parser(["log", "queue"])
-                .help("log: every partition a linearizable log; queue: Jepsen's Kafka queue"),
+                .value_parser(["log", "queue", "register", "election"])
+                .help("kafka: log (every partition a linearizable log) or queue (Jepsen's Kafka queue); \
+                       zookeeper: register (CAS register on znodes, the default) or election (Kafka's controller election)"),
         )
         .arg(
             Arg::new("nemesis")
@@ -72,7 +81,7 @@ pub fn test_command() -> Command {
         )
 }
 
-fn secs(m: &ArgMatches, name: &str) -> Result<Duration, String> {
+pub(crate) fn secs(m: &ArgMatches, name: &str) -> Result<Duration, String> {
     let s = *m.get_one::<f64>(name).expect("defaulted");
     if s.is_finite() && s > 0.0 && s < 1e6 {
         Ok(Duration::from_secs_f64(s))
@@ -207,6 +216,13 @@ pub fn default_config(
 }
 
 pub fn run_test(m: &ArgMatches) -> u8 {
+    if m.get_one::<String>("system").map(String::as_str) == Some("zookeeper") {
+        return crate::zookeeper::run::run_cli(m);
+    }
+    if let Some(w @ ("register" | "election")) = m.get_one::<String>("workload").map(String::as_str) {
+        eprintln!("kcheck test: bad arguments: --workload {w} is a ZooKeeper workload: add --system zookeeper");
+        return EXIT_UNKNOWN;
+    }
     let config = match config(m) {
         Ok(c) => c,
         Err(e) => {

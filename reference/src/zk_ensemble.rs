@@ -7,10 +7,13 @@
 //! packaged service scripts share one log directory and one pid file per machine, which a
 //! second server on the same host would overwrite.
 //!
-//! The timeouts are small so that failovers happen within a test: `tickTime` 200 ms makes the
-//! sessions ZooKeeper grants 0.4 s to 4 s (2 to 20 ticks, its defaults for the minimum and
-//! maximum session timeout), and a follower that cannot reach its leader for `syncLimit` ticks
-//! (1 s) gives up and rejoins Fast Leader Election.
+//! The timeouts are small so that failovers happen within a test, but not so small that a
+//! loaded two-core machine (JVMs taking seconds to start, threads starved for hundreds of
+//! milliseconds) breaks a healthy quorum: `tickTime` 300 ms makes the sessions ZooKeeper
+//! grants 0.6 s to 6 s (2 to 20 ticks, its defaults for the minimum and maximum session
+//! timeout); a follower that hears nothing from its leader for `syncLimit` ticks (3 s) gives up
+//! and rejoins Fast Leader Election; a follower has `initLimit` ticks (9 s) to connect and sync
+//! to a new leader.
 //!
 //! Network faults between servers need somewhere to cut: [`ZkEnsemble::route_peer`] makes one
 //! server reach another through a different port (a fault-injecting proxy), in that server's
@@ -98,12 +101,12 @@ impl ZkEnsembleSpec {
         ZkEnsembleSpec {
             servers,
             dir: dir.to_path_buf(),
-            tick_time_ms: 200,
-            init_limit: 10,
-            sync_limit: 5,
+            tick_time_ms: 300,
+            init_limit: 30,
+            sync_limit: 10,
             java: PathBuf::from("/usr/bin/java"),
             heap_mb: 128,
-            ready_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -360,9 +363,6 @@ impl ZkEnsemble {
                 "-Dlog4j.configuration=file:{}",
                 me.dir.join("log4j.properties").display()
             ))
-            // Election connections to a peer behind a dropping proxy give up after 1 s
-            // instead of ZooKeeper's 5 s.
-            .arg("-Dzookeeper.cnxTimeout=1000")
             .arg("-cp")
             .arg(classpath())
             .arg(MAIN_CLASS)
@@ -481,10 +481,10 @@ impl ZkEnsemble {
         }
     }
 
-    /// What `myid` says it is; [`ZkMode::NotServing`] when it does not answer within 1 s.
+    /// What `myid` says it is; [`ZkMode::NotServing`] when it does not answer within 2 s.
     pub fn mode(&self, myid: u32) -> ZkMode {
         match self.server(myid) {
-            Ok(s) => four_letter_word(s.client_port, "srvr", Duration::from_secs(1))
+            Ok(s) => four_letter_word(s.client_port, "srvr", Duration::from_secs(2))
                 .map(|text| parse_mode(&text))
                 .unwrap_or(ZkMode::NotServing),
             Err(_) => ZkMode::NotServing,
