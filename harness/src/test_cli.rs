@@ -219,7 +219,8 @@ pub fn run_test(m: &ArgMatches) -> u8 {
     if m.get_one::<String>("system").map(String::as_str) == Some("zookeeper") {
         return crate::zookeeper::run::run_cli(m);
     }
-    if let Some(w @ ("register" | "election")) = m.get_one::<String>("workload").map(String::as_str) {
+    if let Some(w @ ("register" | "election")) = m.get_one::<String>("workload").map(String::as_str)
+    {
         eprintln!("kcheck test: bad arguments: --workload {w} is a ZooKeeper workload: add --system zookeeper");
         return EXIT_UNKNOWN;
     }

@@ -574,7 +574,7 @@ static BOUNDS: &[Bound] = &[
     Bound {
         name: "records",
         meaning: "metadata records the active controllers write",
-        default: 0,
+        default: 1,
         release: 1,
         min: 0,
         max: 4,
@@ -583,7 +583,7 @@ static BOUNDS: &[Bound] = &[
         name: "crashes",
         meaning: "node crashes (graceful or not); restarts are free",
         default: 0,
-        release: 0,
+        release: 1,
         min: 0,
         max: 4,
     },
