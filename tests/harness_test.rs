@@ -44,6 +44,31 @@ fn run_dirs(store: &Path) -> Vec<std::path::PathBuf> {
     dirs
 }
 
+/// A run's stdout and stderr together, for assertion messages and checks that do not care
+/// which stream a line went to.
+fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts the run's exit code (printing both streams when it differs) and returns its stdout.
+fn expect_exit(o: &Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The run's history, one JSON value per operation.
+fn history(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn losing_unsynced_writes_of_an_unflushed_broker_is_found() {
     if !lazyfs_usable() {
@@ -54,13 +79,7 @@ fn losing_unsynced_writes_of_an_unflushed_broker_is_found() {
         store.path(),
         &["--nemesis", "lose-unsynced", "--flush", "never"],
     );
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = expect_exit(&o, 1);
     assert!(out.contains("kcheck test: INVALID"), "{out}");
     assert!(out.contains("is not linearizable"), "{out}");
     let dir = &run_dirs(store.path())[0];
@@ -86,13 +105,7 @@ fn the_same_run_with_flush_always_is_valid() {
         store.path(),
         &["--nemesis", "lose-unsynced,kill,pause", "--flush", "always"],
     );
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = expect_exit(&o, 0);
     assert!(out.contains("kcheck test: VALID"), "{out}");
     assert!(
         out.contains("lose-unsynced node 1") || out.contains("kill node 1"),
@@ -102,10 +115,8 @@ fn the_same_run_with_flush_always_is_valid() {
 
 /// The nemesis operations of a run's history, as (f, value).
 fn schedule(dir: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(dir.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    history(dir)
+        .into_iter()
         .filter(|op| op["process"] == "nemesis")
         .map(|op| (op["f"].to_string(), op["value"].to_string()))
         .collect()
@@ -123,13 +134,7 @@ fn the_same_seed_gives_the_same_fault_schedule() {
         "always",
     ];
     for _ in 0..2 {
-        let o = kcheck_test(store.path(), &args);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stdout)
-        );
+        expect_exit(&kcheck_test(store.path(), &args), 0);
     }
     let dirs = run_dirs(store.path());
     let (a, b) = (schedule(&dirs[0]), schedule(&dirs[1]));
@@ -183,8 +188,7 @@ fn the_queue_workload_finds_the_lost_writes_and_passes_a_durable_broker() {
             "never",
         ],
     );
-    let out = String::from_utf8_lossy(&lossy.stdout);
-    assert_eq!(lossy.status.code(), Some(1), "{out}");
+    let out = expect_exit(&lossy, 1);
     assert!(
         out.contains("inconsistent-offsets") || out.contains("lost-write"),
         "a rewritten offset or a lost write is reported: {out}"
@@ -200,8 +204,7 @@ fn the_queue_workload_finds_the_lost_writes_and_passes_a_durable_broker() {
             "always",
         ],
     );
-    let out = String::from_utf8_lossy(&durable.stdout);
-    assert_eq!(durable.status.code(), Some(0), "{out}");
+    let out = expect_exit(&durable, 0);
     assert!(out.contains("workloads: queue"), "{out}");
 }
 
@@ -232,13 +235,7 @@ fn a_replicated_cluster_under_kills_stays_linearizable() {
         .arg(store.path())
         .output()
         .expect("kcheck runs");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = expect_exit(&o, 0);
     assert!(out.contains("kill node"), "faults were injected: {out}");
     assert!(out.contains("kcheck test: VALID"), "{out}");
 }
@@ -267,23 +264,14 @@ fn targeted_faults_hit_the_partition_leaders_and_the_cluster_stays_valid() {
         .arg(store.path())
         .output()
         .expect("kcheck runs");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("kcheck test: VALID"), "{out}");
-    let starts: Vec<serde_json::Value> =
-        std::fs::read_to_string(run_dirs(store.path())[0].join("history.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|op| {
-                op["process"] == "nemesis" && op["f"].as_str().unwrap().starts_with("start-")
-            })
-            .map(|op| op["value"].clone())
-            .collect();
+    let starts: Vec<serde_json::Value> = history(&run_dirs(store.path())[0])
+        .into_iter()
+        .filter(|op| op["process"] == "nemesis" && op["f"].as_str().unwrap().starts_with("start-"))
+        .map(|op| op["value"].clone())
+        .collect();
     assert!(starts.len() >= 3, "faults were injected: {out}");
     for v in &starts {
         assert!(v["target"].is_string() && v["nodes"].is_array(), "{v}");
@@ -343,19 +331,12 @@ fn partitions_are_recorded_with_their_grudge_healed_and_removed() {
         .expect("kcheck runs");
     let tag = namespace_tag(child.id());
     let o = child.wait_with_output().unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = output_text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    let ops: Vec<serde_json::Value> =
-        std::fs::read_to_string(run_dirs(store.path())[0].join("history.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|op| op["process"] == "nemesis")
-            .collect();
+    let ops: Vec<serde_json::Value> = history(&run_dirs(store.path())[0])
+        .into_iter()
+        .filter(|op| op["process"] == "nemesis")
+        .collect();
     let partitions: Vec<&serde_json::Value> = ops
         .iter()
         .filter(|op| op["f"] == "start-partition")
@@ -402,11 +383,7 @@ fn partition_kill_run(bug: Option<&str>) -> (Option<i32>, String) {
         .arg(store.path())
         .output()
         .expect("kcheck runs");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = output_text(&o);
     (o.status.code(), out)
 }
 
