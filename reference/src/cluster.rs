@@ -43,6 +43,51 @@ pub struct NodeState {
     pub args: Vec<String>,
 }
 
+impl NodeState {
+    /// A broker on a free loopback port with its data directory and log under `data_dir`.
+    /// `metadata` says where its metadata comes from (the KRaft quorum or ZooKeeper); `extra`
+    /// are the user's broker arguments.
+    pub(crate) fn broker(
+        data_dir: &Path,
+        id: i32,
+        metadata: &[String],
+        extra: &[String],
+    ) -> std::io::Result<NodeState> {
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let dir = data_dir.join(format!("broker-{id}"));
+        let mut args: Vec<String> = vec![
+            "broker".into(),
+            "--node-id".into(),
+            id.to_string(),
+            "--listen".into(),
+            address.clone(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+        ];
+        args.extend(metadata.iter().cloned());
+        args.extend(extra.iter().cloned());
+        Ok(NodeState {
+            id,
+            role: Role::Broker,
+            pid: 0,
+            address,
+            log_file: data_dir.join(format!("broker-{id}.log")),
+            data_dir: dir,
+            args,
+        })
+    }
+}
+
+/// Kafka's `bootstrap.servers` for these nodes: every broker's client address.
+pub(crate) fn bootstrap_servers(nodes: &[NodeState]) -> String {
+    nodes
+        .iter()
+        .filter(|n| n.role == Role::Broker)
+        .map(|n| n.address.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub bootstrap: String,
@@ -177,40 +222,22 @@ impl ClusterState {
                 args,
             });
         }
+        let metadata = [
+            "--process-roles".to_string(),
+            "broker".into(),
+            "--controller-quorum-voters".into(),
+            voters.clone(),
+        ];
         for id in 1..=spec.brokers as i32 {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            let dir = spec.data_dir.join(format!("broker-{id}"));
-            let mut args = vec![
-                "broker".into(),
-                "--process-roles".into(),
-                "broker".into(),
-                "--node-id".into(),
-                id.to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--controller-quorum-voters".into(),
-                voters.clone(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-            ];
-            args.extend(spec.broker_args.iter().cloned());
-            nodes.push(NodeState {
+            nodes.push(NodeState::broker(
+                &spec.data_dir,
                 id,
-                role: Role::Broker,
-                pid: 0,
-                address: addr,
-                log_file: spec.data_dir.join(format!("broker-{id}.log")),
-                data_dir: dir,
-                args,
-            });
+                &metadata,
+                &spec.broker_args,
+            )?);
         }
         let mut state = ClusterState {
-            bootstrap: nodes
-                .iter()
-                .filter(|n| n.role == Role::Broker)
-                .map(|n| n.address.clone())
-                .collect::<Vec<_>>()
-                .join(","),
+            bootstrap: bootstrap_servers(&nodes),
             controller_quorum_voters: voters,
             executable: spec.executable.clone(),
             nodes,

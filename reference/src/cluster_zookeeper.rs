@@ -3,7 +3,7 @@
 //! ([`crate::zk_controller`]). The cluster state file is the KRaft cluster's, with the ensemble
 //! added, so `status`, `down`, the process tests and the harness handle both modes.
 
-use crate::cluster::{free_port, pid_alive, ClusterState, NodeState, Role};
+use crate::cluster::{pid_alive, ClusterState, NodeState};
 use crate::zk_controller::{ControllerZnode, CONTROLLER, CONTROLLER_EPOCH};
 use crate::zk_ensemble::{ZkEnsemble, ZkEnsembleSpec, ZkServer};
 use serde::{Deserialize, Serialize};
@@ -73,40 +73,23 @@ impl ClusterState {
         };
         // The servers run on after this process exits; the state file keeps their pids.
         std::mem::forget(ensemble);
+        let metadata = [
+            "--zookeeper".to_string(),
+            zookeeper.connect.clone(),
+            "--zookeeper-session-timeout-ms".into(),
+            spec.session_timeout_ms.to_string(),
+        ];
         let mut nodes = Vec::new();
         for id in 1..=spec.brokers as i32 {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            let dir = spec.data_dir.join(format!("broker-{id}"));
-            let mut args = vec![
-                "broker".into(),
-                "--node-id".into(),
-                id.to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--zookeeper".into(),
-                zookeeper.connect.clone(),
-                "--zookeeper-session-timeout-ms".into(),
-                spec.session_timeout_ms.to_string(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-            ];
-            args.extend(spec.broker_args.iter().cloned());
-            nodes.push(NodeState {
+            nodes.push(NodeState::broker(
+                &spec.data_dir,
                 id,
-                role: Role::Broker,
-                pid: 0,
-                address: addr,
-                log_file: spec.data_dir.join(format!("broker-{id}.log")),
-                data_dir: dir,
-                args,
-            });
+                &metadata,
+                &spec.broker_args,
+            )?);
         }
         let mut state = ClusterState {
-            bootstrap: nodes
-                .iter()
-                .map(|n| n.address.clone())
-                .collect::<Vec<_>>()
-                .join(","),
+            bootstrap: crate::cluster::bootstrap_servers(&nodes),
             controller_quorum_voters: String::new(),
             executable: spec.executable.clone(),
             nodes,
