@@ -3,6 +3,9 @@
 //! by conformance, naming the model action its truncation is not, in a run whose client
 //! history is still valid; `kcheck conform` exits 0, 1 and 2 as documented.
 
+mod broker_support;
+
+use broker_support::expect_exit;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -37,8 +40,7 @@ fn results(dir: &Path) -> serde_json::Value {
 fn a_correct_cluster_run_conforms() {
     let store = tempfile::tempdir().unwrap();
     let o = cluster_run(store.path(), 3, &[]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{out}");
+    let out = expect_exit(&o, 0);
     assert!(out.contains("kill node"), "faults were injected: {out}");
     assert!(
         out.contains("every event is a model action and every invariant holds"),
@@ -74,8 +76,7 @@ fn truncate_to_hw_is_caught_by_conformance_while_the_history_is_valid() {
     for seed in [3, 5] {
         let store = tempfile::tempdir().unwrap();
         let o = cluster_run(store.path(), seed, &["truncate-to-hw"]);
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert_eq!(o.status.code(), Some(1), "{out}");
+        let out = expect_exit(&o, 1);
         assert!(out.contains("NON-CONFORMING"), "{out}");
         let dir = only_run_dir(store.path());
         let r = results(&dir);

@@ -6,6 +6,8 @@
 
 mod broker_support;
 
+use broker_support::{expect_exit, output_text};
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -42,22 +44,6 @@ fn run_dirs(store: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     dirs.sort();
     dirs
-}
-
-/// A run's stdout and stderr together, for assertion messages and checks that do not care
-/// which stream a line went to.
-fn output_text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Asserts the run's exit code (printing both streams when it differs) and returns its stdout.
-fn expect_exit(o: &Output, code: i32) -> String {
-    assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The run's history, one JSON value per operation.

@@ -1133,7 +1133,12 @@ fn spawn_watch(
     tokio::spawn(async move {
         // A failed re-arm (connection loss while the ensemble elects a leader) is retried;
         // a change may have been missed meanwhile, so one event is sent once it is armed again.
-        let mut missed = false;
+        // The first arming counts as such a gap: the controller reads the path concurrently
+        // (`on_controller_failover`), and a broker that registers between that read and the
+        // arming would otherwise never be seen (its first watch event is the next change).
+        // The handlers compare against what the controller already knows, so the extra event
+        // costs one re-read.
+        let mut missed = true;
         for _ in 0..100_000u32 {
             let watcher = if children {
                 client.list_and_watch_children(path).await.map(|(_, w)| w)

@@ -108,3 +108,19 @@ pub fn has_python_module(module: &str) -> bool {
 pub fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
+
+/// A child's stdout and stderr together, for assertion messages and for checks that do not
+/// care which stream a line went to (`kcheck` prints harness failures on stderr).
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts a child's exit code, printing both streams when it differs, and returns its stdout.
+pub fn expect_exit(o: &std::process::Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
