@@ -62,11 +62,7 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    kcheck_reference::cluster::free_port().expect("a free port on 127.0.0.1")
 }
 
 /// Fields drop in order: the processes die before their data directory is removed.

@@ -31,12 +31,10 @@ pub struct NodeSpec {
     pub client_addr: Option<String>,
 }
 
-/// A port the OS had free a moment ago on 127.0.0.1 (nodes keep their ports across restarts,
-/// so they are chosen before the first start).
+/// A port for a node, chosen before its first start and kept across restarts (outside the
+/// ephemeral range: see [`kcheck_reference::cluster::free_port`]).
 pub fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    kcheck_reference::cluster::free_port()
 }
 
 struct Node {

@@ -113,11 +113,47 @@ pub struct ClusterSpec {
     pub ready_timeout: Duration,
 }
 
-/// A port the OS had free a moment ago on 127.0.0.1.
+/// A listening port for a node that keeps it across restarts: free on 127.0.0.1 now, and
+/// taken *below* the kernel's ephemeral range (`ip_local_port_range`).
+///
+/// Why not `bind(":0")`: that hands out a port from the ephemeral range, the same range the
+/// kernel draws the local ports of outgoing connections from. A node killed by a nemesis must
+/// bind its port again on restart, and by then a client's or a replica fetcher's connection
+/// may hold it as its local port, so the restart fails with EADDRINUSE (a harness failure,
+/// not a finding). Ports below the range are never used for outgoing connections. Each call
+/// moves a process-wide cursor that starts at a pid- and time-derived offset, so one process
+/// never hands out a port twice and concurrent test processes rarely try the same ones.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_port_low().clamp(LOW + 1_000, 65_536);
+    let span = high - LOW;
+    if CURSOR.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+        let _ = CURSOR.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = LOW + CURSOR.fetch_add(1, Ordering::Relaxed) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return Ok(port as u16);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port on 127.0.0.1 in {LOW}..{high}"),
+    ))
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_port_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 impl ClusterState {
