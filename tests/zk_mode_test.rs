@@ -107,7 +107,9 @@ fn a_zookeeper_mode_run_under_zookeeper_side_faults_is_valid_with_the_faults_in_
         .collect();
     assert!(!sessions.is_empty(), "no session fault in {ops:?}");
     assert!(
-        sessions.iter().all(|o| o["value"]["target"] == "controller"),
+        sessions
+            .iter()
+            .all(|o| o["value"]["target"] == "controller"),
         "{sessions:?}"
     );
     // The controller moved on: ZooKeeper names a higher controller epoch after a session fault.
@@ -123,7 +125,10 @@ fn a_zookeeper_mode_run_under_zookeeper_side_faults_is_valid_with_the_faults_in_
     let results: Json =
         serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["leaders"]["verdict"], "valid", "{results}");
-    assert!(results["leaders"]["leader_epochs"].as_u64().unwrap() >= 3, "{results}");
+    assert!(
+        results["leaders"]["leader_epochs"].as_u64().unwrap() >= 3,
+        "{results}"
+    );
     assert!(!started("leaders").is_empty());
     // The ensemble's servers and the brokers are gone.
     let test: Json =
@@ -151,7 +156,12 @@ fn zookeeper_mode_arguments_are_checked_before_anything_starts() {
         "zk-partition",
     );
     refused(
-        &["--metadata", "zookeeper", "--bug", "unclean-leader-election-x"],
+        &[
+            "--metadata",
+            "zookeeper",
+            "--bug",
+            "unclean-leader-election-x",
+        ],
         "no-controller-epoch-check",
     );
     refused(

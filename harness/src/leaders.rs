@@ -151,7 +151,11 @@ mod tests {
     fn a_failover_to_a_higher_epoch_is_one_leader_per_epoch() {
         // Broker 1 leads p0 in epoch 1; the old leader still believes it leads while broker 2
         // leads epoch 2 (a moment Kafka allows: the epochs differ).
-        let h = history(&[&[(1, 0, 1)], &[(1, 0, 1), (2, 0, 2)], &[(2, 0, 2), (3, 1, 4)]]);
+        let h = history(&[
+            &[(1, 0, 1)],
+            &[(1, 0, 1), (2, 0, 2)],
+            &[(2, 0, 2), (3, 1, 4)],
+        ]);
         let r = check(&h);
         assert_eq!(r.verdict, Verdict::Valid, "{r:?}");
         assert_eq!((r.observations, r.leader_epochs), (3, 3));
@@ -170,6 +174,7 @@ mod tests {
                 brokers: vec![(1, 0), (3, 2)],
             }]
         );
-        assert!(r.reasons()[0].contains("partition 0 leader epoch 2 led by broker 1 (op 0) and broker 3 (op 2)"));
+        assert!(r.reasons()[0]
+            .contains("partition 0 leader epoch 2 led by broker 1 (op 0) and broker 3 (op 2)"));
     }
 }

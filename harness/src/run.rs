@@ -86,7 +86,9 @@ impl NemesisKind {
 
     /// Every fault `--nemesis` knows.
     fn known() -> impl Iterator<Item = NemesisKind> {
-        NemesisKind::ALL.into_iter().chain(NemesisKind::ZOOKEEPER_MODE)
+        NemesisKind::ALL
+            .into_iter()
+            .chain(NemesisKind::ZOOKEEPER_MODE)
     }
 
     /// Parses `kill,pause,...` or `all` (every fault of [`NemesisKind::ALL`]; a ZooKeeper-mode
@@ -440,8 +442,9 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         OpValue::Other(serde_json::json!("all")),
     );
     if let Some(zk) = &system.zookeeper {
-        zk.wait_serving(Duration::from_secs(30))
-            .map_err(|e| format!("harness failure: the healed ZooKeeper ensemble does not serve: {e}"))?;
+        zk.wait_serving(Duration::from_secs(30)).map_err(|e| {
+            format!("harness failure: the healed ZooKeeper ensemble does not serve: {e}")
+        })?;
     }
     // Let the healed cluster settle before the final reads, as Jepsen's final generators wait
     // after recovery: a leader elected during the heal starts from its own follower HW, below
@@ -649,8 +652,7 @@ fn leader_probe(brokers: &[(NodeId, String)], partitions: i32, shared: &Shared, 
     let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = brokers
         .iter()
         .map(|(id, addr)| {
-            let probe =
-                crate::kafka::LeaderProbe::new(addr, TOPIC, Duration::from_millis(300));
+            let probe = crate::kafka::LeaderProbe::new(addr, TOPIC, Duration::from_millis(300));
             (*id, probe)
         })
         .collect();
@@ -1805,9 +1807,8 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         // A session fault lasts at least twice the session timeout, so that the session
         // expires and another broker is elected controller while the old one is away.
         let min_ticks = if session_faults {
-            (2.0 * ZOOKEEPER_SESSION_TIMEOUT.as_secs_f64()
-                / config.nemesis_interval.as_secs_f64())
-            .ceil() as u64
+            (2.0 * ZOOKEEPER_SESSION_TIMEOUT.as_secs_f64() / config.nemesis_interval.as_secs_f64())
+                .ceil() as u64
         } else {
             1
         };

@@ -179,7 +179,10 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
             Some("queue") => Workload::Queue,
             _ => Workload::Log,
         },
-        nemeses: nemeses(m.get_one::<String>("nemesis").expect("defaulted"), metadata(m))?,
+        nemeses: nemeses(
+            m.get_one::<String>("nemesis").expect("defaulted"),
+            metadata(m),
+        )?,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
         concurrency: *m.get_one("concurrency").expect("defaulted"),
