@@ -1,7 +1,7 @@
 //! Runs every checker that applies to a history and gathers one verdict (`results.json`).
 
 use crate::history::History;
-use crate::{linear, queue, Verdict};
+use crate::{leaders, linear, queue, Verdict};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ pub struct Results {
     pub linearizability: Option<linear::LinReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<queue::QueueReport>,
+    /// One leader per leader epoch, when the run asked the brokers what they lead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaders: Option<leaders::LeaderReport>,
     pub seconds: f64,
 }
 
@@ -93,13 +96,28 @@ pub fn analyze(history: &History, opts: &Options) -> Results {
             ));
         }
     }
-    let verdict = if parts.is_empty() {
+    // Leader observations add a check, never a verdict of their own: a history without
+    // client operations stays unknown.
+    let checked = !parts.is_empty();
+    let led = leaders::observed(history).then(|| leaders::check(history));
+    if let Some(l) = &led {
+        parts.push(l.verdict);
+        reasons.extend(l.reasons());
+    }
+    let verdict = if !checked {
         Verdict::Unknown
     } else {
         Verdict::combine(parts)
     };
     let summary = match verdict {
-        Verdict::Valid => format!("valid: no anomaly in {} workload(s)", workloads.join("+")),
+        Verdict::Valid => format!(
+            "valid: no anomaly in {} workload(s){}",
+            workloads.join("+"),
+            led.as_ref().map_or(String::new(), |l| format!(
+                "; one leader per leader epoch ({} leader epochs in {} observations)",
+                l.leader_epochs, l.observations
+            ))
+        ),
         Verdict::Invalid => format!("anomaly found: {}", reasons.join("; ")),
         Verdict::Unknown if workloads.is_empty() => {
             "unknown: the history has no log (produce/read) or queue (send/poll/txn) operations"
@@ -115,6 +133,7 @@ pub fn analyze(history: &History, opts: &Options) -> Results {
         workloads,
         linearizability: lin,
         queue: q,
+        leaders: led,
         seconds: start.elapsed().as_secs_f64(),
     }
 }

@@ -402,6 +402,65 @@ fn connect(addr: &str, timeout: Duration) -> std::io::Result<Client> {
     Ok(Client::from_stream(stream))
 }
 
+/// A connection to one broker that asks which of the topic's partitions it leads (the run's
+/// leader probe, [`crate::leaders`]): ListOffsets v7 for every partition, answered without
+/// error only by a replica that believes it leads, with its leader epoch.
+pub struct LeaderProbe {
+    addr: String,
+    timeout: Duration,
+    topic: TopicName,
+    connection: Option<Client>,
+}
+
+impl LeaderProbe {
+    pub fn new(addr: &str, topic: &str, timeout: Duration) -> LeaderProbe {
+        LeaderProbe {
+            addr: addr.to_string(),
+            timeout,
+            topic: TopicName(StrBytes::from_string(topic.to_string())),
+            connection: None,
+        }
+    }
+
+    /// partition → leader epoch of the partitions (of `0..partitions`) this broker leads; an
+    /// error when it does not answer (paused, killed: it is then seen leading nothing).
+    pub fn led(&mut self, partitions: i32) -> Result<BTreeMap<i32, i32>, String> {
+        if self.connection.is_none() {
+            self.connection =
+                Some(connect(&self.addr, self.timeout).map_err(|e| format!("connect: {e}"))?);
+        }
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(self.topic.clone())
+                .with_partitions(
+                    (0..partitions)
+                        .map(|p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(-1)
+                        })
+                        .collect(),
+                )]);
+        let answer = self
+            .connection
+            .as_mut()
+            .expect("connected above")
+            .request(7, &req);
+        let resp = answer.map_err(|e| {
+            self.connection = None;
+            format!("list offsets: {e}")
+        })?;
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.error_code == code::NONE)
+            .map(|p| (p.partition_index, p.leader_epoch))
+            .collect())
+    }
+}
+
 /// One record batch holding one record whose value is `value` in decimal.
 pub fn encode_value(value: u64) -> Bytes {
     let record = Record {

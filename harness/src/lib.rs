@@ -12,6 +12,7 @@ pub mod edn;
 pub mod history;
 pub mod kafka;
 pub mod lazyfs;
+pub mod leaders;
 pub mod linear;
 pub mod nemesis;
 pub mod plots;

@@ -10,6 +10,7 @@ use crate::kafka::{KafkaClient, Outcome};
 use crate::nemesis::grudge::{Grudge, NodeId};
 use crate::sim::Rng;
 use crate::system::{NodeSpec, ProcessSystem};
+use crate::zookeeper::metadata_ensemble::MetadataEnsemble;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,20 @@ pub enum NemesisKind {
     Clock,
     /// SIGKILL a node and lose every write it had not fsynced (LazyFs), then restart it.
     LoseUnsynced,
+    /// ZooKeeper mode: SIGKILL a ZooKeeper server (the ensemble's leader half the time),
+    /// restart it when the fault ends.
+    ZkKill,
+    /// ZooKeeper mode: cut a ZooKeeper server (the ensemble's leader half the time) from the
+    /// other servers; its clients still reach it and are told it does not serve.
+    ZkPartition,
+    /// ZooKeeper mode: SIGSTOP the active controller (the broker `/controller` names) past its
+    /// session timeout, then SIGCONT: a zombie until it notices its session expired. The
+    /// requests it had in flight arrive late (SIGUSR1, `ZkNode::resend_last`), after the new
+    /// controller's: the reordering the `zk-controller` model explores.
+    Zombie,
+    /// ZooKeeper mode: cut the active controller from every ZooKeeper server past its session
+    /// timeout while it runs on (and reaches the other brokers): its session expires.
+    ExpireSession,
 }
 
 impl NemesisKind {
@@ -42,6 +57,14 @@ impl NemesisKind {
         NemesisKind::LoseUnsynced,
     ];
 
+    /// The faults of a ZooKeeper-mode run's metadata side (`--metadata zookeeper`).
+    pub const ZOOKEEPER_MODE: [NemesisKind; 4] = [
+        NemesisKind::ZkKill,
+        NemesisKind::ZkPartition,
+        NemesisKind::Zombie,
+        NemesisKind::ExpireSession,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             NemesisKind::Kill => "kill",
@@ -49,10 +72,27 @@ impl NemesisKind {
             NemesisKind::Partition => "partition",
             NemesisKind::Clock => "clock",
             NemesisKind::LoseUnsynced => "lose-unsynced",
+            NemesisKind::ZkKill => "zk-kill",
+            NemesisKind::ZkPartition => "zk-partition",
+            NemesisKind::Zombie => "zombie",
+            NemesisKind::ExpireSession => "expire-session",
         }
     }
 
-    /// Parses `kill,pause,...` or `all`, naming the known faults on error.
+    /// Whether the fault needs a ZooKeeper-mode cluster.
+    pub fn zookeeper_mode(self) -> bool {
+        NemesisKind::ZOOKEEPER_MODE.contains(&self)
+    }
+
+    /// Every fault `--nemesis` knows.
+    fn known() -> impl Iterator<Item = NemesisKind> {
+        NemesisKind::ALL
+            .into_iter()
+            .chain(NemesisKind::ZOOKEEPER_MODE)
+    }
+
+    /// Parses `kill,pause,...` or `all` (every fault of [`NemesisKind::ALL`]; a ZooKeeper-mode
+    /// run adds its own), naming the known faults on error.
     pub fn parse_list(s: &str) -> Result<Vec<NemesisKind>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -63,11 +103,10 @@ impl NemesisKind {
             if part == "none" {
                 continue;
             }
-            let kind = NemesisKind::ALL
-                .into_iter()
+            let kind = NemesisKind::known()
                 .find(|k| k.name() == part)
                 .ok_or_else(|| {
-                    let known: Vec<&str> = NemesisKind::ALL.iter().map(|k| k.name()).collect();
+                    let known: Vec<&str> = NemesisKind::known().map(|k| k.name()).collect();
                     format!(
                         "unknown nemesis '{part}' (known: {}, all, none)",
                         known.join(", ")
@@ -101,11 +140,34 @@ impl Workload {
     }
 }
 
+/// Where the cluster's brokers keep their metadata (`kcheck cluster up --metadata`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metadata {
+    /// A KRaft controller quorum (`--controllers N`), or one standalone broker.
+    Kraft,
+    /// A ZooKeeper ensemble (`--zookeeper-servers N`); the brokers elect their controller
+    /// through `/controller`, as Kafka did before KIP-500.
+    Zookeeper,
+}
+
+impl Metadata {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metadata::Kraft => "kraft",
+            Metadata::Zookeeper => "zookeeper",
+        }
+    }
+}
+
 /// Everything that defines a run; written to `test.json` in the run's folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestConfig {
     pub brokers: usize,
     pub controllers: usize,
+    pub metadata: Metadata,
+    /// ZooKeeper servers of a ZooKeeper-mode run.
+    pub zookeeper_servers: usize,
     pub workload: Workload,
     pub nemeses: Vec<NemesisKind>,
     pub time_limit: Duration,
@@ -166,6 +228,15 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
     if config.brokers == 0 || config.brokers > 9 || config.controllers > 9 {
         return Err("--brokers must be 1..=9 and --controllers 0..=9".into());
     }
+    if config.metadata == Metadata::Zookeeper {
+        return validate_zookeeper(config);
+    }
+    if let Some(k) = config.nemeses.iter().find(|k| k.zookeeper_mode()) {
+        return Err(format!(
+            "{} is a ZooKeeper-side fault: add --metadata zookeeper",
+            k.name()
+        ));
+    }
     if config.controllers == 0 && config.brokers != 1 {
         return Err(format!(
             "--brokers {} needs a controller quorum (--controllers 1 or more); \
@@ -203,6 +274,49 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// [`validate`] for `--metadata zookeeper`: brokers and a ZooKeeper ensemble, no KRaft
+/// controllers, the ZooKeeper-mode bug flags and the data plane's.
+fn validate_zookeeper(config: &TestConfig) -> Result<(), String> {
+    if config.controllers != 0 {
+        return Err("--controllers is KRaft mode: a ZooKeeper-mode cluster elects its controller among the brokers (drop --controllers)".into());
+    }
+    if !(1..=5).contains(&config.zookeeper_servers) {
+        return Err("--zookeeper-servers must be 1..=5 (3 tolerates one failure)".into());
+    }
+    kcheck_reference::zk_ensemble::available(Path::new("/usr/bin/java"))?;
+    let data_plane: Vec<String> = config
+        .bugs
+        .iter()
+        .filter(|b| kcheck_reference::zk_controller::ZkBug::parse(b).is_none())
+        .cloned()
+        .collect();
+    let (_, controller_bugs) =
+        kcheck_reference::cli::split_bug_flags(&data_plane).map_err(|e| {
+            format!("{e}; ZooKeeper mode also knows no-controller-epoch-check, no-zkversion-check")
+        })?;
+    if let Some(b) = controller_bugs.first() {
+        return Err(format!(
+            "bug flag '{b}' is a KRaft controller choice; ZooKeeper mode knows \
+             no-controller-epoch-check, no-zkversion-check and the data plane's flags"
+        ));
+    }
+    if config.nemeses.contains(&NemesisKind::Partition) {
+        return Err("partition: the brokers of a ZooKeeper-mode run do not run in network namespaces; \
+             its network faults cut the ZooKeeper side through proxies (use zk-partition, expire-session)"
+            .into());
+    }
+    if config.nemeses.contains(&NemesisKind::LoseUnsynced) {
+        crate::lazyfs::available().map_err(|e| format!("lose-unsynced: {e}"))?;
+    }
+    if config.nemeses.contains(&NemesisKind::Clock) {
+        crate::nemesis::clock::available().map_err(|e| format!("clock: {e}"))?;
+    }
+    if config.concurrency == 0 || config.rate <= 0.0 || config.partitions <= 0 {
+        return Err("--concurrency, --rate and the partition count must be positive".into());
+    }
+    Ok(())
+}
+
 /// Runs the test and writes `history.jsonl` and `test.json` into a new folder under `store`.
 pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     validate(config)?;
@@ -210,8 +324,12 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
+    let mode = match config.metadata {
+        Metadata::Kraft => "",
+        Metadata::Zookeeper => "-zookeeper",
+    };
     let dir = config.store.join(format!(
-        "{}-seed{}-{stamp}",
+        "{}{mode}-seed{}-{stamp}",
         config.workload.name(),
         config.seed
     ));
@@ -244,11 +362,29 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
             .and_then(|n| n.addr(id))
             .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())
     };
-    let specs = node_specs(config, &dir, &host).map_err(|e| format!("harness failure: {e}"))?;
+    // ZooKeeper mode: the ensemble first, the brokers' --zookeeper names their proxies to it.
+    let zookeeper = match config.metadata {
+        Metadata::Zookeeper => Some(
+            MetadataEnsemble::start(
+                &dir.join("zookeeper"),
+                config.zookeeper_servers,
+                &node_ids(config),
+                config.seed,
+            )
+            .map_err(|e| format!("harness failure: {e:#}"))?,
+        ),
+        Metadata::Kraft => None,
+    };
+    let specs = match &zookeeper {
+        Some(zk) => zookeeper_specs(config, &dir, zk),
+        None => node_specs(config, &dir, &host),
+    }
+    .map_err(|e| format!("harness failure: {e}"))?;
     let lazy = config.nemeses.contains(&NemesisKind::LoseUnsynced);
     let clocks = config.nemeses.contains(&NemesisKind::Clock);
     let mut system = ProcessSystem::start(&dir, specs, lazy, clocks, network)
         .map_err(|e| format!("harness failure: starting the system: {e}"))?;
+    system.zookeeper = zookeeper;
     let bootstrap = system.bootstrap();
     let mut admin = KafkaClient::new(&bootstrap, TOPIC, config.client_timeout);
     let replication_factor = config.brokers.min(3) as i16;
@@ -265,6 +401,17 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         recorder: Mutex::new(Recorder::default()),
     });
     let stop = Arc::new(AtomicBool::new(false));
+    // ZooKeeper mode: ask every broker what it leads, all through the run (see `leaders`).
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = (config.metadata == Metadata::Zookeeper).then(|| {
+        let brokers: Vec<(NodeId, String)> = system
+            .broker_ids()
+            .into_iter()
+            .zip(system.bootstrap().split(',').map(str::to_string))
+            .collect();
+        let (shared, stop, partitions) = (shared.clone(), probe_stop.clone(), config.partitions);
+        std::thread::spawn(move || leader_probe(&brokers, partitions, &shared, &stop))
+    });
     let workers: Vec<_> = (0..config.concurrency)
         .map(|w| {
             let (shared, stop, config, bootstrap) = (
@@ -294,6 +441,11 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         "heal",
         OpValue::Other(serde_json::json!("all")),
     );
+    if let Some(zk) = &system.zookeeper {
+        zk.wait_serving(Duration::from_secs(30)).map_err(|e| {
+            format!("harness failure: the healed ZooKeeper ensemble does not serve: {e}")
+        })?;
+    }
     // Let the healed cluster settle before the final reads, as Jepsen's final generators wait
     // after recovery: a leader elected during the heal starts from its own follower HW, below
     // what the old leader had committed, and raises it only once its followers fetch; a final
@@ -302,6 +454,10 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     match config.workload {
         Workload::Log => final_reads(config, &system.bootstrap(), &shared),
         Workload::Queue => final_polls(config, &system.bootstrap(), &shared),
+    }
+    probe_stop.store(true, Ordering::SeqCst);
+    if let Some(p) = probe {
+        let _ = p.join();
     }
     system.shutdown();
 
@@ -433,6 +589,92 @@ fn node_specs(
         });
     }
     Ok(specs)
+}
+
+/// `zookeeper.session.timeout.ms` of a ZooKeeper-mode run's brokers: a broker paused or cut
+/// off this long loses its registration (and the controller role). Kafka's default was 18 s;
+/// the ensemble's tickTime of 300 ms grants 0.6 s to 6 s.
+pub const ZOOKEEPER_SESSION_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// The brokers of a ZooKeeper-mode run: each reaches the ensemble through its own proxies,
+/// with the KRaft run's replication settings (min.insync.replicas 2 from three brokers on,
+/// replica.lag.time.max.ms 3 s).
+fn zookeeper_specs(
+    config: &TestConfig,
+    dir: &Path,
+    zk: &MetadataEnsemble,
+) -> std::io::Result<Vec<NodeSpec>> {
+    let min_isr = if config.brokers >= 3 { 2 } else { 1 };
+    let mut specs = Vec::new();
+    for id in 1..=config.brokers as i32 {
+        let listen = format!("127.0.0.1:{}", crate::system::free_port()?);
+        let data_dir = dir.join(format!("n{id}")).join("data");
+        let mut args: Vec<String> = vec![
+            "broker".into(),
+            "--node-id".into(),
+            id.to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--zookeeper".into(),
+            zk.connect_string(id),
+            "--zookeeper-session-timeout-ms".into(),
+            ZOOKEEPER_SESSION_TIMEOUT.as_millis().to_string(),
+            "--min-insync-replicas".into(),
+            min_isr.to_string(),
+            "--replica-lag-time-max-ms".into(),
+            "3000".into(),
+            "--flush".into(),
+            config.flush.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(
+            config
+                .bugs
+                .iter()
+                .flat_map(|b| ["--bug".to_string(), b.clone()]),
+        );
+        specs.push(NodeSpec {
+            id,
+            program: config.program.clone(),
+            args,
+            data_dir,
+            client_addr: Some(listen),
+        });
+    }
+    Ok(specs)
+}
+
+/// The leader probe of a ZooKeeper-mode run: every [`crate::leaders::PROBE_INTERVAL`] it asks
+/// each broker which partitions it leads, in which leader epoch, and records a `leaders` op
+/// whenever the answers change, until `stop`.
+fn leader_probe(brokers: &[(NodeId, String)], partitions: i32, shared: &Shared, stop: &AtomicBool) {
+    let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = brokers
+        .iter()
+        .map(|(id, addr)| {
+            let probe = crate::kafka::LeaderProbe::new(addr, TOPIC, Duration::from_millis(300));
+            (*id, probe)
+        })
+        .collect();
+    let mut last: Option<Vec<crate::leaders::Leadership>> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let mut seen = Vec::new();
+        for (id, probe) in probes.iter_mut() {
+            if let Ok(led) = probe.led(partitions) {
+                seen.extend(led.into_iter().map(|(p, e)| (*id, p as u64, e)));
+            }
+        }
+        if last.as_ref() != Some(&seen) {
+            shared.record(
+                OpType::Info,
+                Process::Nemesis,
+                crate::leaders::F_LEADERS,
+                OpValue::Other(crate::leaders::leaders_value(&seen)),
+            );
+            last = Some(seen);
+        }
+        std::thread::sleep(crate::leaders::PROBE_INTERVAL);
+    }
 }
 
 /// Every cluster node writes its protocol transition events to `<run>/n<ID>/trace.jsonl`, for
@@ -890,8 +1132,11 @@ pub enum Target {
     /// in quick succession, the shape of KIP-101's data loss (a follower of the short-lived
     /// leader truncated to its HW and then became leader itself).
     LeaderChain,
-    /// The KRaft controller quorum leader (from DescribeQuorum on `__cluster_metadata`).
+    /// The KRaft controller quorum leader (from DescribeQuorum on `__cluster_metadata`); in
+    /// ZooKeeper mode it resolves to [`Target::Controller`].
     ControllerLeader,
+    /// ZooKeeper mode: the active controller, the broker `/controller` names.
+    Controller,
 }
 
 impl Target {
@@ -903,6 +1148,7 @@ impl Target {
             Target::Leaders => "leaders",
             Target::LeaderChain => "leader-chain",
             Target::ControllerLeader => "controller-leader",
+            Target::Controller => "controller",
         }
     }
 }
@@ -1127,7 +1373,13 @@ fn resolve_target(
             Ok(ids) if !ids.is_empty() => (target, pick(rng, &ids, 1)),
             _ => (Target::One, pick(rng, &brokers, 1)),
         },
-        Target::ControllerLeader => {
+        Target::ControllerLeader | Target::Controller if system.zookeeper.is_some() => {
+            match system.zookeeper.as_ref().and_then(|zk| zk.controller()) {
+                Some((c, _)) if brokers.contains(&c) => (Target::Controller, vec![c]),
+                _ => (Target::One, pick(rng, &brokers, 1)),
+            }
+        }
+        Target::ControllerLeader | Target::Controller => {
             let leader = controllers.iter().find_map(|&c| {
                 let addr = system.controller_addr(c)?;
                 crate::kafka::quorum_leader(&addr, Duration::from_secs(1))
@@ -1217,6 +1469,8 @@ struct Fault {
     until_tick: u64,
     /// For a partition aimed at a partition leader: that leader.
     aim: Option<NodeId>,
+    /// ZooKeeper servers (myids) a ZooKeeper-side fault holds.
+    servers: Vec<u32>,
 }
 
 fn node_list(nodes: &[NodeId]) -> String {
@@ -1257,6 +1511,15 @@ fn start_fault(
             }
             // Partitions are started by `start_partition`, for every node at once.
             NemesisKind::Partition => {}
+            NemesisKind::Zombie => system.pause(node)?,
+            NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, true),
+            // ZooKeeper servers are not broker nodes: see `start_zookeeper_fault`.
+            NemesisKind::ZkKill | NemesisKind::ZkPartition => {
+                return Err(std::io::Error::other(format!(
+                    "{} targets ZooKeeper servers, not node {node}",
+                    kind.name()
+                )))
+            }
         }
     }
     Ok(detail)
@@ -1289,9 +1552,70 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
             NemesisKind::Pause => system.resume(node)?,
             NemesisKind::Clock => system.clock(node).map_or(Ok(()), |c| c.reset())?,
             NemesisKind::Partition => {}
+            // The zombie's requests queued before the pause go out after the new controller's
+            // (the trigger waits for SIGCONT).
+            NemesisKind::Zombie => {
+                system.resend_controller_requests(node)?;
+                system.resume(node)?;
+            }
+            NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, false),
+            NemesisKind::ZkKill | NemesisKind::ZkPartition => {}
+        }
+    }
+    for &server in &fault.servers {
+        let zk = zookeeper(system)?;
+        match fault.kind {
+            NemesisKind::ZkKill => zk.restart(server).map_err(std::io::Error::other)?,
+            NemesisKind::ZkPartition => zk.isolate_server(server, false),
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// `{"controller": id, "controller-epoch": e}` as ZooKeeper has it now (ZooKeeper mode).
+fn controller_value(system: &ProcessSystem) -> Option<serde_json::Value> {
+    let (id, epoch) = system.zookeeper.as_ref()?.controller()?;
+    Some(serde_json::json!({ "controller": id, "controller-epoch": epoch }))
+}
+
+/// The ZooKeeper side of a ZooKeeper-mode run, or an error naming the mode.
+fn zookeeper(system: &mut ProcessSystem) -> std::io::Result<&mut MetadataEnsemble> {
+    system
+        .zookeeper
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("not a ZooKeeper-mode run (--metadata zookeeper)"))
+}
+
+/// Starts a fault on one ZooKeeper server: the ensemble's leader half the time, else a random
+/// server no other fault holds, so that a majority always stays up and connected (a lost
+/// quorum stops the whole cluster's metadata and tests little). Returns the server and its
+/// target, or `None` when every server that may fail is already held.
+fn start_zookeeper_fault(
+    kind: NemesisKind,
+    rng: &mut Rng,
+    system: &mut ProcessSystem,
+    in_force: &[Fault],
+) -> Option<(u32, &'static str, std::io::Result<()>)> {
+    let zk = system.zookeeper.as_mut()?;
+    let ids = zk.myids();
+    let held: Vec<u32> = in_force.iter().flat_map(|f| f.servers.clone()).collect();
+    if held.len() >= ids.len().saturating_sub(1) / 2 {
+        return None;
+    }
+    let free: Vec<u32> = ids.into_iter().filter(|s| !held.contains(s)).collect();
+    let (server, target) = match zk.leader() {
+        Some(l) if free.contains(&l) && rng.below(2) == 0 => (l, "zookeeper-leader"),
+        _ => (free[rng.below(free.len() as u64) as usize], "random-server"),
+    };
+    let started = match kind {
+        NemesisKind::ZkKill => zk.kill(server).map_err(std::io::Error::other),
+        _ => {
+            zk.isolate_server(server, true);
+            Ok(())
+        }
+    };
+    Some((server, target, started))
 }
 
 /// The nemesis, a seeded random schedule (same seed, same choices): every
@@ -1312,7 +1636,7 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let cluster = config.controllers > 0;
+    let cluster = config.controllers > 0 || config.metadata == Metadata::Zookeeper;
     let mut admin = KafkaClient::new(&system.bootstrap(), TOPIC, Duration::from_secs(1));
     let mut in_force: Vec<Fault> = Vec::new();
     let mut tick = 0u64;
@@ -1343,6 +1667,12 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             in_force.drain(..).partition(|f| f.until_tick <= tick);
         in_force = kept;
         for fault in &due {
+            // Before a session fault ends: who is controller now, in which epoch.
+            if matches!(fault.kind, NemesisKind::Zombie | NemesisKind::ExpireSession) {
+                if let Some(v) = controller_value(system) {
+                    record("controller", &v, None);
+                }
+            }
             let healed = stop_fault(fault, &in_force, system);
             let f = format!("stop-{}", fault.kind.name());
             record(&f, &fault.value, healed.err().map(|e| e.to_string()));
@@ -1394,10 +1724,43 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 // At least two ticks, so a leader fault can follow while it holds.
                 until_tick: tick + 2 + rng.below(2),
                 aim,
+                servers: Vec::new(),
             });
             continue;
         }
-        let wanted = choose_target(&mut rng, cluster, partitioned);
+        if matches!(kind, NemesisKind::ZkKill | NemesisKind::ZkPartition) {
+            let Some((server, target, started)) =
+                start_zookeeper_fault(kind, &mut rng, system, &in_force)
+            else {
+                continue;
+            };
+            let value = serde_json::json!({ "target": target, "servers": [server] });
+            let summary = format!("{} server {server} ({target})", kind.name());
+            match &started {
+                Ok(()) => lines.push(summary),
+                Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+            }
+            record(
+                &format!("start-{}", kind.name()),
+                &value,
+                started.err().map(|e| e.to_string()),
+            );
+            in_force.push(Fault {
+                kind,
+                nodes: Vec::new(),
+                value,
+                until_tick: tick + 1 + rng.below(3),
+                aim: None,
+                servers: vec![server],
+            });
+            continue;
+        }
+        let session_faults = matches!(kind, NemesisKind::Zombie | NemesisKind::ExpireSession);
+        let wanted = if session_faults {
+            Target::Controller
+        } else {
+            choose_target(&mut rng, cluster, partitioned)
+        };
         // A partition in force aimed at a leader (bridge-leader, isolate-follower) names it.
         let aim = in_force.iter().find_map(|f| f.aim);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin, aim);
@@ -1418,9 +1781,17 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         let process = |k: NemesisKind| {
             matches!(
                 k,
-                NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+                NemesisKind::Kill
+                    | NemesisKind::LoseUnsynced
+                    | NemesisKind::Pause
+                    | NemesisKind::Zombie
+                    | NemesisKind::ExpireSession
             )
         };
+        // The session faults are aimed at the controller: nothing else will do.
+        if session_faults && target != Target::Controller {
+            continue;
+        }
         if process(kind) {
             nodes.retain(|n| {
                 !in_force
@@ -1433,7 +1804,15 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         }
         let started = start_fault(kind, &nodes, &mut rng, system);
         let ok = started.is_ok();
-        let until_tick = tick + 1 + rng.below(3);
+        // A session fault lasts at least twice the session timeout, so that the session
+        // expires and another broker is elected controller while the old one is away.
+        let min_ticks = if session_faults {
+            (2.0 * ZOOKEEPER_SESSION_TIMEOUT.as_secs_f64() / config.nemesis_interval.as_secs_f64())
+                .ceil() as u64
+        } else {
+            1
+        };
+        let until_tick = tick + (1 + rng.below(3)).max(min_ticks);
         let mut push = |kind: NemesisKind,
                         nodes: Vec<NodeId>,
                         started: std::io::Result<String>,
@@ -1461,9 +1840,15 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 value,
                 until_tick,
                 aim: None,
+                servers: Vec::new(),
             });
         };
         push(kind, nodes.clone(), started, "", &mut in_force);
+        if session_faults {
+            if let Some(v) = controller_value(system) {
+                record("controller", &v, None);
+            }
+        }
         if target == Target::LeaderChain && kind != NemesisKind::Clock && ok {
             // The new leaders appear once the controller has fenced the old ones (their
             // sessions lapse), so wait at least two session timeouts for them.

@@ -9,6 +9,7 @@ use crate::lazyfs::{LazyFsMount, LossReport};
 use crate::nemesis::clock::FakeClock;
 use crate::nemesis::grudge::Grudge;
 use crate::nemesis::netns::NetnsNetwork;
+use crate::zookeeper::metadata_ensemble::MetadataEnsemble;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -53,6 +54,9 @@ pub struct ProcessSystem {
     /// When the run partitions the network: one namespace per node, each node started inside
     /// its own. Declared after `nodes` so the namespaces outlive the processes on drop.
     network: Option<NetnsNetwork>,
+    /// ZooKeeper mode: the ensemble the brokers keep their metadata in (healed and stopped with
+    /// the brokers, after them).
+    pub zookeeper: Option<MetadataEnsemble>,
 }
 
 /// What a node (broker or controller) prints once it accepts connections.
@@ -73,6 +77,7 @@ impl ProcessSystem {
         let mut system = ProcessSystem {
             nodes: BTreeMap::new(),
             network,
+            zookeeper: None,
         };
         for spec in specs {
             let dir = run_dir.join(format!("n{}", spec.id));
@@ -309,6 +314,12 @@ impl ProcessSystem {
         Ok(())
     }
 
+    /// SIGUSR1: a ZooKeeper-mode broker's test-only trigger to send its last controller
+    /// requests again (`ZkNode::resend_last`); pending while the node is paused, run on SIGCONT.
+    pub fn resend_controller_requests(&mut self, id: NodeId) -> io::Result<()> {
+        self.signal(id, libc::SIGUSR1).map(|_| ())
+    }
+
     pub fn resume(&mut self, id: NodeId) -> io::Result<()> {
         if self.signal(id, libc::SIGCONT)? {
             self.node(id)?.paused = false;
@@ -350,6 +361,9 @@ impl ProcessSystem {
         if let Some(n) = &self.network {
             n.heal()?;
         }
+        if let Some(zk) = &mut self.zookeeper {
+            zk.heal().map_err(io::Error::other)?;
+        }
         for id in self.node_ids() {
             self.resume(id)?;
             self.restart(id)?;
@@ -370,6 +384,9 @@ impl ProcessSystem {
             if let Some(fs) = node.lazyfs.take() {
                 let _ = fs.unmount();
             }
+        }
+        if let Some(zk) = &mut self.zookeeper {
+            zk.shutdown();
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::analyze::Options;
 use crate::cli::{check_and_write, print_summary};
-use crate::run::{self, NemesisKind, TestConfig, Workload};
+use crate::run::{self, Metadata, NemesisKind, TestConfig, Workload};
 use crate::Verdict;
 use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
 use std::path::PathBuf;
@@ -30,8 +30,21 @@ pub fn test_command() -> Command {
                 .value_parser(["kafka", "zookeeper"])
                 .help("kafka: kcheck's brokers; zookeeper: a real Apache ZooKeeper 3.8 ensemble (Debian's zookeeper)"),
         )
-        .arg(num("brokers", "1", "Broker processes").value_parser(value_parser!(usize)))
+        .arg(num("brokers", "1", "Broker processes (--metadata zookeeper: 3 unless given)").value_parser(value_parser!(usize)))
         .arg(num("controllers", "0", "KRaft controller processes").value_parser(value_parser!(usize)))
+        .arg(
+            Arg::new("metadata")
+                .long("metadata")
+                .value_name("kraft|zookeeper")
+                .default_value("kraft")
+                .value_parser(["kraft", "zookeeper"])
+                .help("Where the brokers keep their metadata: a KRaft quorum (--controllers), or a ZooKeeper ensemble \
+                       (--zookeeper-servers) and a controller elected through /controller"),
+        )
+        .arg(
+            num("zookeeper-servers", "3", "ZooKeeper servers of a --metadata zookeeper run")
+                .value_parser(value_parser!(usize)),
+        )
         .arg(
             Arg::new("workload")
                 .long("workload")
@@ -46,7 +59,8 @@ pub fn test_command() -> Command {
                 .long("nemesis")
                 .value_name("LIST")
                 .default_value("kill")
-                .help("Faults, comma-separated: kill, pause, partition, clock, lose-unsynced, all, none"),
+                .help("Faults, comma-separated: kill, pause, partition, clock, lose-unsynced, all, none; \
+                       --metadata zookeeper adds zk-kill, zk-partition, zombie, expire-session"),
         )
         .arg(num("time-limit", "30", "Seconds of workload").value_parser(value_parser!(f64)))
         .arg(num("rate", "100", "Client operations per second, all workers").value_parser(value_parser!(f64)))
@@ -98,6 +112,14 @@ pub(crate) fn secs(m: &ArgMatches, name: &str) -> Result<Duration, String> {
 fn node_counts(m: &ArgMatches) -> (usize, usize) {
     use clap::parser::ValueSource;
     let given = |n: &str| m.value_source(n) == Some(ValueSource::CommandLine);
+    if metadata(m) == Metadata::Zookeeper {
+        let brokers = if given("brokers") {
+            *m.get_one("brokers").expect("defaulted")
+        } else {
+            3
+        };
+        return (brokers, *m.get_one("controllers").expect("defaulted"));
+    }
     let bugs = m.get_many::<String>("bug").is_some();
     if bugs && !given("brokers") && !given("controllers") {
         return (3, 3);
@@ -111,13 +133,25 @@ fn node_counts(m: &ArgMatches) -> (usize, usize) {
 /// `--nemesis`: `all` is every fault this machine can inject (a notice names what it leaves
 /// out: partitions need root, lose-unsynced FUSE, clock libfaketime); a fault named
 /// explicitly is refused with the reason when it cannot run.
-fn nemeses(list: &str) -> Result<Vec<NemesisKind>, String> {
-    let kinds = NemesisKind::parse_list(list)?;
+fn nemeses(list: &str, metadata: Metadata) -> Result<Vec<NemesisKind>, String> {
+    let mut kinds = NemesisKind::parse_list(list)?;
     if !list.split(',').any(|p| p.trim() == "all") {
         return Ok(kinds);
     }
     let named: Vec<&str> = list.split(',').map(str::trim).collect();
-    let (available, missing) = available_nemeses();
+    let (mut available, mut missing) = available_nemeses();
+    if metadata == Metadata::Zookeeper {
+        // The ZooKeeper side's faults; its brokers do not run in network namespaces.
+        kinds.extend(NemesisKind::ZOOKEEPER_MODE);
+        available.extend(NemesisKind::ZOOKEEPER_MODE);
+        if available.contains(&NemesisKind::Partition) {
+            available.retain(|k| *k != NemesisKind::Partition);
+            missing.push(
+                "partition: a ZooKeeper-mode run cuts the network through proxies (zk-partition, expire-session)"
+                    .into(),
+            );
+        }
+    }
     for m in &missing {
         eprintln!("kcheck test: --nemesis all leaves out {m}");
     }
@@ -127,16 +161,28 @@ fn nemeses(list: &str) -> Result<Vec<NemesisKind>, String> {
         .collect())
 }
 
+fn metadata(m: &ArgMatches) -> Metadata {
+    match m.get_one::<String>("metadata").map(String::as_str) {
+        Some("zookeeper") => Metadata::Zookeeper,
+        _ => Metadata::Kraft,
+    }
+}
+
 fn config(m: &ArgMatches) -> Result<TestConfig, String> {
     let (brokers, controllers) = node_counts(m);
     Ok(TestConfig {
         brokers,
         controllers,
+        metadata: metadata(m),
+        zookeeper_servers: *m.get_one("zookeeper-servers").expect("defaulted"),
         workload: match m.get_one::<String>("workload").map(String::as_str) {
             Some("queue") => Workload::Queue,
             _ => Workload::Log,
         },
-        nemeses: nemeses(m.get_one::<String>("nemesis").expect("defaulted"))?,
+        nemeses: nemeses(
+            m.get_one::<String>("nemesis").expect("defaulted"),
+            metadata(m),
+        )?,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
         concurrency: *m.get_one("concurrency").expect("defaulted"),
@@ -184,6 +230,11 @@ pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
             NemesisKind::LoseUnsynced => crate::lazyfs::available(),
             NemesisKind::Clock => crate::nemesis::clock::available(),
             NemesisKind::Kill | NemesisKind::Pause => Ok(()),
+            // Not in `ALL`: a ZooKeeper-mode run adds them.
+            NemesisKind::ZkKill
+            | NemesisKind::ZkPartition
+            | NemesisKind::Zombie
+            | NemesisKind::ExpireSession => continue,
         };
         match check {
             Ok(()) => kinds.push(kind),
@@ -217,6 +268,10 @@ pub fn default_config(
 
 pub fn run_test(m: &ArgMatches) -> u8 {
     if m.get_one::<String>("system").map(String::as_str) == Some("zookeeper") {
+        if m.value_source("metadata") == Some(clap::parser::ValueSource::CommandLine) {
+            eprintln!("kcheck test: bad arguments: --metadata is for --system kafka (the brokers' metadata); --system zookeeper tests a bare ZooKeeper ensemble");
+            return EXIT_UNKNOWN;
+        }
         return crate::zookeeper::run::run_cli(m);
     }
     if let Some(w @ ("register" | "election")) = m.get_one::<String>("workload").map(String::as_str)

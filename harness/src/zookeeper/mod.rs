@@ -9,9 +9,12 @@
 //!   synced reads, stale plain reads counted, session order);
 //! - [`election`]: Kafka's ZooKeeper-mode controller election and the `zk-controller` model's
 //!   invariants on the real history;
-//! - [`bench`]: failover times of the ensemble (`kcheck bench-zookeeper`).
+//! - [`bench`]: failover times of the ensemble (`kcheck bench-zookeeper`);
+//! - [`metadata_ensemble`]: the ensemble behind a ZooKeeper-mode Kafka cluster in `kcheck test
+//!   --metadata zookeeper`, with the proxies its faults cut.
 
 pub mod bench;
 pub mod election;
+pub mod metadata_ensemble;
 pub mod register;
 pub mod run;

@@ -122,6 +122,13 @@ pub struct ZkRunOutcome {
 /// Checks what the runner cannot do before starting anything.
 pub fn validate(c: &ZkTestConfig) -> Result<(), String> {
     kcheck_reference::zk_ensemble::available(std::path::Path::new("/usr/bin/java"))?;
+    if let Some(k) = c.nemeses.iter().find(|k| k.zookeeper_mode()) {
+        return Err(format!(
+            "{} is a fault of a ZooKeeper-mode Kafka cluster (kcheck test --metadata zookeeper); \
+             --system zookeeper knows kill, pause, partition, clock",
+            k.name()
+        ));
+    }
     if let Some(k) = c.nemeses.iter().find(|k| **k == NemesisKind::LoseUnsynced) {
         return Err(format!(
             "the {} nemesis needs LazyFs under the system's data directory, which the \
@@ -913,6 +920,12 @@ fn start_fault(
             )
         }
         NemesisKind::LoseUnsynced => anyhow::bail!("lose-unsynced is not supported here"),
+        k @ (NemesisKind::ZkKill
+        | NemesisKind::ZkPartition
+        | NemesisKind::Zombie
+        | NemesisKind::ExpireSession) => {
+            anyhow::bail!("{} belongs to --metadata zookeeper runs", k.name())
+        }
     })
 }
 

@@ -1,0 +1,221 @@
+//! The ZooKeeper ensemble behind a ZooKeeper-mode Kafka cluster in `kcheck test --metadata
+//! zookeeper`, and the faults that hit it.
+//!
+//! The network is the one `--system zookeeper` builds: every server dials every other server's
+//! quorum and election ports through its own proxy ([`ZkEnsemble::route_peer`]), so a server can
+//! be cut from the others; and every broker reaches every server's client port through its own
+//! proxy (its `--zookeeper` lists the proxies), so a broker can be cut from the whole ensemble
+//! while it runs on and talks to the other brokers: its session expires, and if it was the
+//! controller it is a zombie until it notices. Proxies drop traffic silently (an iptables DROP):
+//! connections hang and time out as across a real partition.
+//!
+//! The brokers themselves are the harness's [`crate::system::ProcessSystem`] nodes; this part
+//! owns the servers, the proxies and the tokio runtime the proxies run on.
+
+use crate::proxy::{LinkFaults, Mode, Proxy};
+use crate::system::NodeId;
+use kcheck_reference::zk_controller::{ControllerZnode, CONTROLLER, CONTROLLER_EPOCH};
+use kcheck_reference::zk_ensemble::{ZkEnsemble, ZkEnsembleSpec};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a peer proxy retries a server's quorum or election port that refuses (a leader
+/// opens its quorum port only once elected): what the dialling server would have done itself.
+const PEER_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The ensemble, its proxies and the runtime they run on.
+pub struct MetadataEnsemble {
+    ensemble: ZkEnsemble,
+    /// (from, to) → proxies for `to`'s quorum and election ports.
+    peers: BTreeMap<(u32, u32), [Proxy; 2]>,
+    /// (broker, server) → proxy to the server's client port.
+    brokers: BTreeMap<(NodeId, u32), Proxy>,
+    /// Declared last: the proxies' tasks stop with it.
+    rt: tokio::runtime::Runtime,
+}
+
+impl MetadataEnsemble {
+    /// Starts `servers` ZooKeeper servers in `dir` behind peer proxies, and a client proxy per
+    /// (broker, server); returns once a quorum serves.
+    pub fn start(
+        dir: &Path,
+        servers: usize,
+        brokers: &[NodeId],
+        seed: u64,
+    ) -> anyhow::Result<MetadataEnsemble> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("zk-proxies")
+            .enable_all()
+            .build()?;
+        let mut ensemble = ZkEnsemble::new(ZkEnsembleSpec::new(servers, dir))?;
+        let list = ensemble.servers().to_vec();
+        let mut peers = BTreeMap::new();
+        let mut seed = seed;
+        for from in &list {
+            for to in list.iter().filter(|t| t.myid != from.myid) {
+                seed += 1;
+                let q = rt.block_on(Proxy::start_patient(
+                    ([127, 0, 0, 1], to.quorum_port).into(),
+                    seed,
+                    PEER_PATIENCE,
+                ))?;
+                let e = rt.block_on(Proxy::start_patient(
+                    ([127, 0, 0, 1], to.election_port).into(),
+                    seed,
+                    PEER_PATIENCE,
+                ))?;
+                ensemble.route_peer(
+                    from.myid,
+                    to.myid,
+                    q.local_addr.port(),
+                    e.local_addr.port(),
+                )?;
+                peers.insert((from.myid, to.myid), [q, e]);
+            }
+        }
+        let mut clients = BTreeMap::new();
+        for &b in brokers {
+            for s in &list {
+                seed += 1;
+                let p = rt.block_on(Proxy::start(([127, 0, 0, 1], s.client_port).into(), seed))?;
+                clients.insert((b, s.myid), p);
+            }
+        }
+        let mut me = MetadataEnsemble {
+            ensemble,
+            peers,
+            brokers: clients,
+            rt,
+        };
+        if let Err(e) = me.ensemble.start() {
+            me.shutdown();
+            return Err(e.context("the ZooKeeper ensemble did not start"));
+        }
+        Ok(me)
+    }
+
+    /// `broker`'s `--zookeeper`: its own proxy to each server.
+    pub fn connect_string(&self, broker: NodeId) -> String {
+        self.brokers
+            .range((broker, 0)..(broker + 1, 0))
+            .map(|(_, p)| p.local_addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn myids(&self) -> Vec<u32> {
+        self.ensemble.myids()
+    }
+
+    /// The server leading the ensemble (asked with `srvr`), if a quorum serves.
+    pub fn leader(&self) -> Option<u32> {
+        self.ensemble.leader()
+    }
+
+    /// `/controller`'s broker and `/controller_epoch`, read over a short session of the
+    /// harness's own (direct, never cut); `None` when there is no controller or no answer in 3 s.
+    pub fn controller(&self) -> Option<(NodeId, i32)> {
+        let connect = self.ensemble.connect_string();
+        self.rt.block_on(async {
+            let read = async {
+                let c = zookeeper_client::Client::connector()
+                    .with_session_timeout(Duration::from_secs(4))
+                    .with_connection_timeout(Duration::from_secs(1))
+                    .connect(&connect)
+                    .await
+                    .ok()?;
+                let (data, _) = c.get_data(CONTROLLER).await.ok()?;
+                let id = serde_json::from_slice::<ControllerZnode>(&data)
+                    .ok()?
+                    .brokerid;
+                let epoch = match c.get_data(CONTROLLER_EPOCH).await {
+                    Ok((d, _)) => String::from_utf8_lossy(&d).trim().parse().unwrap_or(0),
+                    Err(_) => 0,
+                };
+                Some((id, epoch))
+            };
+            tokio::time::timeout(Duration::from_secs(3), read)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// `kill -9` of one server.
+    pub fn kill(&mut self, myid: u32) -> anyhow::Result<()> {
+        self.ensemble.kill(myid)
+    }
+
+    /// Starts a killed server again (it rejoins on its own).
+    pub fn restart(&mut self, myid: u32) -> anyhow::Result<()> {
+        if self.ensemble.is_running(myid) {
+            return Ok(());
+        }
+        self.ensemble.restart(myid).map(|_| ())
+    }
+
+    /// Cuts (`true`) or heals every link between server `myid` and the other servers; its
+    /// clients still reach it (a server alone answers them "not serving" and they move on).
+    pub fn isolate_server(&self, myid: u32, cut: bool) {
+        let faults = faults(cut);
+        for ((from, to), ps) in &self.peers {
+            if *from == myid || *to == myid {
+                ps.iter().for_each(|p| p.set(faults));
+            }
+        }
+    }
+
+    /// Cuts (`true`) or heals every link between `broker` and the ensemble.
+    pub fn isolate_broker(&self, broker: NodeId, cut: bool) {
+        let faults = faults(cut);
+        for ((b, _), p) in &self.brokers {
+            if *b == broker {
+                p.set(faults);
+            }
+        }
+    }
+
+    /// Every link healed, every killed server restarted (paused ones resumed).
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for p in self.peers.values().flatten().chain(self.brokers.values()) {
+            p.set(LinkFaults::healed());
+        }
+        for id in self.ensemble.myids() {
+            if self.ensemble.is_running(id) {
+                let _ = self.ensemble.resume(id);
+            } else {
+                self.ensemble.restart(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a quorum serves again (after [`Self::heal`]).
+    pub fn wait_serving(&self, timeout: Duration) -> anyhow::Result<u32> {
+        self.ensemble.wait_serving(timeout)
+    }
+
+    /// Stops every server and proxy.
+    pub fn shutdown(&mut self) {
+        self.ensemble.stop_all(Duration::from_secs(3));
+        for p in self.peers.values().flatten().chain(self.brokers.values()) {
+            p.shutdown();
+        }
+    }
+}
+
+impl Drop for MetadataEnsemble {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn faults(cut: bool) -> LinkFaults {
+    if cut {
+        LinkFaults::both(Mode::Drop)
+    } else {
+        LinkFaults::healed()
+    }
+}
