@@ -818,10 +818,7 @@ impl KcheckModel for ConsumerOffsets {
             max_records: config.bound("records") as Offset,
             max_crashes: config.bound("crashes") as u8,
             max_expiries: config.bound("expiries") as u8,
-            bugs: OffsetsBug::ALL
-                .into_iter()
-                .filter(|b| config.has_bug(b.name()))
-                .collect(),
+            bugs: config.bugs(&OffsetsBug::ALL, OffsetsBug::name),
         }
     }
 

@@ -1890,10 +1890,7 @@ impl KcheckModel for Kraft {
             max_crashes: config.bound("crashes") as u8,
             max_network: config.bound("network") as usize,
             max_duplicates: config.bound("duplicates") as u8,
-            bugs: KraftBug::ALL
-                .into_iter()
-                .filter(|b| config.has_bug(b.name()))
-                .collect(),
+            bugs: config.bugs(&KraftBug::ALL, KraftBug::name),
         }
     }
 

@@ -627,10 +627,7 @@ impl KcheckModel for Reassignment {
             },
             replication_factor,
             max_requests: config.bound("requests") as u8,
-            bugs: ReassignmentBug::ALL
-                .into_iter()
-                .filter(|b| config.has_bug(b.name()))
-                .collect(),
+            bugs: config.bugs(&ReassignmentBug::ALL, ReassignmentBug::name),
         }
     }
 

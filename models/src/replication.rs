@@ -976,10 +976,7 @@ impl KcheckModel for Replication {
             max_epoch: config.bound("epochs") as u8,
             max_crashes: config.bound("crashes") as u8,
             min_isr: (config.bound("min-isr") as usize).min(brokers),
-            bugs: ReplicationBug::ALL
-                .into_iter()
-                .filter(|b| config.has_bug(b.name()))
-                .collect(),
+            bugs: config.bugs(&ReplicationBug::ALL, ReplicationBug::name),
         }
     }
 

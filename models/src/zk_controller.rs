@@ -851,10 +851,7 @@ impl KcheckModel for ZkController {
             max_epoch: config.bound("epochs") as u8,
             max_records: config.bound("records") as u8,
             max_isr_changes: config.bound("isr-changes") as u8,
-            bugs: ZkControllerBug::ALL
-                .into_iter()
-                .filter(|b| config.has_bug(b.name()))
-                .collect(),
+            bugs: config.bugs(&ZkControllerBug::ALL, ZkControllerBug::name),
         }
     }
 
