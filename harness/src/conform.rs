@@ -669,6 +669,17 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                         r.log[leo]);
                 }
             }
+            // The model's truncate_to also drops every epoch starting at or above the new LEO,
+            // even when no record goes: an epoch left with no record behind it makes the
+            // leader answer the next fetch with the same divergence, forever (finding 8).
+            // Traces written before truncations carried their epochs skip this.
+            if e.fields.get("epochs").is_some() {
+                let runs = e.tuples::<2>("epochs").map_err(Err)?;
+                if let Some([ep, start]) = runs.iter().find(|r| r[1] >= leo as i64) {
+                    violation!(M, action, before!(),
+                        "b{b} truncated to LEO {leo} ({reason}) but its leader-epoch cache still starts epoch {ep} at {start}: the model's truncate_to drops epochs starting at or above the LEO");
+                }
+            }
             let v = p.replicas.get_mut(&b).expect("inserted");
             v.log.truncate(leo);
             v.hw = v.hw.min(leo as i64);
@@ -679,6 +690,16 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
             }
         }
         "partition.hw" => {
+            // A follower may hold records before its new leader's trace shows them (it led
+            // the previous epoch, and the new leader fetched them from it after the follower
+            // had switched): how far each ISR member matches is taken again now.
+            if e.b("leader") {
+                let isr = p.replicas[&b].isr.clone();
+                for m in isr.into_iter().filter(|&m| m != b) {
+                    p.update_matched(m);
+                }
+            }
+            let r = &p.replicas[&b];
             let hw = e.i("hw").map_err(Err)?;
             if hw > r.log.len() as i64 || hw < 0 {
                 violation!(
@@ -1244,6 +1265,44 @@ mod tests {
         let (name, msg) = caught(&failover(1));
         assert_eq!(name, "BecomeFollower");
         assert!(msg.contains("truncation offset (KIP-279) is 2"), "{msg}");
+    }
+
+    #[test]
+    fn a_follower_holding_records_before_its_new_leader_counts_for_the_hw() {
+        // b1 led epoch 1 and wrote m2; it follows b2 in epoch 2 before b2's trace shows m2
+        // (b2 fetched it from b1 in epoch 1 just before switching). b1 then appends nothing,
+        // yet it holds m2 as b2 does, so b2's HW may cover it.
+        let mut t = replicated();
+        t.push((1, "partition.append", append(true, &[[2, 2, 1]])));
+        t.push((1, "partition.follower", follow(2, 2, &[2, 1])));
+        t.push((2, "partition.append", append(false, &[[2, 2, 1]])));
+        t.push((2, "partition.leader", lead(2, &[2, 1], 2)));
+        t.push((2, "partition.hw", hw(3, true)));
+        assert!(check(&t).conforms());
+        // A member that does not hold the leader's m2 still stops the HW.
+        let mut t = replicated();
+        t.push((1, "partition.append", append(true, &[[2, 2, 1]])));
+        t.push((2, "partition.leader", lead(2, &[2, 1], 2)));
+        t.push((2, "partition.append", append(true, &[[2, 2, 2]])));
+        t.push((1, "partition.follower", follow(2, 2, &[2, 1])));
+        t.push((1, "partition.truncate", truncate(2)));
+        t.push((2, "partition.hw", hw(3, true)));
+        let (name, _) = caught(&t);
+        assert_eq!(name, "advance_hw");
+    }
+
+    #[test]
+    fn an_epoch_left_at_the_leo_after_a_truncation_is_caught() {
+        let with_epochs = |epochs: Value| {
+            let mut t = failover(2);
+            let last = t.last_mut().expect("failover truncates");
+            last.2["epochs"] = epochs;
+            t
+        };
+        assert!(check(&with_epochs(json!([[1, 0]]))).conforms());
+        let (name, msg) = caught(&with_epochs(json!([[1, 0], [3, 2]])));
+        assert_eq!(name, "BecomeFollower");
+        assert!(msg.contains("still starts epoch 3 at 2"), "{msg}");
     }
 
     #[test]

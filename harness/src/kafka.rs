@@ -127,6 +127,8 @@ pub struct KafkaClient {
     /// broker id → address, partition → leader id, from the last Metadata.
     brokers: BTreeMap<i32, String>,
     leaders: BTreeMap<i32, i32>,
+    /// partition → ISR size in the last Metadata.
+    isr_sizes: BTreeMap<i32, usize>,
     connections: BTreeMap<String, Client>,
 }
 
@@ -139,6 +141,7 @@ impl KafkaClient {
             topic: TopicName(StrBytes::from_string(topic.to_string())),
             brokers: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            isr_sizes: BTreeMap::new(),
             connections: BTreeMap::new(),
         }
     }
@@ -188,6 +191,13 @@ impl KafkaClient {
                         .flat_map(|t| &t.partitions)
                         .filter(|p| p.error_code == code::NONE && p.leader_id.0 >= 0)
                         .map(|p| (p.partition_index, p.leader_id.0))
+                        .collect();
+                    self.isr_sizes = resp
+                        .topics
+                        .iter()
+                        .filter(|t| t.name.as_ref() == Some(&self.topic))
+                        .flat_map(|t| &t.partitions)
+                        .map(|p| (p.partition_index, p.isr_nodes.len()))
                         .collect();
                     return Ok(());
                 }
@@ -342,6 +352,22 @@ impl KafkaClient {
             records,
             high_watermark,
         })
+    }
+
+    /// The partition's HW once it can be trusted as the end of what was committed: `None`
+    /// while the ISR (fresh Metadata) is below `min_isr`. Such a leader's HW does not advance
+    /// (KIP-966), and one elected from a lagging follower starts below what its predecessor
+    /// had acknowledged, so reads that stop there report acknowledged writes as unseen.
+    pub fn settled_high_watermark(
+        &mut self,
+        partition: i32,
+        min_isr: usize,
+    ) -> Result<Option<u64>, Outcome> {
+        self.refresh_metadata()?;
+        if self.isr_sizes.get(&partition).copied().unwrap_or(0) < min_isr {
+            return Ok(None);
+        }
+        self.high_watermark(partition).map(Some)
     }
 
     /// The partition's HW on its leader (ListOffsets latest, as a read_uncommitted consumer

@@ -481,6 +481,15 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
 /// How long the healed system settles before the final reads.
 const SETTLE_AFTER_HEAL: Duration = Duration::from_secs(3);
 
+/// The brokers' `min.insync.replicas`: 2 of RF 3 on a cluster, 1 on a single broker.
+fn min_insync_replicas(config: &TestConfig) -> usize {
+    if config.brokers >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Controller node ids start here (as `kcheck cluster` numbers them), brokers at 1.
 const CONTROLLER_ID_BASE: i32 = 3000;
 
@@ -555,7 +564,7 @@ fn node_specs(
             client_addr: None,
         });
     }
-    let min_isr = if config.brokers >= 3 { 2 } else { 1 };
+    let min_isr = min_insync_replicas(config);
     for id in 1..=config.brokers as i32 {
         let listen = port(id)?;
         let data_dir = dir.join(format!("n{id}")).join("data");
@@ -984,9 +993,14 @@ fn queue_worker(
 }
 
 /// After healing, the `queue` workload's final polls: one process assigns every key and polls
-/// from offset 0 until it has reached each key's HW (or `final_read_limit` passes).
+/// from offset 0 until it has reached each key's HW (or `final_read_limit` passes). The HW
+/// counts only while the key's ISR has min.insync.replicas members (see
+/// [`KafkaClient::settled_high_watermark`]): a replica restarting after a crash can take
+/// longer than the settle time to rejoin, and until it does the leader's HW may sit below
+/// records its predecessor acknowledged (finding 8).
 fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
     let deadline = Instant::now() + config.final_read_limit;
+    let min_isr = min_insync_replicas(config);
     let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
     let process = Process::Client(1_000_000);
     let keys: Vec<u64> = (0..config.partitions as u64).collect();
@@ -1013,7 +1027,12 @@ fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
                 }
             };
             if position >= hw {
-                break;
+                match client.settled_high_watermark(key as i32, min_isr) {
+                    Ok(Some(settled)) if position >= settled => break,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+                continue;
             }
             shared.record(
                 OpType::Invoke,
@@ -1064,16 +1083,24 @@ fn final_polls(config: &TestConfig, bootstrap: &str, shared: &Shared) {
 /// `unknown`, never silently valid).
 fn final_reads(config: &TestConfig, bootstrap: &str, shared: &Shared) {
     let deadline = Instant::now() + config.final_read_limit;
+    let min_isr = min_insync_replicas(config);
     let mut client = KafkaClient::new(bootstrap, TOPIC, config.client_timeout);
     let process = Process::Client(1_000_000);
     for partition in 0..config.partitions as u64 {
+        // The HW once the ISR is back at min.insync.replicas (see `final_polls`); at the
+        // deadline whatever HW the leader has.
         let hw = loop {
-            match client.high_watermark(partition as i32) {
-                Ok(hw) => break Some(hw),
-                Err(_) if Instant::now() < deadline => {
+            let settled = if Instant::now() < deadline {
+                client.settled_high_watermark(partition as i32, min_isr)
+            } else {
+                client.high_watermark(partition as i32).map(Some)
+            };
+            match settled {
+                Ok(Some(hw)) => break Some(hw),
+                Ok(None) | Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
-                Err(_) => break None,
+                Ok(None) | Err(_) => break None,
             }
         };
         let Some(hw) = hw else { continue };

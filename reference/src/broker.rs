@@ -784,10 +784,19 @@ fn trace_append(topic: &str, r: &Replica, headers: &[BatchHeader]) {
 }
 
 /// A follower truncated (`to` asked, `leo` reached: whole batches go).
+/// A truncation, with the leader-epoch cache it left (`kcheck conform` checks that no epoch
+/// starts at or above the new LEO, as the model's `truncate_to` guarantees).
 fn trace_truncate(topic: &str, r: &Replica, to: i64, reason: &str) {
     let s = &r.state;
+    let epochs: Vec<[i64; 2]> = r
+        .log
+        .epochs()
+        .entries
+        .iter()
+        .map(|&(e, o)| [i64::from(e), o])
+        .collect();
     tracing::info!(target: TARGET, topic, partition = s.partition, to, leo = r.log.log_end_offset(),
-        hw = s.high_watermark, leader_epoch = s.leader_epoch, reason, "partition.truncate");
+        hw = s.high_watermark, leader_epoch = s.leader_epoch, reason, epochs = ?epochs, "partition.truncate");
 }
 
 /// A replica whose role the metadata image decides (cluster mode): it starts neither

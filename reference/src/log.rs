@@ -494,8 +494,26 @@ impl PartitionLog {
     /// last offset is at or above it goes, whole, so the new LEO is the end of the last
     /// batch kept (at most `offset`). The leader-epoch cache drops the epochs that started in
     /// the removed tail (KIP-101's `truncateFromEnd`). Returns the new LEO.
+    ///
+    /// A truncation at or above the LEO removes no record but still drops the epochs that
+    /// start at the LEO, as Kafka's `UnifiedLog.truncateTo` does: a replica that was elected
+    /// and deposed before it appended anything holds its epoch's entry with no record behind
+    /// it; the new leader never had that epoch and answers the follower's fetch with the end
+    /// of an older one, equal to the follower's LEO. Keeping the entry made the follower
+    /// truncate to its LEO and ask again with the same epoch, forever: it never caught up,
+    /// the ISR stayed below min.insync.replicas and the HW below the last acknowledged
+    /// records (harness finding 8).
     pub fn truncate_to(&mut self, offset: i64) -> Result<i64, LogError> {
         if offset >= self.leo {
+            if self
+                .epochs
+                .entries
+                .last()
+                .is_some_and(|&(_, s)| s >= self.leo)
+            {
+                self.epochs.truncate_from_end(self.leo);
+                self.checkpoint_epochs()?;
+            }
             return Ok(self.leo);
         }
         let offset = offset.max(self.log_start_offset);
@@ -752,6 +770,24 @@ mod tests {
         assert!(log.begin_flush().is_some(), "offset 5 is still unflushed");
         log.flush().unwrap();
         assert_eq!(log.recovery_point(), 6);
+    }
+
+    #[test]
+    fn truncating_at_the_leo_drops_an_epoch_with_no_records() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(d.path(), LogConfig::default()).unwrap();
+        append_n(&mut log, &[2, 1], 0);
+        // Elected in epoch 1, deposed before appending anything.
+        log.assign_epoch_at_leo(1).unwrap();
+        assert_eq!(log.epochs().entries, vec![(0, 0), (1, 3)]);
+        assert_eq!(log.truncate_to(5).unwrap(), 3, "no record removed");
+        assert_eq!(log.epochs().entries, vec![(0, 0)]);
+        let cp = read_checkpoint(&d.path().join(EPOCH_FILE)).unwrap();
+        assert_eq!(cp, vec!["0 0".to_string()], "the checkpoint follows");
+        // An epoch that has records stays.
+        append_n(&mut log, &[1], 2);
+        assert_eq!(log.truncate_to(4).unwrap(), 4);
+        assert_eq!(log.epochs().entries, vec![(0, 0), (2, 3)]);
     }
 
     #[test]

@@ -479,3 +479,61 @@ fn min_isr_refuses_acks_all_and_last_replica_standing_commits_alone() {
     // needs the controller's half, no ELR, to lose it; this is the broker's half).
     assert_eq!(ns[0].state.high_watermark, 1);
 }
+
+#[test]
+fn a_follower_that_led_an_empty_epoch_catches_up_and_the_hw_reaches_the_acked_records() {
+    // Harness finding 8: `leader-chain` fails a leader and pauses its successor as soon as it
+    // is elected, before it appends anything. The successor's leader-epoch cache ends with
+    // its epoch starting at its LEO; the next leader never had that epoch and answers its
+    // fetch with the end of an older one, equal to that LEO. Unless the truncation drops the
+    // empty epoch, the follower asks again with it forever and never rejoins the ISR, so the
+    // HW stays below the records the first leader acknowledged.
+    let mut ns = nodes(&BrokerBugs::none());
+    let mut sent = Vec::new();
+    let mut r = reg(0, &[0, 1, 2], 1, 0);
+    apply_all(&mut ns, &r);
+    let acked: Vec<Record> = (0..3).map(|i| (ns[0].produce(i).unwrap(), 1)).collect();
+    let (l, f) = pair(&mut ns, 0, 2);
+    assert_eq!(fetch(f, l, &mut sent), Fetched::Records(3));
+    let (l, f) = pair(&mut ns, 0, 1);
+    catch_up(f, l, &mut sent);
+    let (l, f) = pair(&mut ns, 0, 2);
+    assert_eq!(fetch(f, l, &mut sent), Fetched::Records(0));
+    assert_eq!(ns[0].state.take_completed_acks().len(), 3);
+    // The followers' HWs lag the leader's by a fetch round: they have the records, not the HW.
+    assert_eq!(ns[2].state.high_watermark, 0);
+    // b0 crashes; b1 is elected in epoch 2 and paused before it appends anything.
+    r = reg(1, &[1, 2], 2, 1);
+    ns[1].apply(&r);
+    ns[2].apply(&r);
+    assert_eq!(ns[1].log.epochs().entries, vec![(1, 0), (2, 3)]);
+    // b1's session lapses: b2, the last live ISR member, leads epoch 3 (b1 in the ELR).
+    r = reg(2, &[2], 3, 2);
+    ns[2].apply(&r);
+    assert_eq!(ns[2].produce(9), Err(code::NOT_ENOUGH_REPLICAS));
+    // b1 resumes and follows b2: epoch 2 is news to b2, which says epoch 1 ends at 3.
+    ns[1].apply(&r);
+    let (f, l) = pair(&mut ns, 1, 2);
+    assert_eq!(fetch(f, l, &mut sent), Fetched::Truncated(3));
+    assert_eq!(
+        f.log.epochs().entries,
+        vec![(1, 0)],
+        "the empty epoch is gone"
+    );
+    catch_up(f, l, &mut sent);
+    let alter = sent
+        .pop()
+        .expect("b1 caught up: the leader proposes it back");
+    assert_eq!(alter.new_isr(), vec![2, 1]);
+    r = handle_alter_partition(&r, &alter, &[100, 101, 102]).unwrap();
+    ns[2].apply(&r);
+    ns[1].apply(&r);
+    let (f, l) = pair(&mut ns, 1, 2);
+    fetch(f, l, &mut sent);
+    assert_eq!(
+        ns[2].state.high_watermark, 3,
+        "the acknowledged records are visible"
+    );
+    assert!(lost(&acked, &ns[2]).is_empty());
+    ns[2].produce(9).unwrap();
+}
