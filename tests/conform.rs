@@ -111,7 +111,14 @@ fn last_replica_standing_is_caught_by_conformance_and_the_correct_cluster_confor
         let mut c = Command::new(env!("CARGO_BIN_EXE_kcheck"));
         c.args(["test", "--brokers", "3", "--controllers", "3"])
             .args(["--workload", "queue", "--nemesis", "pause"])
-            .args(["--time-limit", "12", "--nemesis-interval", "4", "--rate", "100"])
+            .args([
+                "--time-limit",
+                "12",
+                "--nemesis-interval",
+                "4",
+                "--rate",
+                "100",
+            ])
             .args(["--seed", &seed.to_string()])
             .arg("--store")
             .arg(store);

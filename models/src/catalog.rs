@@ -53,7 +53,10 @@ impl Config {
     /// The model's own bug-flag values that this configuration switches on, from the model's
     /// list of every flag and its name function (`config.bugs(&KraftBug::ALL, KraftBug::name)`).
     pub fn bugs<B: Copy, C: FromIterator<B>>(&self, all: &[B], name: fn(B) -> &'static str) -> C {
-        all.iter().copied().filter(|&b| self.has_bug(name(b))).collect()
+        all.iter()
+            .copied()
+            .filter(|&b| self.has_bug(name(b)))
+            .collect()
     }
 
     /// The value of a bound. Panics on a name the model did not declare (a programming error:

@@ -134,7 +134,8 @@ pub fn free_port() -> std::io::Result<u16> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
-        let _ = CURSOR.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+        let _ =
+            CURSOR.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
     }
     for _ in 0..span {
         let port = LOW + CURSOR.fetch_add(1, Ordering::Relaxed) % span;

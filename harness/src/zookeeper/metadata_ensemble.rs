@@ -20,10 +20,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-/// How long a peer proxy retries a server's quorum or election port that refuses (a leader
-/// opens its quorum port only once elected): what the dialling server would have done itself.
-const PEER_PATIENCE: Duration = Duration::from_secs(3);
-
 /// The ensemble, its proxies and the runtime they run on.
 pub struct MetadataEnsemble {
     ensemble: ZkEnsemble,
@@ -51,30 +47,7 @@ impl MetadataEnsemble {
             .build()?;
         let mut ensemble = ZkEnsemble::new(ZkEnsembleSpec::new(servers, dir))?;
         let list = ensemble.servers().to_vec();
-        let mut peers = BTreeMap::new();
-        let mut seed = seed;
-        for from in &list {
-            for to in list.iter().filter(|t| t.myid != from.myid) {
-                seed += 1;
-                let q = rt.block_on(Proxy::start_patient(
-                    ([127, 0, 0, 1], to.quorum_port).into(),
-                    seed,
-                    PEER_PATIENCE,
-                ))?;
-                let e = rt.block_on(Proxy::start_patient(
-                    ([127, 0, 0, 1], to.election_port).into(),
-                    seed,
-                    PEER_PATIENCE,
-                ))?;
-                ensemble.route_peer(
-                    from.myid,
-                    to.myid,
-                    q.local_addr.port(),
-                    e.local_addr.port(),
-                )?;
-                peers.insert((from.myid, to.myid), [q, e]);
-            }
-        }
+        let (peers, mut seed) = super::run::proxy_peer_links(&mut ensemble, &rt, seed)?;
         let mut clients = BTreeMap::new();
         for &b in brokers {
             for s in &list {

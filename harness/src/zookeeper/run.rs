@@ -185,6 +185,35 @@ impl Shared {
 /// opens its quorum port only once elected): what the dialling server would have done itself.
 const PEER_PATIENCE: Duration = Duration::from_secs(3);
 
+/// Puts a proxy on every server-to-server link of `ensemble` (before it starts): (from, to) →
+/// proxies for `to`'s quorum and election ports, which `from` dials instead of the ports
+/// themselves. Partitions of ZooKeeper servers are these proxies' faults. Each proxy's seed
+/// is `seed` plus its link's position; returns the next unused seed too.
+pub(crate) fn proxy_peer_links(
+    ensemble: &mut ZkEnsemble,
+    rt: &tokio::runtime::Runtime,
+    mut seed: u64,
+) -> anyhow::Result<(BTreeMap<(u32, u32), [Proxy; 2]>, u64)> {
+    let servers = ensemble.servers().to_vec();
+    let mut peers = BTreeMap::new();
+    for from in &servers {
+        for to in servers.iter().filter(|t| t.myid != from.myid) {
+            seed += 1;
+            let dial = |port: u16| {
+                rt.block_on(Proxy::start_patient(
+                    ([127, 0, 0, 1], port).into(),
+                    seed,
+                    PEER_PATIENCE,
+                ))
+            };
+            let (q, e) = (dial(to.quorum_port)?, dial(to.election_port)?);
+            ensemble.route_peer(from.myid, to.myid, q.local_addr.port(), e.local_addr.port())?;
+            peers.insert((from.myid, to.myid), [q, e]);
+        }
+    }
+    Ok((peers, seed))
+}
+
 /// The ensemble with its proxies and clocks.
 struct ZkSystem {
     ensemble: ZkEnsemble,
@@ -203,33 +232,7 @@ impl ZkSystem {
     ) -> anyhow::Result<ZkSystem> {
         let mut ensemble = ZkEnsemble::new(ZkEnsembleSpec::new(c.servers, dir))?;
         let servers = ensemble.servers().to_vec();
-        let mut peers = BTreeMap::new();
-        let mut seed = c.seed;
-        for from in &servers {
-            for to in &servers {
-                if from.myid == to.myid {
-                    continue;
-                }
-                seed += 1;
-                let q = rt.block_on(Proxy::start_patient(
-                    ([127, 0, 0, 1], to.quorum_port).into(),
-                    seed,
-                    PEER_PATIENCE,
-                ))?;
-                let e = rt.block_on(Proxy::start_patient(
-                    ([127, 0, 0, 1], to.election_port).into(),
-                    seed,
-                    PEER_PATIENCE,
-                ))?;
-                ensemble.route_peer(
-                    from.myid,
-                    to.myid,
-                    q.local_addr.port(),
-                    e.local_addr.port(),
-                )?;
-                peers.insert((from.myid, to.myid), [q, e]);
-            }
-        }
+        let (peers, mut seed) = proxy_peer_links(&mut ensemble, rt, c.seed)?;
         let mut clients = BTreeMap::new();
         for w in 0..c.concurrency {
             for s in &servers {
