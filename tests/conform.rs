@@ -11,13 +11,33 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn cluster_run(store: &Path, seed: u64, bugs: &[&str]) -> Output {
+    let schedule = [
+        "--nemesis",
+        "kill",
+        "--time-limit",
+        "8",
+        "--nemesis-interval",
+        "2",
+    ];
+    cluster_run_with(store, &schedule, seed, bugs)
+}
+
+/// `kcheck test` on 3 brokers and 3 controllers at 100 ops/s with the given fault schedule.
+fn cluster_run_with(store: &Path, schedule: &[&str], seed: u64, bugs: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kcheck"));
-    c.args(["test", "--brokers", "3", "--controllers", "3"])
-        .args(["--nemesis", "kill", "--time-limit", "8"])
-        .args(["--nemesis-interval", "2", "--rate", "100"])
-        .args(["--seed", &seed.to_string()])
-        .arg("--store")
-        .arg(store);
+    c.args([
+        "test",
+        "--brokers",
+        "3",
+        "--controllers",
+        "3",
+        "--rate",
+        "100",
+    ])
+    .args(schedule)
+    .args(["--seed", &seed.to_string()])
+    .arg("--store")
+    .arg(store);
     for b in bugs {
         c.args(["--bug", b]);
     }
@@ -107,26 +127,18 @@ fn truncate_to_hw_is_caught_by_conformance_while_the_history_is_valid() {
 /// the same schedule conforms and its history is valid.
 #[test]
 fn last_replica_standing_is_caught_by_conformance_and_the_correct_cluster_conforms() {
-    let pause_run = |store: &Path, seed: u64, bugs: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kcheck"));
-        c.args(["test", "--brokers", "3", "--controllers", "3"])
-            .args(["--workload", "queue", "--nemesis", "pause"])
-            .args([
-                "--time-limit",
-                "12",
-                "--nemesis-interval",
-                "4",
-                "--rate",
-                "100",
-            ])
-            .args(["--seed", &seed.to_string()])
-            .arg("--store")
-            .arg(store);
-        for b in bugs {
-            c.args(["--bug", b]);
-        }
-        c.output().expect("kcheck runs")
-    };
+    let schedule = [
+        "--workload",
+        "queue",
+        "--nemesis",
+        "pause",
+        "--time-limit",
+        "12",
+        "--nemesis-interval",
+        "4",
+    ];
+    let pause_run =
+        |store: &Path, seed, bugs: &[&str]| cluster_run_with(store, &schedule, seed, bugs);
     let mut caught = None;
     for seed in [3, 5] {
         let store = tempfile::tempdir().unwrap();

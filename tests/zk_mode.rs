@@ -43,12 +43,8 @@ impl Drop for Down<'_> {
 }
 
 fn prerequisites() -> bool {
-    let zk = kcheck_reference::zk_ensemble::available(Path::new("/usr/bin/java"));
-    require(
-        "Java and ZooKeeper",
-        zk.is_ok(),
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y zookeeper default-jre-headless",
-    ) && require("kcat", has_command("kcat"), "apt-get install -y kcat")
+    broker_support::zookeeper_installed()
+        && require("kcat", has_command("kcat"), "apt-get install -y kcat")
 }
 
 fn up(data: &Path, extra: &[&str]) -> (ClusterState, String) {

@@ -8,20 +8,12 @@
 //!
 //! Skips with a notice without Java/ZooKeeper, unless `CI` is set (`.ci/run` installs them).
 
+mod broker_support;
+
+use broker_support::zookeeper_installed as installed;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn installed() -> bool {
-    match kcheck_reference::zk_ensemble::available(Path::new("/usr/bin/java")) {
-        Ok(()) => true,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: {e}");
-            false
-        }
-        Err(e) => panic!("CI must run the ZooKeeper-mode tests: {e}"),
-    }
-}
 
 /// One ensemble at a time: three JVMs and three brokers are a lot for a two-core machine.
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -5,20 +5,12 @@
 //! has expired under a client partition; bad arguments exit 2. Skips with a notice when
 //! ZooKeeper is not installed, unless `CI` is set (`.ci/run` installs it).
 
+mod broker_support;
+
+use broker_support::zookeeper_installed as installed;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn installed() -> bool {
-    match kcheck_reference::zk_ensemble::available(Path::new("/usr/bin/java")) {
-        Ok(()) => true,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: {e}");
-            false
-        }
-        Err(e) => panic!("CI must run the ZooKeeper tests: {e}"),
-    }
-}
 
 /// One ensemble at a time: three JVMs per run are already a lot for a two-core machine.
 static ENSEMBLES: std::sync::Mutex<()> = std::sync::Mutex::new(());

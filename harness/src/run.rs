@@ -262,6 +262,12 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
             format!("partition: {e}: the nodes run in network namespaces with nftables drop rules (leave partition out of --nemesis to run without root)")
         })?;
     }
+    validate_common(config)
+}
+
+/// What every run needs whatever its metadata mode: the tools its fault kinds use, and a
+/// workload that does something.
+fn validate_common(config: &TestConfig) -> Result<(), String> {
     if config.nemeses.contains(&NemesisKind::LoseUnsynced) {
         crate::lazyfs::available().map_err(|e| format!("lose-unsynced: {e}"))?;
     }
@@ -305,16 +311,7 @@ fn validate_zookeeper(config: &TestConfig) -> Result<(), String> {
              its network faults cut the ZooKeeper side through proxies (use zk-partition, expire-session)"
             .into());
     }
-    if config.nemeses.contains(&NemesisKind::LoseUnsynced) {
-        crate::lazyfs::available().map_err(|e| format!("lose-unsynced: {e}"))?;
-    }
-    if config.nemeses.contains(&NemesisKind::Clock) {
-        crate::nemesis::clock::available().map_err(|e| format!("clock: {e}"))?;
-    }
-    if config.concurrency == 0 || config.rate <= 0.0 || config.partitions <= 0 {
-        return Err("--concurrency, --rate and the partition count must be positive".into());
-    }
-    Ok(())
+    validate_common(config)
 }
 
 /// Runs the test and writes `history.jsonl` and `test.json` into a new folder under `store`.

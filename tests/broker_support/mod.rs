@@ -124,3 +124,14 @@ pub fn expect_exit(o: &std::process::Output, code: i32) -> String {
     assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Java and Debian's ZooKeeper (the ensemble tests' prerequisites): skip with a notice
+/// without them, a failure in CI.
+pub fn zookeeper_installed() -> bool {
+    let found = kcheck_reference::zk_ensemble::available(Path::new("/usr/bin/java"));
+    require(
+        "Java and ZooKeeper",
+        found.is_ok(),
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y zookeeper default-jre-headless",
+    )
+}
