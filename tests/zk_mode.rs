@@ -364,6 +364,185 @@ fn a_zombie_controllers_requests_are_refused_by_epoch_and_accepted_without_the_c
     assert_eq!(leader, a, "broker {b} names the zombie's stale leader");
 }
 
+/// Waits (bounded) for a line of `id`'s log containing `needle` after the first `skip` bytes;
+/// returns the line and the log's length then.
+fn wait_log(state: &ClusterState, id: i32, skip: usize, needle: &str) -> (String, usize) {
+    let log = state.node(id).unwrap().log_file.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text
+            .get(skip..)
+            .unwrap_or("")
+            .lines()
+            .find(|l| l.contains(needle))
+        {
+            return (l.to_owned(), text.len());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {id} never logged {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(state: &ClusterState, id: i32, sig: &str) {
+    let pid = state.node(id).unwrap().pid.to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// What one run of the zombie window showed.
+struct ZombieWindow {
+    zombie: i32,
+    new_controller: i32,
+    /// The leader epoch the new controller's election gave the partition (its leader: itself).
+    new_epoch: i32,
+    /// (broker, leader epoch) every answer as the partition's leader, after the zombie's turn.
+    led_after: Vec<(i32, i32)>,
+    /// The zombie's "resigned as controller" line.
+    resigned: String,
+}
+
+/// The zombie window (`specs/cluster-zookeeper.md`): 3 brokers, 1 ZooKeeper server, session
+/// timeout 1 s. Controller `c`; the partition on `[l, c, n]` led by `l`. The test hold
+/// (SIGUSR2, `--test-hold-controller-events`) keeps `c` from handling events; `kill -9` of `l`
+/// leaves `c` a BrokerChange in hand. `c` is paused past its session timeout: `n` becomes
+/// controller (epoch 2) and, seeing neither `l` nor `c` live, elects itself in the next leader
+/// epoch. `c` resumes, registers with a new session and — released — handles its BrokerChange
+/// on it before resigning: with its cached state (leader `l`, ISR `{l, c, n}`) and `c` live
+/// again it elects `c`, in the same leader epoch `n` got. Every broker is asked which epoch it
+/// leads the partition in (ListOffsets), before and after the zombie's turn.
+fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
+    use kcheck_harness::kafka::LeaderProbe;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("zk-window");
+    let _down = Down(&data);
+    let mut broker_args: Vec<String> = ["--min-insync-replicas", "1", "--test-hold-controller-events"]
+        .map(String::from)
+        .to_vec();
+    for b in bugs {
+        broker_args.extend(["--bug".to_string(), b.to_string()]);
+    }
+    let spec = kcheck_reference::cluster_zookeeper::ZkClusterSpec {
+        brokers: 3,
+        zookeeper_servers: 1,
+        data_dir: data.clone(),
+        executable: env!("CARGO_BIN_EXE_kcheck").into(),
+        broker_args,
+        session_timeout_ms: 1000,
+        ready_timeout: Duration::from_secs(60),
+    };
+    let state = ClusterState::start_zookeeper(&spec).unwrap();
+    state.wait_ready_zookeeper(Duration::from_secs(60)).unwrap();
+    let (c, epoch) = state
+        .wait_zk_controller(None, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(epoch, 1);
+    let others: Vec<i32> = (1..=3).filter(|&b| b != c).collect();
+    let (l, n) = (others[0], others[1]);
+    let addr = |id: i32| state.node(id).unwrap().address.clone();
+    create_topic(&addr(n), "w", &[l, c, n]);
+    wait_leaders(&[addr(c), addr(n)], "w", |x| x == l);
+
+    signal(&state, c, "-USR2");
+    let (_, at) = wait_log(&state, c, 0, "controller events held");
+    state.kill(l).unwrap();
+    let (_, at) = wait_log(&state, c, at, "controller event BrokerChange held");
+    state.pause(c).unwrap();
+    let (controller, epoch) = state
+        .wait_zk_controller(Some(c), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!((controller, epoch), (n, 2));
+    let mut probe_n = LeaderProbe::new(&addr(n), "w", Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_epoch = loop {
+        if let Some(&e) = probe_n.led(1).ok().and_then(|m| m.get(&0).copied()).as_ref() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "broker {n} never led w-0");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    state.resume(c).unwrap();
+    let (_, at) = wait_log(&state, c, at, "finishes its events on it before resigning");
+    signal(&state, c, "-USR2");
+    let (resigned, _) = wait_log(&state, c, at, "resigned as controller (epoch 1)");
+    let mut probe_c = LeaderProbe::new(&addr(c), "w", Duration::from_secs(2));
+    let mut led_after = Vec::new();
+    for _ in 0..15 {
+        for (id, p) in [(c, &mut probe_c), (n, &mut probe_n)] {
+            if let Some(&e) = p.led(1).ok().and_then(|m| m.get(&0).copied()).as_ref() {
+                if !led_after.contains(&(id, e)) {
+                    led_after.push((id, e));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "zombie window {bugs:?}: zombie {c}, new controller {n} led leader epoch {new_epoch}; after: {led_after:?}; {resigned}"
+    );
+    if std::env::var_os("KCHECK_KEEP_LOGS").is_some() {
+        for id in [c, n] {
+            let log = state.node(id).unwrap().log_file.clone();
+            eprintln!("--- broker {id}\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+    ZombieWindow {
+        zombie: c,
+        new_controller: n,
+        new_epoch,
+        led_after,
+        resigned,
+    }
+}
+
+#[test]
+fn a_zombie_controller_finishing_its_event_elects_a_second_leader_in_one_epoch_only_without_both_checks(
+) {
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites() {
+        return;
+    }
+    // Correct protocol: the zombie's write fails the /controller_epoch check (KAFKA-6082) and
+    // it resigns; the new controller's leader is the partition's only leader in its epoch.
+    let w = zombie_window_run(&[]);
+    assert!(
+        w.resigned.contains("ControllerMovedException"),
+        "{}",
+        w.resigned
+    );
+    assert!(
+        !w.led_after.iter().any(|&(b, _)| b == w.zombie),
+        "the zombie {} led: {:?}",
+        w.zombie,
+        w.led_after
+    );
+    assert!(
+        w.led_after.contains(&(w.new_controller, w.new_epoch)),
+        "{:?}",
+        w.led_after
+    );
+    // Without both checks (the model's 8-step one-leader-per-leader-epoch): the zombie's
+    // election is written and obeyed, and the zombie broker leads in the epoch the new
+    // controller gave its own leader.
+    let w = zombie_window_run(&["no-controller-epoch-check", "no-zkversion-check"]);
+    assert!(
+        w.led_after.contains(&(w.zombie, w.new_epoch)),
+        "broker {} led leader epoch {} and broker {} never did: {:?} ({})",
+        w.new_controller,
+        w.new_epoch,
+        w.zombie,
+        w.led_after,
+        w.resigned
+    );
+}
+
 #[test]
 fn bad_zookeeper_arguments_exit_2_naming_the_fix() {
     let out = kcheck(&["broker", "--zookeeper", "nowhere"]);
