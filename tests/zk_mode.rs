@@ -396,6 +396,65 @@ fn signal(state: &ClusterState, id: i32, sig: &str) {
         .success());
 }
 
+/// acks=all produce of `value` to partition 0 on `addr` itself (not routed by Metadata): the
+/// partition's error code (0: acknowledged), or -1 without an answer.
+fn produce_to(addr: &str, topic: &str, value: u64) -> i16 {
+    use kcheck_reference::kafka_protocol::messages::produce_request::{
+        PartitionProduceData, TopicProduceData,
+    };
+    use kcheck_reference::kafka_protocol::messages::ProduceRequest;
+    let Ok(mut c) = Client::connect(addr) else {
+        return -1;
+    };
+    let _ = c.stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(kcheck_harness::kafka::encode_value(value)))])]);
+    c.request(9, &req).map_or(-1, |r| {
+        r.responses[0].partition_responses[0].error_code
+    })
+}
+
+/// The values `addr` serves from partition 0 (up to its HW), if it answers as leader.
+fn values_on(addr: &str, topic: &str) -> Option<Vec<u64>> {
+    use kcheck_reference::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kcheck_reference::kafka_protocol::messages::FetchRequest;
+    let mut c = Client::connect(addr).ok()?;
+    c.stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let r = c.request(11, &req).ok()?;
+    let p = &r.responses[0].partitions[0];
+    if p.error_code != 0 {
+        return None;
+    }
+    let values = match &p.records {
+        Some(b) => kcheck_harness::kafka::decode_values(b.clone()).ok()?,
+        None => Vec::new(),
+    };
+    Some(
+        values
+            .into_iter()
+            .filter(|&(o, _)| (o as i64) < p.high_watermark)
+            .map(|(_, v)| v)
+            .collect(),
+    )
+}
+
 /// What one run of the zombie window showed.
 struct ZombieWindow {
     zombie: i32,
@@ -406,6 +465,12 @@ struct ZombieWindow {
     led_after: Vec<(i32, i32)>,
     /// The zombie's "resigned as controller" line.
     resigned: String,
+    /// The error code of an acks=all produce of value 1 to the new controller while it led
+    /// `new_epoch`, and of value 2 to each broker that led afterwards.
+    produced_to_new: i16,
+    produced_after: Vec<(i32, i16)>,
+    /// (broker, values it serves) for each broker that leads at the end.
+    served: Vec<(i32, Vec<u64>)>,
 }
 
 /// The zombie window (`specs/cluster-zookeeper.md`): 3 brokers, 1 ZooKeeper server, session
@@ -467,6 +532,7 @@ fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
         assert!(Instant::now() < deadline, "broker {n} never led w-0");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let produced_to_new = produce_to(&addr(n), "w", 1);
 
     state.resume(c).unwrap();
     let (_, at) = wait_log(&state, c, at, "finishes its events on it before resigning");
@@ -484,8 +550,20 @@ fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let leaders_now: Vec<i32> = [c, n]
+        .into_iter()
+        .filter(|&b| led_after.iter().any(|&(x, _)| x == b))
+        .collect();
+    let produced_after: Vec<(i32, i16)> = leaders_now
+        .iter()
+        .map(|&b| (b, produce_to(&addr(b), "w", 2)))
+        .collect();
+    let served: Vec<(i32, Vec<u64>)> = leaders_now
+        .iter()
+        .filter_map(|&b| values_on(&addr(b), "w").map(|v| (b, v)))
+        .collect();
     eprintln!(
-        "zombie window {bugs:?}: zombie {c}, new controller {n} led leader epoch {new_epoch}; after: {led_after:?}; {resigned}"
+        "zombie window {bugs:?}: zombie {c}, new controller {n} led leader epoch {new_epoch} (produce: {produced_to_new}); after: {led_after:?}, produce {produced_after:?}, served {served:?}; {resigned}"
     );
     if std::env::var_os("KCHECK_KEEP_LOGS").is_some() {
         for id in [c, n] {
@@ -499,6 +577,9 @@ fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
         new_epoch,
         led_after,
         resigned,
+        produced_to_new,
+        produced_after,
+        served,
     }
 }
 
@@ -528,6 +609,24 @@ fn a_zombie_controller_finishing_its_event_elects_a_second_leader_in_one_epoch_o
         "{:?}",
         w.led_after
     );
+    assert_eq!(w.produced_to_new, 0);
+    assert_eq!(w.produced_after, [(w.new_controller, 0)]);
+    assert_eq!(w.served, [(w.new_controller, vec![1, 2])], "every acknowledged record");
+    // Without the controller-epoch check alone the zombie's write still carries the zkVersion
+    // it cached, which the new controller's election moved on: BadVersion, no election (the
+    // model needs both flags too).
+    let w = zombie_window_run(&["no-controller-epoch-check"]);
+    assert!(
+        !w.led_after.iter().any(|&(b, _)| b == w.zombie),
+        "the zombie {} led: {:?}",
+        w.zombie,
+        w.led_after
+    );
+    assert!(
+        w.led_after.contains(&(w.new_controller, w.new_epoch)),
+        "{:?}",
+        w.led_after
+    );
     // Without both checks (the model's 8-step one-leader-per-leader-epoch): the zombie's
     // election is written and obeyed, and the zombie broker leads in the epoch the new
     // controller gave its own leader.
@@ -540,6 +639,22 @@ fn a_zombie_controller_finishing_its_event_elects_a_second_leader_in_one_epoch_o
         w.zombie,
         w.led_after,
         w.resigned
+    );
+    // Both leaders of that epoch acknowledged an acks=all produce in it. (The zombie's broker
+    // had followed the new controller's leader in that same epoch before its own election, so
+    // it holds record 1 too: in this schedule the two leaderships follow each other.)
+    assert_eq!(w.produced_to_new, 0, "broker {} led", w.new_controller);
+    assert!(
+        w.produced_after.contains(&(w.zombie, 0)),
+        "{:?}",
+        w.produced_after
+    );
+    assert!(
+        w.served
+            .iter()
+            .any(|(b, v)| *b == w.zombie && v.contains(&2)),
+        "{:?}",
+        w.served
     );
 }
 
