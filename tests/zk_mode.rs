@@ -415,9 +415,8 @@ fn produce_to(addr: &str, topic: &str, value: u64) -> i16 {
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
                 .with_records(Some(kcheck_harness::kafka::encode_value(value)))])]);
-    c.request(9, &req).map_or(-1, |r| {
-        r.responses[0].partition_responses[0].error_code
-    })
+    c.request(9, &req)
+        .map_or(-1, |r| r.responses[0].partition_responses[0].error_code)
 }
 
 /// The values `addr` serves from partition 0 (up to its HW), if it answers as leader.
@@ -425,7 +424,9 @@ fn values_on(addr: &str, topic: &str) -> Option<Vec<u64>> {
     use kcheck_reference::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kcheck_reference::kafka_protocol::messages::FetchRequest;
     let mut c = Client::connect(addr).ok()?;
-    c.stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(0)
@@ -487,9 +488,13 @@ fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("zk-window");
     let _down = Down(&data);
-    let mut broker_args: Vec<String> = ["--min-insync-replicas", "1", "--test-hold-controller-events"]
-        .map(String::from)
-        .to_vec();
+    let mut broker_args: Vec<String> = [
+        "--min-insync-replicas",
+        "1",
+        "--test-hold-controller-events",
+    ]
+    .map(String::from)
+    .to_vec();
     for b in bugs {
         broker_args.extend(["--bug".to_string(), b.to_string()]);
     }
@@ -526,7 +531,12 @@ fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
     let mut probe_n = LeaderProbe::new(&addr(n), "w", Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(20);
     let new_epoch = loop {
-        if let Some(&e) = probe_n.led(1).ok().and_then(|m| m.get(&0).copied()).as_ref() {
+        if let Some(&e) = probe_n
+            .led(1)
+            .ok()
+            .and_then(|m| m.get(&0).copied())
+            .as_ref()
+        {
             break e;
         }
         assert!(Instant::now() < deadline, "broker {n} never led w-0");
@@ -568,7 +578,10 @@ fn zombie_window_run(bugs: &[&str]) -> ZombieWindow {
     if std::env::var_os("KCHECK_KEEP_LOGS").is_some() {
         for id in [c, n] {
             let log = state.node(id).unwrap().log_file.clone();
-            eprintln!("--- broker {id}\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            eprintln!(
+                "--- broker {id}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
     }
     ZombieWindow {
@@ -611,7 +624,11 @@ fn a_zombie_controller_finishing_its_event_elects_a_second_leader_in_one_epoch_o
     );
     assert_eq!(w.produced_to_new, 0);
     assert_eq!(w.produced_after, [(w.new_controller, 0)]);
-    assert_eq!(w.served, [(w.new_controller, vec![1, 2])], "every acknowledged record");
+    assert_eq!(
+        w.served,
+        [(w.new_controller, vec![1, 2])],
+        "every acknowledged record"
+    );
     // Without the controller-epoch check alone the zombie's write still carries the zkVersion
     // it cached, which the new controller's election moved on: BadVersion, no election (the
     // model needs both flags too).

@@ -877,7 +877,8 @@ impl ZkNode {
                     Ok(Some(epoch)) => {
                         // Its own task: when the session expires this elector is dropped, and
                         // the controller runs on through its zombie window (`Controller::run`).
-                        let task = tokio::spawn(Controller::run(self.clone(), client.clone(), epoch));
+                        let task =
+                            tokio::spawn(Controller::run(self.clone(), client.clone(), epoch));
                         let reason = match task.await {
                             Ok(r) => r,
                             Err(e) => Resign::Zk(format!("controller task ended: {e}")),
