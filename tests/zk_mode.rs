@@ -680,6 +680,9 @@ fn bad_zookeeper_arguments_exit_2_naming_the_fix() {
     let out = kcheck(&["broker", "--zookeeper", "nowhere"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HOST:PORT"));
+    let out = kcheck(&["broker", "--test-hold-controller-events"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--zookeeper"));
     let out = kcheck(&["broker", "--bug", "no-controller-epoch-check"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zookeeper"));
