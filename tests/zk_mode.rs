@@ -5,7 +5,10 @@
 //! controller epoch, and the partition keeps serving every acknowledged record. A zombie
 //! controller (SIGSTOP past its session timeout, then SIGCONT) has its stale requests refused
 //! with STALE_CONTROLLER_EPOCH — and accepted under `--bug no-controller-epoch-check`, which
-//! sends the metadata back in time.
+//! sends the metadata back in time. A zombie controller finishing the event it had in hand on
+//! its new session (the zombie window, lined up with the test hold) is fenced by the
+//! `/controller_epoch` check — and without both checks elects a second leader in one leader
+//! epoch.
 //!
 //! Skips with a notice without Java/ZooKeeper or kcat, unless `CI` is set.
 
