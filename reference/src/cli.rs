@@ -106,6 +106,12 @@ pub fn broker_command() -> Command {
                 .help("zookeeper.session.timeout.ms: a broker silent this long loses its registration (and the controller role)"),
         )
         .arg(
+            Arg::new("test-hold-controller-events")
+                .long("test-hold-controller-events")
+                .action(ArgAction::SetTrue)
+                .help("TESTS ONLY, ZooKeeper mode: SIGUSR2 holds this broker's controller event processing (events queue up), the next SIGUSR2 releases it; lines up a zombie controller's window (specs/cluster-zookeeper.md)"),
+        )
+        .arg(
             Arg::new("test-control")
                 .long("test-control")
                 .help("TESTS ONLY: serve the hold/release control endpoint on this loopback address (kcheck replay --against cluster); off when absent"),
@@ -197,7 +203,13 @@ fn zk_bug_names(m: &ArgMatches) -> Vec<crate::zk_controller::ZkBug> {
 /// bug flags without `--zookeeper`, or `--zookeeper` with KRaft options, are refused.
 pub fn zookeeper_args(m: &ArgMatches) -> Result<Option<crate::zk_controller::ZkConfig>, String> {
     let bugs = zk_bug_names(m);
+    let test_event_hold = m.get_flag("test-hold-controller-events");
     let Some(connect) = m.get_one::<String>("zookeeper") else {
+        if test_event_hold {
+            return Err(
+                "--test-hold-controller-events holds a ZooKeeper-mode controller: it needs --zookeeper HOST:PORT,...".into(),
+            );
+        }
         if let Some(b) = bugs.first() {
             return Err(format!(
                 "bug flag '{}' is a ZooKeeper-mode choice: it needs --zookeeper HOST:PORT,...",
@@ -238,6 +250,7 @@ pub fn zookeeper_args(m: &ArgMatches) -> Result<Option<crate::zk_controller::ZkC
             .get_one::<u64>("zookeeper-session-timeout-ms")
             .expect("has default"),
         bugs: crate::zk_controller::ZkBugs(bugs),
+        test_event_hold,
     }))
 }
 
@@ -497,7 +510,9 @@ async fn shutdown_signal() {
 }
 
 /// `--zookeeper`: a broker with a ZooKeeper session and a controller elector. SIGUSR1 is the
-/// test-only zombie trigger ([`crate::zk_controller::ZkNode::resend_last`]).
+/// test-only zombie trigger ([`crate::zk_controller::ZkNode::resend_last`]); with
+/// `--test-hold-controller-events`, SIGUSR2 holds and releases the controller's event
+/// processing ([`crate::zk_controller::ZkNode::toggle_event_hold`]).
 async fn run_zookeeper_broker(
     cfg: BrokerConfig,
     z: crate::zk_controller::ZkConfig,
@@ -512,7 +527,26 @@ async fn run_zookeeper_broker(
         host: addr.ip().to_string(),
         port: i32::from(addr.port()),
     };
+    let hold = z.test_event_hold;
     let node = ZkNode::start(cfg.node_id, endpoint, z);
+    if hold {
+        let n = node.clone();
+        tokio::spawn(async move {
+            let Ok(mut usr2) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+            else {
+                return;
+            };
+            while usr2.recv().await.is_some() {
+                let held = n.toggle_event_hold();
+                println!(
+                    "kcheck broker {}: controller events {} (test hold)",
+                    n.node_id,
+                    if held { "held" } else { "released" }
+                );
+            }
+        });
+    }
     let n = node.clone();
     tokio::spawn(async move {
         let Ok(mut usr1) =

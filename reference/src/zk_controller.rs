@@ -681,6 +681,10 @@ pub struct ZkConfig {
     /// zookeeper.session.timeout.ms (Kafka's default was 18 s; the tests use less).
     pub session_timeout_ms: u64,
     pub bugs: ZkBugs,
+    /// Test-only (`--test-hold-controller-events`): SIGUSR2 holds the controller's event
+    /// processing and the next SIGUSR2 releases it ([`ZkNode::toggle_event_hold`]). Off by
+    /// default; it only lines up the timing of the zombie window, it does not create it.
+    pub test_event_hold: bool,
 }
 
 /// What `kcheck cluster status` and the tests read: this broker's view of the controller.
@@ -706,6 +710,11 @@ pub struct ZkNode {
     /// The last LeaderAndIsr + UpdateMetadata frames this broker sent to each broker while it
     /// was controller (the test-only zombie resend replays them, see [`ZkNode::resend_last`]).
     last_sent: Mutex<BTreeMap<BrokerId, Vec<Bytes>>>,
+    /// The controller epoch of this broker's controller task while it runs, including after
+    /// its session expired (the zombie window: [`Controller::run`]); `None` when it has ended.
+    controller_task: watch::Sender<Option<i32>>,
+    /// Test-only hold of the controller's event processing ([`ZkConfig::test_event_hold`]).
+    event_hold: watch::Sender<bool>,
 }
 
 impl ZkNode {
@@ -723,6 +732,8 @@ impl ZkNode {
             session,
             view,
             last_sent: Mutex::new(BTreeMap::new()),
+            controller_task: watch::channel(None).0,
+            event_hold: watch::channel(false).0,
         });
         let n = node.clone();
         tokio::spawn(async move { n.session_loop().await });
@@ -766,6 +777,7 @@ impl ZkNode {
             }
             self.session.send_replace(Some(client.clone()));
             tracing::info!(session = ?client.session_id(), "registered in ZooKeeper");
+            self.await_zombie_controller().await;
             let expired = async {
                 loop {
                     let s = states.changed().await;
@@ -775,12 +787,51 @@ impl ZkNode {
                 }
             };
             tokio::select! {
-                s = expired => tracing::warn!(state = %s, "ZooKeeper session ended: resigning and registering again"),
+                s = expired => tracing::warn!(state = %s, "ZooKeeper session ended: registering again"),
                 _ = self.clone().elector(client.clone()) => {}
             }
-            self.view.send_modify(|v| v.active_epoch = None);
             self.session.send_replace(None);
         }
+    }
+
+    /// The zombie window's end. A controller task that outlived its session (it had events
+    /// in progress or queued: [`Controller::run`]) finishes them on the session just
+    /// registered and then resigns; this broker's elector starts only after that, as Kafka's
+    /// re-election event queued behind the events already in its controller's queue. Bounded:
+    /// after [`ZOMBIE_WINDOW_MAX`] the elector starts anyway.
+    async fn await_zombie_controller(&self) {
+        let mut task = self.controller_task.subscribe();
+        let Some(epoch) = *task.borrow_and_update() else {
+            return;
+        };
+        tracing::warn!(
+            controller_epoch = epoch,
+            "new session registered while the controller of the expired one still runs: it finishes its events first"
+        );
+        println!(
+            "kcheck broker {}: new ZooKeeper session registered; the controller of epoch {epoch} finishes its events on it before resigning",
+            self.node_id
+        );
+        if tokio::time::timeout(ZOMBIE_WINDOW_MAX, task.wait_for(Option::is_none))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                controller_epoch = epoch,
+                "the expired session's controller still runs after {ZOMBIE_WINDOW_MAX:?}; electing anyway"
+            );
+        }
+    }
+
+    /// Test-only ([`ZkConfig::test_event_hold`], SIGUSR2): flips the hold of the controller's
+    /// event processing; returns whether it is now held.
+    pub fn toggle_event_hold(&self) -> bool {
+        let mut held = false;
+        self.event_hold.send_modify(|h| {
+            *h = !*h;
+            held = *h;
+        });
+        held
     }
 
     /// Creates the persistent paths and this broker's ephemeral registration. A registration
@@ -824,9 +875,17 @@ impl ZkNode {
             match client.check_and_watch_stat(CONTROLLER).await {
                 Ok((None, _)) => match self.try_become_controller(&client).await {
                     Ok(Some(epoch)) => {
-                        let reason = Controller::run(self.clone(), client.clone(), epoch).await;
-                        tracing::warn!(%reason, "resigned as controller");
-                        self.view.send_modify(|v| v.active_epoch = None);
+                        // Its own task: when the session expires this elector is dropped, and
+                        // the controller runs on through its zombie window (`Controller::run`).
+                        let task =
+                            tokio::spawn(Controller::run(self.clone(), client.clone(), epoch));
+                        let reason = match task.await {
+                            Ok(r) => r,
+                            Err(e) => Resign::Zk(format!("controller task ended: {e}")),
+                        };
+                        if matches!(reason, Resign::SessionExpired) {
+                            continue;
+                        }
                         // Resigned over a ZooKeeper error with the session alive: give the role
                         // up in ZooKeeper too, or /controller would name a broker not acting.
                         self.release_controller(&client).await;
@@ -1064,6 +1123,12 @@ async fn send_once(endpoint: &str, frame: &Bytes) -> anyhow::Result<i16> {
         .map_err(|_| anyhow::anyhow!("no answer in 5 s"))?
 }
 
+/// The longest a controller runs on after its session expired (its zombie window) before the
+/// broker's new session elects without it.
+const ZOMBIE_WINDOW_MAX: Duration = Duration::from_secs(60);
+/// The most events a controller finishes after its session expired (the ones it had queued).
+const ZOMBIE_EVENTS_MAX: usize = 64;
+
 /// The controller epoch won and `/controller_epoch`'s zkVersion after the win (KAFKA-6082's
 /// fence: every controller write checks it).
 #[derive(Clone, Copy, Debug)]
@@ -1100,6 +1165,9 @@ enum Resign {
     ControllerMoved,
     /// `/controller` no longer names this broker.
     Replaced,
+    /// The session expired: the controller processed the expiry (after finishing the events
+    /// it had, `Controller::run`).
+    SessionExpired,
     Zk(String),
 }
 
@@ -1110,6 +1178,7 @@ impl std::fmt::Display for Resign {
                 write!(f, "/controller_epoch moved on (ControllerMovedException)")
             }
             Resign::Replaced => write!(f, "/controller names another broker"),
+            Resign::SessionExpired => write!(f, "its ZooKeeper session expired"),
             Resign::Zk(e) => write!(f, "ZooKeeper error: {e}"),
         }
     }
@@ -1117,7 +1186,10 @@ impl std::fmt::Display for Resign {
 
 impl From<zk::Error> for Resign {
     fn from(e: zk::Error) -> Self {
-        Resign::Zk(e.to_string())
+        match e {
+            zk::Error::SessionExpired => Resign::SessionExpired,
+            e => Resign::Zk(e.to_string()),
+        }
     }
 }
 
@@ -1209,25 +1281,120 @@ impl Controller {
             senders: BTreeMap::new(),
             correlation: 0,
         };
+        c.node.controller_task.send_replace(Some(epoch.epoch));
+        let mut session = c.client.state_watcher();
         let reason = async {
             c.on_controller_failover().await?;
-            while let Some(ev) = rx.recv().await {
-                tracing::debug!(?ev, "controller event");
-                match ev {
-                    Event::BrokerChange => c.on_broker_change().await?,
-                    Event::TopicChange => c.on_topic_change().await?,
-                    Event::IsrChangeNotification => c.on_isr_change_notification().await?,
-                    Event::ControllerChange => c.check_still_controller().await?,
+            loop {
+                let ev = tokio::select! {
+                    biased;
+                    ev = rx.recv() => ev.ok_or_else(|| Resign::Zk("watches ended".into()))?,
+                    _ = async {
+                        while !session.changed().await.is_terminated() {}
+                    } => return c.finish_after_expiry(&mut rx, None).await,
+                };
+                c.hold(&ev).await;
+                match c.handle(&ev).await {
+                    Ok(()) => {}
+                    Err(Resign::SessionExpired) => {
+                        return c.finish_after_expiry(&mut rx, Some(ev)).await
+                    }
+                    Err(r) => return Err(r),
                 }
             }
-            Err::<(), Resign>(Resign::Zk("watches ended".into()))
         }
         .await
         .unwrap_err();
         for w in watches {
             w.abort();
         }
+        tracing::warn!(%reason, controller_epoch = epoch.epoch, "resigned as controller");
+        println!(
+            "kcheck broker {}: resigned as controller (epoch {}): {reason}",
+            c.node.node_id, epoch.epoch
+        );
+        c.node.view.send_modify(|v| v.active_epoch = None);
+        c.node.controller_task.send_replace(None);
         reason
+    }
+
+    async fn handle(&mut self, ev: &Event) -> Result<(), Resign> {
+        tracing::debug!(?ev, "controller event");
+        match ev {
+            Event::BrokerChange => self.on_broker_change().await,
+            Event::TopicChange => self.on_topic_change().await,
+            Event::IsrChangeNotification => self.on_isr_change_notification().await,
+            Event::ControllerChange => self.check_still_controller().await,
+        }
+    }
+
+    /// Test-only ([`ZkConfig::test_event_hold`]): waits while the event processing is held.
+    async fn hold(&self, ev: &Event) {
+        let mut held = self.node.event_hold.subscribe();
+        if !*held.borrow_and_update() {
+            return;
+        }
+        println!(
+            "kcheck broker {}: controller event {ev:?} held (test hold)",
+            self.node.node_id
+        );
+        let _ = held.wait_for(|h| !*h).await;
+    }
+
+    /// The zombie window. Kafka's controller (one event thread, KAFKA-5028) learnt of a session
+    /// expiry as one more event in its queue: the event it was handling, and those queued
+    /// before the expiry (a BrokerChange from the watch that fired as a leader died), ran
+    /// first, and their ZooKeeper calls went through the session its ZooKeeper client had
+    /// re-created. Until KAFKA-6082 nothing fenced those writes; its `/controller_epoch`
+    /// zkVersion check makes the first one fail (ControllerMovedException) once another
+    /// broker has become controller, and brokers refuse the requests by controller epoch
+    /// (STALE_CONTROLLER_EPOCH). So: `in_progress` (interrupted by the expiry) and the events
+    /// still queued (at most [`ZOMBIE_EVENTS_MAX`]) are handled again on this broker's next
+    /// session, once it has registered, and then the controller resigns. With nothing to
+    /// finish it resigns at once. The `zk-controller` model's `ExpireSession` … `NoticeExpiry`.
+    async fn finish_after_expiry(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        in_progress: Option<Event>,
+    ) -> Result<(), Resign> {
+        let mut events: Vec<Event> = in_progress.into_iter().collect();
+        while events.len() < ZOMBIE_EVENTS_MAX {
+            match rx.try_recv() {
+                Ok(ev) => events.push(ev),
+                Err(_) => break,
+            }
+        }
+        if events.is_empty() {
+            return Err(Resign::SessionExpired);
+        }
+        let old = self.client.session_id();
+        let mut sessions = self.node.session.subscribe();
+        let next = tokio::time::timeout(ZOMBIE_WINDOW_MAX, async {
+            sessions
+                .wait_for(|c| c.as_ref().is_some_and(|c| c.session_id() != old))
+                .await
+                .ok()
+                .and_then(|c| c.clone())
+        })
+        .await;
+        let Ok(Some(client)) = next else {
+            return Err(Resign::SessionExpired);
+        };
+        tracing::warn!(
+            controller_epoch = self.epoch.epoch,
+            ?events,
+            "session expired with controller events unfinished: handling them on the new session before resigning"
+        );
+        println!(
+            "kcheck broker {}: zombie controller (epoch {}) handles {events:?} on its new session",
+            self.node.node_id, self.epoch.epoch
+        );
+        self.client = client;
+        for ev in &events {
+            self.hold(ev).await;
+            self.handle(ev).await?;
+        }
+        Err(Resign::SessionExpired)
     }
 
     async fn check_still_controller(&mut self) -> Result<(), Resign> {
@@ -1420,7 +1587,7 @@ impl Controller {
             return Ok(());
         }
         tracing::info!(?old, ?new, "live brokers changed");
-        self.live = live;
+        let previous = std::mem::replace(&mut self.live, live);
         for b in old.difference(&new) {
             self.senders.remove(b);
         }
@@ -1428,7 +1595,14 @@ impl Controller {
         for &b in &started {
             self.ensure_sender(b);
         }
-        let changed = self.elect_all().await?;
+        let changed = match self.elect_all().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Handled again (a zombie's retry on its new session) it must see the change.
+                self.live = previous;
+                return Err(e);
+            }
+        };
         let all: Vec<(String, i32)> = self.states.keys().cloned().collect();
         self.send_batch(&started, &all);
         let others: Vec<BrokerId> = new

@@ -53,6 +53,7 @@ async fn stale_isr_write(connect: &str, data: &Path, bugs: ZkBugs) -> (Result<i3
             connect: connect.to_owned(),
             session_timeout_ms: 4000,
             bugs,
+            test_event_hold: false,
         },
     );
     let n = node.clone();
