@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 pub const TOPIC: &str = "kcheck-replay";
 const CONTROLLER_ID: NodeId = 3001;
 /// The trace models that have a bug flag in the broker or controller processes.
-const REPLAYABLE_MODELS: [&str; 1] = ["replication"];
+const REPLAYABLE_MODELS: [&str; 2] = ["replication", "reassignment"];
 /// `broker.session.timeout.ms` on the controller: an unclean crash is fenced this long after.
 const SESSION_TIMEOUT_MS: u64 = 3000;
 /// `replica.lag.time.max.ms` when the trace shrinks the ISR (the wait of a `shrink-isr`
@@ -51,6 +51,8 @@ const LAG_TIME_SHRINK_MS: u64 = 2000;
 const LAG_TIME_NO_SHRINK_MS: u64 = 120_000;
 /// How long a condition of a step may take before the step "did not happen".
 const STEP_WAIT: Duration = Duration::from_secs(8);
+/// How long the healed cluster has to complete a requested reassignment.
+const COMPLETE_AFTER_HEAL_S: u64 = 10;
 
 /// What the replay needs besides the trace.
 #[derive(Debug, Clone)]
@@ -202,6 +204,12 @@ pub fn not_forceable(flag: &str) -> Option<&'static str> {
              the restart (Fetch v12 carries no broker epoch), and the restarted b1's own first \
              fetch resets its LEO on the leader before any expansion",
         ),
+        "cancel-keeps-adding-in-isr" => Some(
+            "the model cancels after the adding replica joined the ISR but before the \
+             controller completes; the reference controller completes in the same partition \
+             change as the AlterPartition that adds the last adding replica (as KRaft does), so \
+             the cancel finds no reassignment in progress (NO_REASSIGNMENT_IN_PROGRESS)",
+        ),
         _ => None,
     }
 }
@@ -246,6 +254,16 @@ pub enum Step {
     ElectLeader {
         broker: usize,
     },
+    /// AlterPartitionReassignments to `target` (model brokers, in the replica order the
+    /// cluster is asked for: the model's next completion leader first).
+    Reassign {
+        target: Vec<usize>,
+    },
+    /// AlterPartitionReassignments with a null target.
+    Cancel,
+    CompleteReassignment {
+        leader: usize,
+    },
 }
 
 /// A model state line set, as far as the schedule reads it.
@@ -258,6 +276,9 @@ pub struct ModelState {
     pub down: Vec<bool>,
     pub leo: Vec<u64>,
     pub acknowledged: usize,
+    /// The assigned replicas (the reassignment model's `assignment:` line; every broker in a
+    /// replication trace).
+    pub replicas: Vec<usize>,
 }
 
 fn broker_index(s: &str) -> Option<usize> {
@@ -289,6 +310,13 @@ pub fn parse_state(lines: &[String]) -> Result<ModelState, String> {
                     }
                 }
             }
+            Some(&"assignment:") => {
+                for w in &words[1..] {
+                    if let Some(v) = w.strip_prefix("replicas=") {
+                        s.replicas = broker_set(v);
+                    }
+                }
+            }
             Some(w) if w.starts_with("acknowledged=") => {
                 let list = w
                     .trim_start_matches("acknowledged=")
@@ -315,6 +343,9 @@ pub fn parse_state(lines: &[String]) -> Result<ModelState, String> {
     }
     if s.down.is_empty() {
         return Err("no broker lines in the model state (not a replication trace?)".into());
+    }
+    if s.replicas.is_empty() {
+        s.replicas = (0..s.down.len()).collect();
     }
     Ok(s)
 }
@@ -357,10 +388,13 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
         return Err("the cluster runs min.insync.replicas 2 (the controller's setting); re-record the trace with --min-isr 2".into());
     }
     let states = model_states(trace)?;
-    if states[0].down.len() != 3 {
+    // A partition with three replicas; the reassignment model has one more broker to move to.
+    let brokers = if trace.model == "reassignment" { 4 } else { 3 };
+    if states[0].down.len() != brokers || states[0].replicas.len() != 3 {
         return Err(format!(
-            "the cluster replay has three brokers; this trace has {}",
-            states[0].down.len()
+            "the cluster replay has {brokers} brokers and a partition with three replicas; this trace has {} brokers and {} replicas",
+            states[0].down.len(),
+            states[0].replicas.len()
         ));
     }
     let mut out = Vec::new();
@@ -406,6 +440,39 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
             },
             "elect-leader" => Step::ElectLeader {
                 broker: field_usize(a, "broker")?,
+            },
+            "reassign" => {
+                let mut target: Vec<usize> = a
+                    .get("target")
+                    .and_then(|v| v.as_array())
+                    .ok_or_else(|| format!("action {a} has no target"))?
+                    .iter()
+                    .filter_map(|v| v.as_u64().map(|b| b as usize))
+                    .collect();
+                // The controller elects the first live ISR member in replica order: ask for
+                // the model's next completion leader first.
+                let next_leader = trace.steps[i + 1..]
+                    .iter()
+                    .map(|s| &s.action)
+                    .find(|a| {
+                        matches!(
+                            a.get("action").and_then(|v| v.as_str()),
+                            Some("reassign" | "cancel" | "complete-reassignment")
+                        )
+                    })
+                    .filter(|a| {
+                        a.get("action").and_then(|v| v.as_str()) == Some("complete-reassignment")
+                    })
+                    .and_then(|a| a.get("leader").and_then(|v| v.as_u64()))
+                    .map(|b| b as usize);
+                if let Some(l) = next_leader {
+                    target.sort_by_key(|b| (*b != l, *b));
+                }
+                Step::Reassign { target }
+            }
+            "cancel" => Step::Cancel,
+            "complete-reassignment" => Step::CompleteReassignment {
+                leader: field_usize(a, "leader")?,
             },
             other => return Err(format!("step {}: unknown action {other:?}", i + 1)),
         };
@@ -564,6 +631,99 @@ pub fn check_consistency(replicas: &[ReplicaLog]) -> Vec<Violation> {
     out
 }
 
+/// A reassignment the replayer requested: the replica set before it (kept across a replacing
+/// request, as the model's `origin`) and the last requested target, as broker node ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requested {
+    pub origin: Vec<NodeId>,
+    pub target: Vec<NodeId>,
+}
+
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// The partition's registration against the reassignment model's invariants:
+/// `leader-in-replicas`, `isr-subset-of-replicas`, and, once the replicas are the requested
+/// target, `completes-to-target` (every replica the reassignment added is in the ISR and the
+/// leader is a target replica).
+pub fn check_assignment(
+    leader: NodeId,
+    replicas: &[NodeId],
+    isr: &[NodeId],
+    requested: Option<&Requested>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if leader >= 0 && !replicas.contains(&leader) {
+        out.push(Violation {
+            property: "leader-in-replicas".into(),
+            detail: format!("leader node {leader} is not among the replicas {replicas:?}"),
+        });
+    }
+    if let Some(b) = isr.iter().find(|b| !replicas.contains(b)) {
+        out.push(Violation {
+            property: "isr-subset-of-replicas".into(),
+            detail: format!("ISR {isr:?} has node {b}, not among the replicas {replicas:?}"),
+        });
+    }
+    if let Some(r) = requested.filter(|r| same_set(replicas, &r.target)) {
+        let missing: Vec<NodeId> = r
+            .target
+            .iter()
+            .copied()
+            .filter(|b| !r.origin.contains(b) && !isr.contains(b))
+            .collect();
+        if !missing.is_empty() {
+            out.push(Violation {
+                property: "completes-to-target".into(),
+                detail: format!(
+                    "the reassignment {:?} -> {:?} completed (replicas {replicas:?}) with the added replica(s) {missing:?} outside the ISR {isr:?}",
+                    r.origin, r.target
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// `reassignment-can-complete`, as the healed cluster shows it: with every broker up and every
+/// fetcher free, the requested reassignment ends (the replicas become its target) in time.
+pub fn check_completed(replicas: &[NodeId], requested: Option<&Requested>, waited_s: u64) -> Vec<Violation> {
+    match requested {
+        Some(r) if !same_set(replicas, &r.target) => vec![Violation {
+            property: "reassignment-can-complete".into(),
+            detail: format!(
+                "the reassignment {:?} -> {:?} has not completed {waited_s} s after the cluster healed (no faults, every fetcher free): replicas {replicas:?}",
+                r.origin, r.target
+            ),
+        }],
+        _ => Vec::new(),
+    }
+}
+
+/// The controller's own assertion: the metadata image refuses a record that breaks one of the
+/// model's invariants (`MetadataImage::apply`, named as the model names it) and the controller
+/// process stops there. Reads the controller's log.
+pub fn check_controller_log(log: &str) -> Vec<Violation> {
+    const MARK: &str = "breaks an invariant (";
+    let Some(at) = log.find(MARK) else {
+        return Vec::new();
+    };
+    let rest = &log[at + MARK.len()..];
+    let property: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let line_end = rest.find('\n').unwrap_or(rest.len());
+    let what: String = rest[..line_end].chars().take(240).collect();
+    vec![Violation {
+        property,
+        detail: format!(
+            "the active controller refused its own metadata record and stopped: {what}"
+        ),
+    }]
+}
+
 // ---- The control endpoint and metadata, from the replayer's side -------------------------
 
 /// A partition as a broker's control endpoint reports it.
@@ -631,7 +791,11 @@ struct Cluster {
     system: ProcessSystem,
     brokers: Vec<Broker>,
     /// Model broker → index into `brokers`.
-    map: [usize; 3],
+    map: Vec<usize>,
+    /// The reassignment requested and not cancelled.
+    requested: Option<Requested>,
+    /// The controller's log (`check_controller_log`).
+    controller_log: PathBuf,
     acked: Arc<Mutex<Vec<Acknowledged>>>,
     producers: Vec<std::thread::JoinHandle<()>>,
     next_value: u64,
@@ -695,7 +859,7 @@ impl Cluster {
     }
 
     fn model_of(&self, node: NodeId) -> usize {
-        (0..3)
+        (0..self.map.len())
             .find(|m| self.node(*m).id == node)
             .unwrap_or(usize::MAX)
     }
@@ -737,12 +901,85 @@ impl Cluster {
     }
 
     /// Runs one step; `Ok(note)` when it happened, `Err(note)` when it did not.
+    fn controller_stopped(&self) -> bool {
+        std::fs::read_to_string(&self.controller_log)
+            .is_ok_and(|l| !check_controller_log(&l).is_empty())
+    }
+
+    /// AlterPartitionReassignments for partition 0 (`None`: cancel), sent to a running broker,
+    /// which forwards it to the controller; the error code, or why there is none in time.
+    fn alter_reassignment(&self, target: Option<Vec<NodeId>>) -> Result<i16, String> {
+        use kcheck_reference::kafka_protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        use kcheck_reference::kafka_protocol::messages::{
+            AlterPartitionReassignmentsRequest, BrokerId, TopicName,
+        };
+        use kcheck_reference::kafka_protocol::protocol::StrBytes;
+        let req = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![ReassignableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![ReassignablePartition::default()
+                    .with_partition_index(0)
+                    .with_replicas(
+                        target.map(|t| t.into_iter().map(BrokerId).collect()),
+                    )])]);
+        let addr = self
+            .brokers
+            .iter()
+            .find(|b| self.running(b))
+            .ok_or("no broker is running")?
+            .addr
+            .clone();
+        // In a thread: a controller stopped at an assertion never answers, and the client
+        // waits 30 s.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = kcheck_reference::client::Client::connect(&addr)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| c.request(0, &req).map_err(|e| e.to_string()))
+                .map(|r| {
+                    let p = r
+                        .responses
+                        .first()
+                        .and_then(|t| t.partitions.first())
+                        .map_or(-1, |p| p.error_code);
+                    if r.error_code != 0 {
+                        r.error_code
+                    } else {
+                        p
+                    }
+                });
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(Duration::from_secs(12))
+            .map_err(|_| "AlterPartitionReassignments had no answer in 12 s".to_string())?
+    }
+
+    /// Model brokers → node ids.
+    fn nodes(&self, model_brokers: &[usize]) -> Vec<NodeId> {
+        model_brokers.iter().map(|m| self.node(*m).id).collect()
+    }
+
     fn run(
         &mut self,
         step: &Step,
         before: &ModelState,
         after: &ModelState,
+        next: Option<(&Step, &ModelState)>,
     ) -> Result<String, String> {
+        if self.controller_stopped() {
+            return Err("the controller stopped at an invariant assertion".into());
+        }
+        // The reference completes a reassignment in the same partition change as the
+        // AlterPartition (or request) that makes it possible, as KRaft does; the model may
+        // complete a step later. A step that waits for the model's state also accepts the
+        // state after the completion that follows it.
+        let completed_next = match next {
+            Some((Step::CompleteReassignment { .. }, s)) => Some(self.nodes(&s.replicas)),
+            _ => None,
+        };
         match *step {
             Step::Produce { acks_all } => {
                 // acks=1 is the `acks-1` flag's producer setting: without it, acks=all.
@@ -847,7 +1084,10 @@ impl Cluster {
                 want.sort_unstable();
                 let m = wait_for(STEP_WAIT, || {
                     let m = self.meta()?;
-                    (self.isr_models(&m) == want).then_some(m)
+                    let completed = completed_next
+                        .as_ref()
+                        .is_some_and(|r| same_set(&m.replicas, r));
+                    (self.isr_models(&m) == want || completed).then_some(m)
                 });
                 match m {
                     Some(m) => Ok(format!("ISR {:?}", m.isr)),
@@ -905,6 +1145,81 @@ impl Cluster {
                 .ok_or_else(|| format!("node {id} was not unfenced"))?;
                 Ok(format!("node {id} restarted and unfenced"))
             }
+            Step::Reassign { ref target } => {
+                let ids = self.nodes(target);
+                let m = self.meta().ok_or("no metadata")?;
+                let origin = match &self.requested {
+                    Some(r) if !same_set(&m.replicas, &r.target) => r.origin.clone(),
+                    _ => m.replicas.clone(),
+                };
+                let code = self.alter_reassignment(Some(ids.clone()))?;
+                if code != 0 {
+                    return Err(format!("AlterPartitionReassignments answered error {code}"));
+                }
+                self.requested = Some(Requested {
+                    origin,
+                    target: ids.clone(),
+                });
+                let want = self.nodes(&after.replicas);
+                let m = wait_for(STEP_WAIT, || {
+                    let m = self.meta()?;
+                    let done = completed_next
+                        .as_ref()
+                        .is_some_and(|r| same_set(&m.replicas, r));
+                    (same_set(&m.replicas, &want) || done).then_some(m)
+                })
+                .ok_or_else(|| format!("the replicas did not become {want:?}"))?;
+                Ok(format!(
+                    "target {ids:?}: replicas {:?}, ISR {:?}, leader {}",
+                    m.replicas, m.isr, m.leader
+                ))
+            }
+            Step::Cancel => {
+                let code = self.alter_reassignment(None)?;
+                if code != 0 {
+                    return Err(format!(
+                        "AlterPartitionReassignments (cancel) answered error {code}{}",
+                        if code == 85 {
+                            " NO_REASSIGNMENT_IN_PROGRESS: the reassignment had completed"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                self.requested = None;
+                let want = self.nodes(&after.replicas);
+                let m = wait_for(STEP_WAIT, || {
+                    let m = self.meta()?;
+                    same_set(&m.replicas, &want).then_some(m)
+                })
+                .ok_or_else(|| format!("the replicas did not revert to {want:?}"))?;
+                Ok(format!("replicas {:?}, ISR {:?}", m.replicas, m.isr))
+            }
+            Step::CompleteReassignment { leader } => {
+                let want = self.nodes(&after.replicas);
+                let m = wait_for(STEP_WAIT, || {
+                    let m = self.meta()?;
+                    same_set(&m.replicas, &want).then_some(m)
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "the controller did not complete: replicas {:?}",
+                        self.meta().map(|m| m.replicas)
+                    )
+                })?;
+                let id = self.node(leader).id;
+                Ok(format!(
+                    "replicas {:?}, ISR {:?}, leader {}{}",
+                    m.replicas,
+                    m.isr,
+                    m.leader,
+                    if m.leader == id {
+                        String::new()
+                    } else {
+                        format!(" (the model's: node {id})")
+                    }
+                ))
+            }
             Step::ElectLeader { broker } => {
                 let id = self.node(broker).id;
                 let b = self.node(broker);
@@ -932,6 +1247,9 @@ impl Cluster {
     /// reads the partition as a consumer does (Fetch up to the HW) once a leader has all three
     /// replicas in its ISR and its HW at its LEO: what is gone then is gone for clients too.
     fn heal_and_consume(&mut self) -> Result<Vec<(u64, u64)>, String> {
+        if self.controller_stopped() {
+            return Err("the controller stopped at an invariant assertion: no heal".into());
+        }
         for i in 0..self.brokers.len() {
             let id = self.brokers[i].id;
             if !self.system.is_running(id) {
@@ -945,7 +1263,9 @@ impl Cluster {
             let m = self.meta()?;
             let leader = self.brokers.iter().find(|b| b.id == m.leader)?;
             let p = self.state(leader)?;
-            (m.isr.len() == 3 && p.role == "leader" && p.high_watermark == p.log_end_offset)
+            (m.isr.len() == m.replicas.len()
+                && p.role == "leader"
+                && p.high_watermark == p.log_end_offset)
                 .then_some(())
         })
         .ok_or_else(|| {
@@ -956,7 +1276,7 @@ impl Cluster {
                 .and_then(|b| self.state(b))
                 .map(|p| format!("LEO={} HW={}", p.log_end_offset, p.high_watermark));
             format!(
-                "the healed cluster did not settle in 20 s (a leader with all three replicas in the ISR and its HW at its LEO): metadata {m:?}, leader {leader:?}"
+                "the healed cluster did not settle in 20 s (a leader with every replica in the ISR and its HW at its LEO): metadata {m:?}, leader {leader:?}"
             )
         })?;
         let bootstrap: Vec<String> = self.brokers.iter().map(|b| b.addr.clone()).collect();
@@ -980,10 +1300,16 @@ impl Cluster {
     }
 
     fn read_back(&self) -> Vec<ReplicaLog> {
-        let leader = self.meta().map(|m| m.leader);
+        let meta = self.meta();
+        let leader = meta.as_ref().map(|m| m.leader);
         let mut out = Vec::new();
-        for model_broker in 0..3 {
+        for model_broker in 0..self.map.len() {
             let b = self.node(model_broker);
+            // A replica the reassignment removed keeps its log on the reference broker; the
+            // model deletes it (StopReplica): only assigned replicas are compared.
+            if meta.as_ref().is_some_and(|m| !m.replicas.contains(&b.id)) {
+                continue;
+            }
             let Some(p) = self.state(b) else {
                 continue;
             };
@@ -1076,7 +1402,8 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         client_addr: None,
     });
     let mut brokers = Vec::new();
-    for id in 1..=3 {
+    let broker_count = model_states(trace)?[0].down.len() as NodeId;
+    for id in 1..=broker_count {
         let (listen, control_addr) = (port()?, port()?);
         let mut args: Vec<String> = [
             "broker",
@@ -1122,7 +1449,9 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
     let mut cluster = Cluster {
         system,
         brokers,
-        map: [0, 1, 2],
+        map: (0..broker_count as usize).collect(),
+        requested: None,
+        controller_log: dir.join(format!("n{CONTROLLER_ID}")).join("node.log"),
         acked: Arc::new(Mutex::new(Vec::new())),
         producers: Vec::new(),
         next_value: 0,
@@ -1143,7 +1472,7 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         let m = cluster.meta()?;
         let ready = m.replicas.len() == 3
             && m.isr.len() == 3
-            && cluster.brokers.iter().all(|b| {
+            && cluster.brokers.iter().filter(|b| m.replicas.contains(&b.id)).all(|b| {
                 cluster.state(b).is_some_and(|p| {
                     p.role
                         == if b.id == m.leader {
@@ -1164,6 +1493,16 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
             .iter()
             .position(|b| b.id == node)
             .ok_or("a replica on an unknown broker")?;
+    }
+    // The reassignment model's b3: the broker that holds no replica yet.
+    if let Some(spare) = cluster
+        .brokers
+        .iter()
+        .position(|b| !meta.replicas.contains(&b.id))
+    {
+        if cluster.map.len() > 3 {
+            cluster.map[3] = spare;
+        }
     }
     Ok(cluster)
 }
@@ -1189,7 +1528,8 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
     let mut reports = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let (before, after) = (&states[i], &states[i + 1]);
-        let result = cluster.run(step, before, after);
+        let next = steps.get(i + 1).map(|s| (s, &states[i + 2]));
+        let result = cluster.run(step, before, after, next);
         // The model's acknowledgements that this step made: give them time to arrive.
         if after.acknowledged > before.acknowledged {
             wait_for(Duration::from_secs(3), || {
@@ -1225,11 +1565,37 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
         .clone();
     let mut violations = check_committed(&acknowledged, logs.iter().find(|l| l.leader));
     violations.extend(check_consistency(&logs));
+    if let Some(m) = cluster.meta() {
+        violations.extend(check_assignment(
+            m.leader,
+            &m.replicas,
+            &m.isr,
+            cluster.requested.as_ref(),
+        ));
+    }
+    let controller_log = std::fs::read_to_string(&cluster.controller_log).unwrap_or_default();
+    violations.extend(check_controller_log(&controller_log));
     let consumed = cluster.heal_and_consume();
     if let Ok(records) = &consumed {
         violations.extend(check_consumed(&acknowledged, records));
+        if cluster.requested.is_some() {
+            // The healed cluster settled; the reassignment may complete a moment later.
+            let wait = Duration::from_secs(COMPLETE_AFTER_HEAL_S);
+            let replicas = wait_for(wait, || {
+                let m = cluster.meta()?;
+                let r = cluster.requested.as_ref()?;
+                same_set(&m.replicas, &r.target).then_some(m.replicas)
+            })
+            .or_else(|| cluster.meta().map(|m| m.replicas))
+            .unwrap_or_default();
+            violations.extend(check_completed(
+                &replicas,
+                cluster.requested.as_ref(),
+                COMPLETE_AFTER_HEAL_S,
+            ));
+        }
     }
-    let brokers = (0..3).map(|m| cluster.node(m).id).collect();
+    let brokers = (0..cluster.map.len()).map(|m| cluster.node(m).id).collect();
     drop(cluster);
     Ok(ReplayReport {
         model: trace.model.clone(),
@@ -1274,6 +1640,11 @@ mod tests {
             "replication-single-epoch-lookup",
             "replication-last-replica-standing",
             "replication-no-broker-epoch-check",
+            "reassignment-remove-before-caught-up",
+            "reassignment-leader-outside-target",
+            "reassignment-no-leader-move",
+            "reassignment-cancel-keeps-adding-in-isr",
+            "reassignment-replace-from-grown-set",
         ] {
             let t = trace(name);
             let steps = plan(&t).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1291,8 +1662,64 @@ mod tests {
             e.contains("not switchable from `kcheck broker --bug`"),
             "{e}"
         );
-        let e = plan(&trace("reassignment-remove-before-caught-up")).unwrap_err();
-        assert!(e.contains("reassignment model has no bug flag"), "{e}");
+        let e = plan(&trace("consumer-offsets-auto-commit")).unwrap_err();
+        assert!(e.contains("consumer-offsets model has no bug flag"), "{e}");
+    }
+
+    #[test]
+    fn a_reassignment_asks_for_the_models_completion_leader_first() {
+        let t = trace("reassignment-remove-before-caught-up");
+        let steps = plan(&t).unwrap();
+        assert!(steps.contains(&Step::Reassign {
+            target: vec![3, 1, 2]
+        }));
+        assert!(steps.contains(&Step::CompleteReassignment { leader: 3 }));
+        let s = model_states(&t).unwrap();
+        assert_eq!(s[0].replicas, vec![0, 1, 2]);
+        assert_eq!(s[5].replicas, vec![0, 1, 2, 3]);
+        assert_eq!(s[6].replicas, vec![1, 2, 3]);
+        // Replication traces: every broker is a replica.
+        let s = model_states(&trace("replication-acks-1")).unwrap();
+        assert_eq!(s[0].replicas, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn assignment_checker_passes_a_good_registration_and_catches_each_bad_one() {
+        let moved = Requested {
+            origin: vec![1, 2, 3],
+            target: vec![4, 2, 3],
+        };
+        // In progress, then completed with the added replica in the ISR.
+        assert!(check_assignment(1, &[4, 2, 3, 1], &[1, 2], Some(&moved)).is_empty());
+        assert!(check_assignment(4, &[4, 2, 3], &[4, 2], Some(&moved)).is_empty());
+        let v = check_assignment(1, &[4, 2, 3], &[4, 2], Some(&moved));
+        assert_eq!(v[0].property, "leader-in-replicas", "{v:?}");
+        let v = check_assignment(1, &[1, 2, 3], &[1, 2, 4], None);
+        assert_eq!(v[0].property, "isr-subset-of-replicas", "{v:?}");
+        let v = check_assignment(2, &[4, 2, 3], &[2, 3], Some(&moved));
+        assert_eq!(v[0].property, "completes-to-target", "{v:?}");
+        assert!(v[0].detail.contains("[4] outside the ISR"), "{v:?}");
+    }
+
+    #[test]
+    fn completion_checker_passes_a_completed_reassignment_and_catches_a_stuck_one() {
+        let moved = Requested {
+            origin: vec![1, 2, 3],
+            target: vec![4, 2, 3],
+        };
+        assert!(check_completed(&[2, 3, 4], Some(&moved), 10).is_empty());
+        assert!(check_completed(&[1, 2, 3], None, 10).is_empty());
+        let v = check_completed(&[4, 2, 3, 1], Some(&moved), 10);
+        assert_eq!(v[0].property, "reassignment-can-complete", "{v:?}");
+    }
+
+    #[test]
+    fn controller_log_checker_names_the_invariant_its_image_refused() {
+        assert!(check_controller_log("INFO elected\nINFO fenced broker 2\n").is_empty());
+        let log = "thread 'tokio-runtime-worker' panicked at reference/src/controller.rs:241:13:\nthe controller wrote a record its own image refuses (metadata record breaks an invariant (leader-in-replicas: PartitionRegistration { leader: 1 })): PartitionChange\n";
+        let v = check_controller_log(log);
+        assert_eq!(v[0].property, "leader-in-replicas", "{v:?}");
+        assert!(v[0].detail.contains("leader: 1"), "{v:?}");
     }
 
     #[test]
