@@ -688,7 +688,11 @@ pub fn check_assignment(
 
 /// `reassignment-can-complete`, as the healed cluster shows it: with every broker up and every
 /// fetcher free, the requested reassignment ends (the replicas become its target) in time.
-pub fn check_completed(replicas: &[NodeId], requested: Option<&Requested>, waited_s: u64) -> Vec<Violation> {
+pub fn check_completed(
+    replicas: &[NodeId],
+    requested: Option<&Requested>,
+    waited_s: u64,
+) -> Vec<Violation> {
     match requested {
         Some(r) if !same_set(replicas, &r.target) => vec![Violation {
             property: "reassignment-can-complete".into(),
@@ -714,8 +718,12 @@ pub fn check_controller_log(log: &str) -> Vec<Violation> {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect();
-    let line_end = rest.find('\n').unwrap_or(rest.len());
-    let what: String = rest[..line_end].chars().take(240).collect();
+    // The refused registration, up to the end of the invariant's parentheses.
+    let end = rest
+        .find(")):")
+        .or_else(|| rest.find('\n'))
+        .unwrap_or(rest.len());
+    let what: String = rest[..end].chars().take(300).collect();
     vec![Violation {
         property,
         detail: format!(
@@ -1472,16 +1480,20 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         let m = cluster.meta()?;
         let ready = m.replicas.len() == 3
             && m.isr.len() == 3
-            && cluster.brokers.iter().filter(|b| m.replicas.contains(&b.id)).all(|b| {
-                cluster.state(b).is_some_and(|p| {
-                    p.role
-                        == if b.id == m.leader {
-                            "leader"
-                        } else {
-                            "follower"
-                        }
-                })
-            });
+            && cluster
+                .brokers
+                .iter()
+                .filter(|b| m.replicas.contains(&b.id))
+                .all(|b| {
+                    cluster.state(b).is_some_and(|p| {
+                        p.role
+                            == if b.id == m.leader {
+                                "leader"
+                            } else {
+                                "follower"
+                            }
+                    })
+                });
         ready.then_some(m)
     })
     .ok_or("the replay topic did not get a leader and three in-sync replicas in 10 s")?;

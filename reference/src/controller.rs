@@ -1181,8 +1181,11 @@ mod tests {
 
     fn add_to_isr(c: &mut Controller, epochs: &[BrokerEpoch], id: Uuid, b: BrokerId) {
         let p = c.image().topics[&id].partitions[&0].clone();
-        let mut isr: Vec<(BrokerId, BrokerEpoch)> =
-            p.isr.iter().map(|x| (*x, epochs[*x as usize - 1])).collect();
+        let mut isr: Vec<(BrokerId, BrokerEpoch)> = p
+            .isr
+            .iter()
+            .map(|x| (*x, epochs[*x as usize - 1]))
+            .collect();
         isr.push((b, epochs[b as usize - 1]));
         let req = AlterPartitionRequest {
             topic_id: id,
