@@ -120,6 +120,29 @@ fn last_replica_standing_reelects_the_replica_that_lost_its_unflushed_record() {
 }
 
 #[test]
+fn no_broker_epoch_check_readds_the_killed_incarnation_only_with_the_flag() {
+    // The unclean crash loses b1's unflushed record through LazyFs (root and /dev/fuse).
+    if !broker_support::require(
+        "LazyFs (root and /dev/fuse)",
+        kcheck_harness::lazyfs::available().is_ok(),
+        "run as root on a kernel with FUSE",
+    ) {
+        return;
+    }
+    let with = reproduces_only_with_the_flag(
+        "replication-no-broker-epoch-check",
+        "no-broker-epoch-check",
+    );
+    // b1's killed incarnation's Fetch (offset 1), handled after the restart, put the empty
+    // b1 back in the ISR; b0's clean shutdown elected it.
+    assert!(
+        with.violations[0].detail.contains("leader b1"),
+        "{:?}",
+        with.violations
+    );
+}
+
+#[test]
 fn remove_before_caught_up_elects_the_adding_replica_that_holds_nothing() {
     let with = reproduces_only_with_the_flag(
         "reassignment-remove-before-caught-up",

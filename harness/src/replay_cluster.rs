@@ -198,12 +198,6 @@ impl ReplayReport {
 /// processes, and why (specs/conformance.md, "Replaying model traces").
 pub fn not_forceable(flag: &str) -> Option<&'static str> {
     match flag {
-        "no-broker-epoch-check" => Some(
-            "the model's leader re-adds b1 to the ISR on the state of its previous incarnation; \
-             on the cluster that takes a Fetch sent by the killed process and delivered after \
-             the restart (Fetch v12 carries no broker epoch), and the restarted b1's own first \
-             fetch resets its LEO on the leader before any expansion",
-        ),
         "cancel-keeps-adding-in-isr" => Some(
             "the model cancels after the adding replica joined the ISR but before the \
              controller completes; the reference controller completes in the same partition \
@@ -241,12 +235,18 @@ pub enum Step {
     },
     ExpandIsr {
         follower: usize,
+        /// The model re-adds a restarted follower on its previous incarnation's state: on
+        /// the cluster, the leader handles that incarnation's held Fetch now.
+        stale: bool,
     },
     HandleAlterPartition,
     Crash {
         broker: usize,
         clean: bool,
         lose_unsynced: bool,
+        /// Before the kill, one Fetch of this incarnation is sent and held on the leader
+        /// (`follower-fetch`), for a later stale `expand-isr`.
+        stale_fetch: bool,
     },
     Restart {
         broker: usize,
@@ -414,9 +414,13 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
             "shrink-isr" => Step::ShrinkIsr {
                 follower: field_usize(a, "follower")?,
             },
-            "expand-isr" => Step::ExpandIsr {
-                follower: field_usize(a, "follower")?,
-            },
+            "expand-isr" => {
+                let follower = field_usize(a, "follower")?;
+                Step::ExpandIsr {
+                    follower,
+                    stale: re_added_without_fetch(trace, i, follower),
+                }
+            }
             "handle-alter-partition" => Step::HandleAlterPartition,
             "crash" => {
                 let broker = field_usize(a, "broker")?;
@@ -429,10 +433,20 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
                         i + 1
                     ));
                 }
+                // A follower the model re-adds on its previous incarnation's state.
+                let re_added = trace.steps[i + 1..]
+                    .iter()
+                    .enumerate()
+                    .any(|(k, s)| {
+                        s.action.get("action").and_then(|v| v.as_str()) == Some("expand-isr")
+                            && field_usize(&s.action, "follower").ok() == Some(broker)
+                            && re_added_without_fetch(trace, i + 1 + k, broker)
+                    });
                 Step::Crash {
                     broker,
                     clean,
                     lose_unsynced: !clean && flushed < leo,
+                    stale_fetch: !clean && re_added,
                 }
             }
             "restart" => Step::Restart {
@@ -479,6 +493,27 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
         out.push(s);
     }
     Ok(out)
+}
+
+/// Whether the model's `expand-isr` of `follower` at step `at` re-adds a follower that
+/// restarted and has not fetched since: the leader's view of it is its previous
+/// incarnation's (what `no-broker-epoch-check` keeps).
+fn re_added_without_fetch(trace: &Trace, at: usize, follower: usize) -> bool {
+    for s in trace.steps[..at].iter().rev() {
+        let kind = s.action.get("action").and_then(|v| v.as_str());
+        let who = field_usize(&s.action, "broker")
+            .or_else(|_| field_usize(&s.action, "follower"))
+            .ok();
+        if who != Some(follower) {
+            continue;
+        }
+        match kind {
+            Some("fetch") => return false,
+            Some("restart") => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Bug flags `kcheck broker --bug` accepts (either half).
@@ -1069,7 +1104,29 @@ impl Cluster {
                 let m = done.ok_or_else(|| format!("node {target} stayed in the ISR"))?;
                 Ok(format!("ISR {:?}", m.isr))
             }
-            Step::ExpandIsr { follower } => {
+            Step::ExpandIsr {
+                follower,
+                stale: true,
+            } => {
+                // The killed incarnation's Fetch has waited on the leader since the crash.
+                let leader = self.node(before.leader.ok_or("the model has no leader")?);
+                control(&leader.control, "release follower-fetch")?;
+                let id = self.node(follower).id;
+                let m = wait_for(Duration::from_secs(3), || {
+                    let m = self.meta()?;
+                    m.isr.contains(&id).then_some(m)
+                });
+                match m {
+                    Some(m) => Ok(format!(
+                        "the leader handled the killed incarnation's Fetch after the restart: ISR {:?}",
+                        m.isr
+                    )),
+                    None => Err(format!(
+                        "the leader handled the killed incarnation's Fetch after the restart; node {id} stayed out of the ISR (KIP-903: its broker epoch is stale)"
+                    )),
+                }
+            }
+            Step::ExpandIsr { follower, .. } => {
                 let b = self.node(follower);
                 for round in 0..=5 {
                     if let Some(m) = self.meta() {
@@ -1109,9 +1166,29 @@ impl Cluster {
                 broker,
                 clean,
                 lose_unsynced,
+                stale_fetch,
             } => {
                 let id = self.node(broker).id;
                 let mut note = String::new();
+                if stale_fetch {
+                    // One more Fetch of this incarnation, held on the leader until the model
+                    // re-adds the follower (after its restart).
+                    let leader = self.node(before.leader.ok_or("the model has no leader")?);
+                    let leader_control = leader.control.clone();
+                    control(&leader_control, "hold follower-fetch")?;
+                    let follower_control = self.node(broker).control.clone();
+                    std::thread::spawn(move || {
+                        // Never answered: the fetch waits on the leader, then this process dies.
+                        let _ = control(&follower_control, "step fetcher 1");
+                    });
+                    wait_for(Duration::from_secs(5), || {
+                        let json = control(&leader_control, "state").ok()?;
+                        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+                        (v.get("follower_fetch_waiting")?.as_u64()? >= 1).then_some(())
+                    })
+                    .ok_or("the follower's Fetch did not reach the leader")?;
+                    note.push_str("one Fetch held on the leader; ");
+                }
                 if clean {
                     let exited = self
                         .system
@@ -1266,6 +1343,7 @@ impl Cluster {
         }
         for b in &self.brokers {
             control(&b.control, "release fetcher")?;
+            control(&b.control, "release follower-fetch")?;
         }
         wait_for(Duration::from_secs(20), || {
             let m = self.meta()?;
