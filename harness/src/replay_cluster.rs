@@ -2,7 +2,9 @@
 //! a deterministic schedule on real `kcheck broker` processes (issue 9).
 //!
 //! The replication model's brokers b0, b1, b2 are the replicas of one partition on brokers of
-//! a real KRaft cluster (one controller, three brokers, `min.insync.replicas` 2). Every broker
+//! a real KRaft cluster (one controller, three brokers, `min.insync.replicas` 2); the
+//! reassignment model's b3 is a fourth broker that holds no replica until a reassignment adds
+//! it. Every broker
 //! runs with `--test-control`, whose replica fetcher starts held: a follower copies nothing
 //! unless the schedule says so. Each model action becomes one step on the cluster:
 //!
@@ -12,16 +14,20 @@
 //! | `fetch{follower}` | `step fetcher 1` on the follower: exactly one Fetch round is sent, answered and applied |
 //! | `become-follower{broker}` | wait until the broker applied the leader epoch as a follower (a `truncate-to-hw` truncation happens there); a truncation the model does on becoming follower, the broker does on its next fetch round (KIP-279 inside Fetch v12) |
 //! | `shrink-isr{follower}` | the followers the model keeps in the ISR fetch freely while the leader's `replica.lag.time.max.ms` lapses for the held one; wait until the controller's ISR lacks it |
-//! | `expand-isr{follower}` | fetch rounds of that follower (at most 5) until the ISR has it |
+//! | `expand-isr{follower}` | fetch rounds of that follower (at most 5) until the ISR has it; for a follower that restarted and has not fetched since, the leader handles the killed incarnation's Fetch, held on it since the crash (`follower-fetch`) |
 //! | `handle-alter-partition` | wait until the ISR is the model's (the AlterPartition was sent with the shrink/expand) |
-//! | `crash{clean}` | SIGTERM (controlled shutdown: flush, fenced at once); unclean: SIGKILL and LazyFs drops what was not fsynced (brokers run `--flush never`), then wait until the controller fenced it |
+//! | `crash{clean}` | SIGTERM (controlled shutdown: flush, fenced at once); unclean: SIGKILL and LazyFs drops what was not fsynced (brokers run `--flush never`), then wait until the controller fenced it; before killing a follower the model re-adds without a fetch, one of its Fetch requests is held on the leader |
 //! | `restart` | start it again on the same data directory; wait until it is unfenced |
 //! | `elect-leader{broker}` | wait until the metadata names that broker leader (the controller elects when the previous leader is fenced) |
+//! | `reassign{target}` / `cancel` | AlterPartitionReassignments (null target: cancel); wait until the replicas are the model's |
+//! | `complete-reassignment{leader}` | wait until the replicas are the target (the controller completes on its own) |
 //!
 //! After the schedule the replayer reads every broker's log through its control endpoint and
 //! checks the model's invariants in Kafka's terms: `no-committed-data-loss` (every
-//! acknowledged record is at its offset in the current leader's log) and
-//! `replica-log-consistency` (two replicas agree below both their HWs). A step whose condition
+//! acknowledged record is at its offset in the current leader's log),
+//! `replica-log-consistency` (two replicas agree below both their HWs), the reassignment
+//! model's `leader-in-replicas`, `isr-subset-of-replicas`, `completes-to-target` and
+//! `reassignment-can-complete`, and the controller's own invariant assertions (its log). A step whose condition
 //! does not come true in time "did not happen" — on the correct protocol that is expected of
 //! the steps that need the bug — and the replay goes on.
 //!
