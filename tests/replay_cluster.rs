@@ -129,10 +129,8 @@ fn no_broker_epoch_check_readds_the_killed_incarnation_only_with_the_flag() {
     ) {
         return;
     }
-    let with = reproduces_only_with_the_flag(
-        "replication-no-broker-epoch-check",
-        "no-broker-epoch-check",
-    );
+    let with =
+        reproduces_only_with_the_flag("replication-no-broker-epoch-check", "no-broker-epoch-check");
     // b1's killed incarnation's Fetch (offset 1), handled after the restart, put the empty
     // b1 back in the ISR; b0's clean shutdown elected it.
     assert!(

@@ -440,14 +440,11 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
                     ));
                 }
                 // A follower the model re-adds on its previous incarnation's state.
-                let re_added = trace.steps[i + 1..]
-                    .iter()
-                    .enumerate()
-                    .any(|(k, s)| {
-                        s.action.get("action").and_then(|v| v.as_str()) == Some("expand-isr")
-                            && field_usize(&s.action, "follower").ok() == Some(broker)
-                            && re_added_without_fetch(trace, i + 1 + k, broker)
-                    });
+                let re_added = trace.steps[i + 1..].iter().enumerate().any(|(k, s)| {
+                    s.action.get("action").and_then(|v| v.as_str()) == Some("expand-isr")
+                        && field_usize(&s.action, "follower").ok() == Some(broker)
+                        && re_added_without_fetch(trace, i + 1 + k, broker)
+                });
                 Step::Crash {
                     broker,
                     clean,
@@ -1760,6 +1757,38 @@ mod tests {
         );
         let e = plan(&trace("consumer-offsets-auto-commit")).unwrap_err();
         assert!(e.contains("consumer-offsets model has no bug flag"), "{e}");
+    }
+
+    #[test]
+    fn only_a_follower_re_added_before_it_fetches_again_gets_a_stale_fetch() {
+        let t = trace("replication-no-broker-epoch-check");
+        let steps = plan(&t).unwrap();
+        assert_eq!(
+            steps[5],
+            Step::Crash {
+                broker: 1,
+                clean: false,
+                lose_unsynced: true,
+                stale_fetch: true
+            }
+        );
+        assert_eq!(
+            steps[8],
+            Step::ExpandIsr {
+                follower: 1,
+                stale: true
+            }
+        );
+        // single-epoch-lookup re-adds b2 after it fetched again: an ordinary expansion.
+        let steps = plan(&trace("replication-single-epoch-lookup")).unwrap();
+        assert!(steps.iter().all(|s| !matches!(
+            s,
+            Step::ExpandIsr { stale: true, .. }
+                | Step::Crash {
+                    stale_fetch: true,
+                    ..
+                }
+        )));
     }
 
     #[test]

@@ -968,7 +968,6 @@ async fn fetch_rounds(
     v: i16,
     follower: bool,
 ) -> FetchResponse {
-
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;

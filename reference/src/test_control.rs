@@ -263,8 +263,9 @@ fn state_json(shared: &Shared, control: &TestControl) -> String {
 
 async fn answer(line: &str, shared: &Shared, control: &TestControl) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let unknown_gate =
-        |g: &str| format!("error unknown hold point {g:?} (known: fetcher, alter-partition, follower-fetch)");
+    let unknown_gate = |g: &str| {
+        format!("error unknown hold point {g:?} (known: fetcher, alter-partition, follower-fetch)")
+    };
     match words.as_slice() {
         ["state"] => format!("ok {}", state_json(shared, control)),
         ["hold", g] => match control.gate(g) {
