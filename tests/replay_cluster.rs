@@ -212,7 +212,7 @@ fn traces_that_cannot_run_on_a_cluster_exit_2_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("not switchable from `kcheck broker --bug`"),
+        err.contains("which the test control endpoint does not hold yet"),
         "{err}"
     );
     // A flag the trace was not recorded with.

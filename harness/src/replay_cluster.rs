@@ -374,7 +374,7 @@ fn field_usize(a: &serde_json::Value, name: &str) -> Result<usize, String> {
 /// The schedule of a replication trace, or why it cannot run on a cluster.
 pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
     if trace.model == "kraft" {
-        return Err("the kraft model's mutations (RaftBug in reference/src/raft.rs) are not switchable from `kcheck broker --bug`, and its traces are schedules of single Vote/Fetch/BeginQuorumEpoch deliveries, drops and timeouts between controllers, which the test control endpoint does not hold; `kcheck replay TRACE` replays it in the model".into());
+        return Err("the kraft model's traces are schedules of single Vote/Fetch/BeginQuorumEpoch deliveries, drops and timeouts between controllers, which the test control endpoint does not hold yet (`kcheck broker --bug` switches on the reference Raft's mutations, RaftBug in reference/src/raft.rs; specs/conformance.md has the plan); `kcheck replay TRACE` replays it in the model".into());
     }
     if !REPLAYABLE_MODELS.contains(&trace.model.as_str()) {
         return Err(format!(
@@ -1752,7 +1752,7 @@ mod tests {
         assert!(e.contains("no counterpart"), "{e}");
         let e = plan(&trace("kraft-forget-vote-on-restart")).unwrap_err();
         assert!(
-            e.contains("not switchable from `kcheck broker --bug`"),
+            e.contains("which the test control endpoint does not hold yet"),
             "{e}"
         );
         let e = plan(&trace("consumer-offsets-auto-commit")).unwrap_err();
