@@ -138,3 +138,41 @@ fn first_batch_is_returned_even_when_larger_than_the_limit() {
         "a fetch from mid-batch returns the batch containing the offset"
     );
 }
+
+#[test]
+fn fetch_v13_names_the_topic_by_id_and_answers_unknown_topic_id_for_another() {
+    // Fetch v13+ names topics by id (KIP-516); the broker speaks up to v15 so that followers
+    // can carry their broker epoch (KIP-903).
+    let (_dir, _broker, mut c) = setup();
+    c.request(9, &produce_req(1, build(0, 3, 10, 0))).unwrap();
+    let meta = c
+        .request(12, &MetadataRequest::default().with_topics(None))
+        .unwrap();
+    let id = meta
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref() == Some(&name()))
+        .expect("the topic is listed")
+        .topic_id;
+    let by_id = |topic_id| {
+        FetchRequest::default()
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    for version in [13, 15] {
+        let r = c.request(version, &by_id(id)).unwrap();
+        assert_eq!(r.responses[0].topic_id, id, "v{version}");
+        let p = &r.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, 3), "v{version}");
+        let records = p.records.clone().unwrap_or_default();
+        assert_eq!(scan(&records).batches.len(), 1, "v{version}");
+    }
+    // The nil id names no topic: UNKNOWN_TOPIC_ID.
+    let r = c.request(13, &by_id(Default::default())).unwrap();
+    assert_eq!(r.responses[0].partitions[0].error_code, 100);
+}

@@ -219,6 +219,89 @@ fn cluster_commands_refuse_bad_input_with_the_fix() {
     );
     let out = kcheck(&["broker", "--bug", "truncate-to-hw"]);
     assert_eq!(out.status.code(), Some(2), "a bug flag needs cluster mode");
+    // The reference Raft's mutations go to the role that runs them: a voter's to controllers,
+    // an observer's to brokers.
+    assert!(err.contains("vote-twice-in-epoch"), "{err}");
+    let broker_only = |bug: &str| {
+        kcheck(&[
+            "broker",
+            "--process-roles",
+            "broker",
+            "--node-id",
+            "1",
+            "--controller-quorum-voters",
+            "3001@127.0.0.1:1",
+            "--bug",
+            bug,
+        ])
+    };
+    let out = broker_only("vote-twice-in-epoch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a controller choice"), "{err}");
+    let out = kcheck(&[
+        "broker",
+        "--process-roles",
+        "controller",
+        "--node-id",
+        "3001",
+        "--controller-listen",
+        "127.0.0.1:1",
+        "--controller-quorum-voters",
+        "3001@127.0.0.1:1",
+        "--bug",
+        "apply-uncommitted",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a broker choice"), "{err}");
+}
+
+#[test]
+fn a_cluster_starts_with_the_reference_rafts_mutations_switched_on() {
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("c");
+    let d = d.to_str().unwrap();
+    let up = kcheck(&[
+        "cluster",
+        "up",
+        "--brokers",
+        "1",
+        "--controllers",
+        "1",
+        "--data-dir",
+        d,
+        "--bug",
+        "forget-vote-on-restart",
+        "--bug",
+        "apply-uncommitted",
+    ]);
+    let state = std::fs::read_to_string(dir.path().join("c/cluster.json"));
+    let down = kcheck(&["cluster", "down", "--data-dir", d]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(down.status.success());
+    // Each flag reached the role that runs it.
+    let state: serde_json::Value = serde_json::from_str(&state.unwrap()).unwrap();
+    let args = |role: &str| -> String {
+        state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"].as_str().is_some_and(|r| r.contains(role)))
+            .map(|n| n["args"].to_string())
+            .collect()
+    };
+    assert!(
+        args("controller").contains("forget-vote-on-restart"),
+        "{state}"
+    );
+    assert!(!args("controller").contains("apply-uncommitted"), "{state}");
+    assert!(args("broker").contains("apply-uncommitted"), "{state}");
 }
 
 /// AlterPartitionReassignments v0 for partition 0 of `topic`, sent to any broker (which

@@ -2,7 +2,9 @@
 //! a deterministic schedule on real `kcheck broker` processes (issue 9).
 //!
 //! The replication model's brokers b0, b1, b2 are the replicas of one partition on brokers of
-//! a real KRaft cluster (one controller, three brokers, `min.insync.replicas` 2). Every broker
+//! a real KRaft cluster (one controller, three brokers, `min.insync.replicas` 2); the
+//! reassignment model's b3 is a fourth broker that holds no replica until a reassignment adds
+//! it. Every broker
 //! runs with `--test-control`, whose replica fetcher starts held: a follower copies nothing
 //! unless the schedule says so. Each model action becomes one step on the cluster:
 //!
@@ -12,16 +14,20 @@
 //! | `fetch{follower}` | `step fetcher 1` on the follower: exactly one Fetch round is sent, answered and applied |
 //! | `become-follower{broker}` | wait until the broker applied the leader epoch as a follower (a `truncate-to-hw` truncation happens there); a truncation the model does on becoming follower, the broker does on its next fetch round (KIP-279 inside Fetch v12) |
 //! | `shrink-isr{follower}` | the followers the model keeps in the ISR fetch freely while the leader's `replica.lag.time.max.ms` lapses for the held one; wait until the controller's ISR lacks it |
-//! | `expand-isr{follower}` | fetch rounds of that follower (at most 5) until the ISR has it |
+//! | `expand-isr{follower}` | fetch rounds of that follower (at most 5) until the ISR has it; for a follower that restarted and has not fetched since, the leader handles the killed incarnation's Fetch, held on it since the crash (`follower-fetch`) |
 //! | `handle-alter-partition` | wait until the ISR is the model's (the AlterPartition was sent with the shrink/expand) |
-//! | `crash{clean}` | SIGTERM (controlled shutdown: flush, fenced at once); unclean: SIGKILL and LazyFs drops what was not fsynced (brokers run `--flush never`), then wait until the controller fenced it |
+//! | `crash{clean}` | SIGTERM (controlled shutdown: flush, fenced at once); unclean: SIGKILL and LazyFs drops what was not fsynced (brokers run `--flush never`), then wait until the controller fenced it; before killing a follower the model re-adds without a fetch, one of its Fetch requests is held on the leader |
 //! | `restart` | start it again on the same data directory; wait until it is unfenced |
 //! | `elect-leader{broker}` | wait until the metadata names that broker leader (the controller elects when the previous leader is fenced) |
+//! | `reassign{target}` / `cancel` | AlterPartitionReassignments (null target: cancel); wait until the replicas are the model's |
+//! | `complete-reassignment{leader}` | wait until the replicas are the target (the controller completes on its own) |
 //!
 //! After the schedule the replayer reads every broker's log through its control endpoint and
 //! checks the model's invariants in Kafka's terms: `no-committed-data-loss` (every
-//! acknowledged record is at its offset in the current leader's log) and
-//! `replica-log-consistency` (two replicas agree below both their HWs). A step whose condition
+//! acknowledged record is at its offset in the current leader's log),
+//! `replica-log-consistency` (two replicas agree below both their HWs), the reassignment
+//! model's `leader-in-replicas`, `isr-subset-of-replicas`, `completes-to-target` and
+//! `reassignment-can-complete`, and the controller's own invariant assertions (its log). A step whose condition
 //! does not come true in time "did not happen" — on the correct protocol that is expected of
 //! the steps that need the bug — and the replay goes on.
 //!
@@ -42,7 +48,7 @@ use std::time::{Duration, Instant};
 pub const TOPIC: &str = "kcheck-replay";
 const CONTROLLER_ID: NodeId = 3001;
 /// The trace models that have a bug flag in the broker or controller processes.
-const REPLAYABLE_MODELS: [&str; 1] = ["replication"];
+const REPLAYABLE_MODELS: [&str; 2] = ["replication", "reassignment"];
 /// `broker.session.timeout.ms` on the controller: an unclean crash is fenced this long after.
 const SESSION_TIMEOUT_MS: u64 = 3000;
 /// `replica.lag.time.max.ms` when the trace shrinks the ISR (the wait of a `shrink-isr`
@@ -51,6 +57,8 @@ const LAG_TIME_SHRINK_MS: u64 = 2000;
 const LAG_TIME_NO_SHRINK_MS: u64 = 120_000;
 /// How long a condition of a step may take before the step "did not happen".
 const STEP_WAIT: Duration = Duration::from_secs(8);
+/// How long the healed cluster has to complete a requested reassignment.
+const COMPLETE_AFTER_HEAL_S: u64 = 10;
 
 /// What the replay needs besides the trace.
 #[derive(Debug, Clone)]
@@ -196,11 +204,11 @@ impl ReplayReport {
 /// processes, and why (specs/conformance.md, "Replaying model traces").
 pub fn not_forceable(flag: &str) -> Option<&'static str> {
     match flag {
-        "no-broker-epoch-check" => Some(
-            "the model's leader re-adds b1 to the ISR on the state of its previous incarnation; \
-             on the cluster that takes a Fetch sent by the killed process and delivered after \
-             the restart (Fetch v12 carries no broker epoch), and the restarted b1's own first \
-             fetch resets its LEO on the leader before any expansion",
+        "cancel-keeps-adding-in-isr" => Some(
+            "the model cancels after the adding replica joined the ISR but before the \
+             controller completes; the reference controller completes in the same partition \
+             change as the AlterPartition that adds the last adding replica (as KRaft does), so \
+             the cancel finds no reassignment in progress (NO_REASSIGNMENT_IN_PROGRESS)",
         ),
         _ => None,
     }
@@ -233,18 +241,34 @@ pub enum Step {
     },
     ExpandIsr {
         follower: usize,
+        /// The model re-adds a restarted follower on its previous incarnation's state: on
+        /// the cluster, the leader handles that incarnation's held Fetch now.
+        stale: bool,
     },
     HandleAlterPartition,
     Crash {
         broker: usize,
         clean: bool,
         lose_unsynced: bool,
+        /// Before the kill, one Fetch of this incarnation is sent and held on the leader
+        /// (`follower-fetch`), for a later stale `expand-isr`.
+        stale_fetch: bool,
     },
     Restart {
         broker: usize,
     },
     ElectLeader {
         broker: usize,
+    },
+    /// AlterPartitionReassignments to `target` (model brokers, in the replica order the
+    /// cluster is asked for: the model's next completion leader first).
+    Reassign {
+        target: Vec<usize>,
+    },
+    /// AlterPartitionReassignments with a null target.
+    Cancel,
+    CompleteReassignment {
+        leader: usize,
     },
 }
 
@@ -258,6 +282,9 @@ pub struct ModelState {
     pub down: Vec<bool>,
     pub leo: Vec<u64>,
     pub acknowledged: usize,
+    /// The assigned replicas (the reassignment model's `assignment:` line; every broker in a
+    /// replication trace).
+    pub replicas: Vec<usize>,
 }
 
 fn broker_index(s: &str) -> Option<usize> {
@@ -289,6 +316,13 @@ pub fn parse_state(lines: &[String]) -> Result<ModelState, String> {
                     }
                 }
             }
+            Some(&"assignment:") => {
+                for w in &words[1..] {
+                    if let Some(v) = w.strip_prefix("replicas=") {
+                        s.replicas = broker_set(v);
+                    }
+                }
+            }
             Some(w) if w.starts_with("acknowledged=") => {
                 let list = w
                     .trim_start_matches("acknowledged=")
@@ -316,6 +350,9 @@ pub fn parse_state(lines: &[String]) -> Result<ModelState, String> {
     if s.down.is_empty() {
         return Err("no broker lines in the model state (not a replication trace?)".into());
     }
+    if s.replicas.is_empty() {
+        s.replicas = (0..s.down.len()).collect();
+    }
     Ok(s)
 }
 
@@ -337,7 +374,7 @@ fn field_usize(a: &serde_json::Value, name: &str) -> Result<usize, String> {
 /// The schedule of a replication trace, or why it cannot run on a cluster.
 pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
     if trace.model == "kraft" {
-        return Err("the kraft model's mutations (RaftBug in reference/src/raft.rs) are not switchable from `kcheck broker --bug`, and its traces are schedules of single Vote/Fetch/BeginQuorumEpoch deliveries, drops and timeouts between controllers, which the test control endpoint does not hold; `kcheck replay TRACE` replays it in the model".into());
+        return Err("the kraft model's traces are schedules of single Vote/Fetch/BeginQuorumEpoch deliveries, drops and timeouts between controllers, which the test control endpoint does not hold yet (`kcheck broker --bug` switches on the reference Raft's mutations, RaftBug in reference/src/raft.rs; specs/conformance.md has the plan); `kcheck replay TRACE` replays it in the model".into());
     }
     if !REPLAYABLE_MODELS.contains(&trace.model.as_str()) {
         return Err(format!(
@@ -357,10 +394,13 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
         return Err("the cluster runs min.insync.replicas 2 (the controller's setting); re-record the trace with --min-isr 2".into());
     }
     let states = model_states(trace)?;
-    if states[0].down.len() != 3 {
+    // A partition with three replicas; the reassignment model has one more broker to move to.
+    let brokers = if trace.model == "reassignment" { 4 } else { 3 };
+    if states[0].down.len() != brokers || states[0].replicas.len() != 3 {
         return Err(format!(
-            "the cluster replay has three brokers; this trace has {}",
-            states[0].down.len()
+            "the cluster replay has {brokers} brokers and a partition with three replicas; this trace has {} brokers and {} replicas",
+            states[0].down.len(),
+            states[0].replicas.len()
         ));
     }
     let mut out = Vec::new();
@@ -380,9 +420,13 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
             "shrink-isr" => Step::ShrinkIsr {
                 follower: field_usize(a, "follower")?,
             },
-            "expand-isr" => Step::ExpandIsr {
-                follower: field_usize(a, "follower")?,
-            },
+            "expand-isr" => {
+                let follower = field_usize(a, "follower")?;
+                Step::ExpandIsr {
+                    follower,
+                    stale: re_added_without_fetch(trace, i, follower),
+                }
+            }
             "handle-alter-partition" => Step::HandleAlterPartition,
             "crash" => {
                 let broker = field_usize(a, "broker")?;
@@ -395,10 +439,17 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
                         i + 1
                     ));
                 }
+                // A follower the model re-adds on its previous incarnation's state.
+                let re_added = trace.steps[i + 1..].iter().enumerate().any(|(k, s)| {
+                    s.action.get("action").and_then(|v| v.as_str()) == Some("expand-isr")
+                        && field_usize(&s.action, "follower").ok() == Some(broker)
+                        && re_added_without_fetch(trace, i + 1 + k, broker)
+                });
                 Step::Crash {
                     broker,
                     clean,
                     lose_unsynced: !clean && flushed < leo,
+                    stale_fetch: !clean && re_added,
                 }
             }
             "restart" => Step::Restart {
@@ -407,11 +458,65 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
             "elect-leader" => Step::ElectLeader {
                 broker: field_usize(a, "broker")?,
             },
+            "reassign" => {
+                let mut target: Vec<usize> = a
+                    .get("target")
+                    .and_then(|v| v.as_array())
+                    .ok_or_else(|| format!("action {a} has no target"))?
+                    .iter()
+                    .filter_map(|v| v.as_u64().map(|b| b as usize))
+                    .collect();
+                // The controller elects the first live ISR member in replica order: ask for
+                // the model's next completion leader first.
+                let next_leader = trace.steps[i + 1..]
+                    .iter()
+                    .map(|s| &s.action)
+                    .find(|a| {
+                        matches!(
+                            a.get("action").and_then(|v| v.as_str()),
+                            Some("reassign" | "cancel" | "complete-reassignment")
+                        )
+                    })
+                    .filter(|a| {
+                        a.get("action").and_then(|v| v.as_str()) == Some("complete-reassignment")
+                    })
+                    .and_then(|a| a.get("leader").and_then(|v| v.as_u64()))
+                    .map(|b| b as usize);
+                if let Some(l) = next_leader {
+                    target.sort_by_key(|b| (*b != l, *b));
+                }
+                Step::Reassign { target }
+            }
+            "cancel" => Step::Cancel,
+            "complete-reassignment" => Step::CompleteReassignment {
+                leader: field_usize(a, "leader")?,
+            },
             other => return Err(format!("step {}: unknown action {other:?}", i + 1)),
         };
         out.push(s);
     }
     Ok(out)
+}
+
+/// Whether the model's `expand-isr` of `follower` at step `at` re-adds a follower that
+/// restarted and has not fetched since: the leader's view of it is its previous
+/// incarnation's (what `no-broker-epoch-check` keeps).
+fn re_added_without_fetch(trace: &Trace, at: usize, follower: usize) -> bool {
+    for s in trace.steps[..at].iter().rev() {
+        let kind = s.action.get("action").and_then(|v| v.as_str());
+        let who = field_usize(&s.action, "broker")
+            .or_else(|_| field_usize(&s.action, "follower"))
+            .ok();
+        if who != Some(follower) {
+            continue;
+        }
+        match kind {
+            Some("fetch") => return false,
+            Some("restart") => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Bug flags `kcheck broker --bug` accepts (either half).
@@ -564,6 +669,107 @@ pub fn check_consistency(replicas: &[ReplicaLog]) -> Vec<Violation> {
     out
 }
 
+/// A reassignment the replayer requested: the replica set before it (kept across a replacing
+/// request, as the model's `origin`) and the last requested target, as broker node ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requested {
+    pub origin: Vec<NodeId>,
+    pub target: Vec<NodeId>,
+}
+
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// The partition's registration against the reassignment model's invariants:
+/// `leader-in-replicas`, `isr-subset-of-replicas`, and, once the replicas are the requested
+/// target, `completes-to-target` (every replica the reassignment added is in the ISR and the
+/// leader is a target replica).
+pub fn check_assignment(
+    leader: NodeId,
+    replicas: &[NodeId],
+    isr: &[NodeId],
+    requested: Option<&Requested>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if leader >= 0 && !replicas.contains(&leader) {
+        out.push(Violation {
+            property: "leader-in-replicas".into(),
+            detail: format!("leader node {leader} is not among the replicas {replicas:?}"),
+        });
+    }
+    if let Some(b) = isr.iter().find(|b| !replicas.contains(b)) {
+        out.push(Violation {
+            property: "isr-subset-of-replicas".into(),
+            detail: format!("ISR {isr:?} has node {b}, not among the replicas {replicas:?}"),
+        });
+    }
+    if let Some(r) = requested.filter(|r| same_set(replicas, &r.target)) {
+        let missing: Vec<NodeId> = r
+            .target
+            .iter()
+            .copied()
+            .filter(|b| !r.origin.contains(b) && !isr.contains(b))
+            .collect();
+        if !missing.is_empty() {
+            out.push(Violation {
+                property: "completes-to-target".into(),
+                detail: format!(
+                    "the reassignment {:?} -> {:?} completed (replicas {replicas:?}) with the added replica(s) {missing:?} outside the ISR {isr:?}",
+                    r.origin, r.target
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// `reassignment-can-complete`, as the healed cluster shows it: with every broker up and every
+/// fetcher free, the requested reassignment ends (the replicas become its target) in time.
+pub fn check_completed(
+    replicas: &[NodeId],
+    requested: Option<&Requested>,
+    waited_s: u64,
+) -> Vec<Violation> {
+    match requested {
+        Some(r) if !same_set(replicas, &r.target) => vec![Violation {
+            property: "reassignment-can-complete".into(),
+            detail: format!(
+                "the reassignment {:?} -> {:?} has not completed {waited_s} s after the cluster healed (no faults, every fetcher free): replicas {replicas:?}",
+                r.origin, r.target
+            ),
+        }],
+        _ => Vec::new(),
+    }
+}
+
+/// The controller's own assertion: the metadata image refuses a record that breaks one of the
+/// model's invariants (`MetadataImage::apply`, named as the model names it) and the controller
+/// process stops there. Reads the controller's log.
+pub fn check_controller_log(log: &str) -> Vec<Violation> {
+    const MARK: &str = "breaks an invariant (";
+    let Some(at) = log.find(MARK) else {
+        return Vec::new();
+    };
+    let rest = &log[at + MARK.len()..];
+    let property: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    // The refused registration, up to the end of the invariant's parentheses.
+    let end = rest
+        .find(")):")
+        .or_else(|| rest.find('\n'))
+        .unwrap_or(rest.len());
+    let what: String = rest[..end].chars().take(300).collect();
+    vec![Violation {
+        property,
+        detail: format!(
+            "the active controller refused its own metadata record and stopped: {what}"
+        ),
+    }]
+}
+
 // ---- The control endpoint and metadata, from the replayer's side -------------------------
 
 /// A partition as a broker's control endpoint reports it.
@@ -631,7 +837,11 @@ struct Cluster {
     system: ProcessSystem,
     brokers: Vec<Broker>,
     /// Model broker → index into `brokers`.
-    map: [usize; 3],
+    map: Vec<usize>,
+    /// The reassignment requested and not cancelled.
+    requested: Option<Requested>,
+    /// The controller's log (`check_controller_log`).
+    controller_log: PathBuf,
     acked: Arc<Mutex<Vec<Acknowledged>>>,
     producers: Vec<std::thread::JoinHandle<()>>,
     next_value: u64,
@@ -695,7 +905,7 @@ impl Cluster {
     }
 
     fn model_of(&self, node: NodeId) -> usize {
-        (0..3)
+        (0..self.map.len())
             .find(|m| self.node(*m).id == node)
             .unwrap_or(usize::MAX)
     }
@@ -737,12 +947,85 @@ impl Cluster {
     }
 
     /// Runs one step; `Ok(note)` when it happened, `Err(note)` when it did not.
+    fn controller_stopped(&self) -> bool {
+        std::fs::read_to_string(&self.controller_log)
+            .is_ok_and(|l| !check_controller_log(&l).is_empty())
+    }
+
+    /// AlterPartitionReassignments for partition 0 (`None`: cancel), sent to a running broker,
+    /// which forwards it to the controller; the error code, or why there is none in time.
+    fn alter_reassignment(&self, target: Option<Vec<NodeId>>) -> Result<i16, String> {
+        use kcheck_reference::kafka_protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        use kcheck_reference::kafka_protocol::messages::{
+            AlterPartitionReassignmentsRequest, BrokerId, TopicName,
+        };
+        use kcheck_reference::kafka_protocol::protocol::StrBytes;
+        let req = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![ReassignableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![ReassignablePartition::default()
+                    .with_partition_index(0)
+                    .with_replicas(
+                        target.map(|t| t.into_iter().map(BrokerId).collect()),
+                    )])]);
+        let addr = self
+            .brokers
+            .iter()
+            .find(|b| self.running(b))
+            .ok_or("no broker is running")?
+            .addr
+            .clone();
+        // In a thread: a controller stopped at an assertion never answers, and the client
+        // waits 30 s.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = kcheck_reference::client::Client::connect(&addr)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| c.request(0, &req).map_err(|e| e.to_string()))
+                .map(|r| {
+                    let p = r
+                        .responses
+                        .first()
+                        .and_then(|t| t.partitions.first())
+                        .map_or(-1, |p| p.error_code);
+                    if r.error_code != 0 {
+                        r.error_code
+                    } else {
+                        p
+                    }
+                });
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(Duration::from_secs(12))
+            .map_err(|_| "AlterPartitionReassignments had no answer in 12 s".to_string())?
+    }
+
+    /// Model brokers → node ids.
+    fn nodes(&self, model_brokers: &[usize]) -> Vec<NodeId> {
+        model_brokers.iter().map(|m| self.node(*m).id).collect()
+    }
+
     fn run(
         &mut self,
         step: &Step,
         before: &ModelState,
         after: &ModelState,
+        next: Option<(&Step, &ModelState)>,
     ) -> Result<String, String> {
+        if self.controller_stopped() {
+            return Err("the controller stopped at an invariant assertion".into());
+        }
+        // The reference completes a reassignment in the same partition change as the
+        // AlterPartition (or request) that makes it possible, as KRaft does; the model may
+        // complete a step later. A step that waits for the model's state also accepts the
+        // state after the completion that follows it.
+        let completed_next = match next {
+            Some((Step::CompleteReassignment { .. }, s)) => Some(self.nodes(&s.replicas)),
+            _ => None,
+        };
         match *step {
             Step::Produce { acks_all } => {
                 // acks=1 is the `acks-1` flag's producer setting: without it, acks=all.
@@ -824,7 +1107,29 @@ impl Cluster {
                 let m = done.ok_or_else(|| format!("node {target} stayed in the ISR"))?;
                 Ok(format!("ISR {:?}", m.isr))
             }
-            Step::ExpandIsr { follower } => {
+            Step::ExpandIsr {
+                follower,
+                stale: true,
+            } => {
+                // The killed incarnation's Fetch has waited on the leader since the crash.
+                let leader = self.node(before.leader.ok_or("the model has no leader")?);
+                control(&leader.control, "release follower-fetch")?;
+                let id = self.node(follower).id;
+                let m = wait_for(Duration::from_secs(3), || {
+                    let m = self.meta()?;
+                    m.isr.contains(&id).then_some(m)
+                });
+                match m {
+                    Some(m) => Ok(format!(
+                        "the leader handled the killed incarnation's Fetch after the restart: ISR {:?}",
+                        m.isr
+                    )),
+                    None => Err(format!(
+                        "the leader handled the killed incarnation's Fetch after the restart; node {id} stayed out of the ISR (KIP-903: its broker epoch is stale)"
+                    )),
+                }
+            }
+            Step::ExpandIsr { follower, .. } => {
                 let b = self.node(follower);
                 for round in 0..=5 {
                     if let Some(m) = self.meta() {
@@ -847,7 +1152,10 @@ impl Cluster {
                 want.sort_unstable();
                 let m = wait_for(STEP_WAIT, || {
                     let m = self.meta()?;
-                    (self.isr_models(&m) == want).then_some(m)
+                    let completed = completed_next
+                        .as_ref()
+                        .is_some_and(|r| same_set(&m.replicas, r));
+                    (self.isr_models(&m) == want || completed).then_some(m)
                 });
                 match m {
                     Some(m) => Ok(format!("ISR {:?}", m.isr)),
@@ -861,9 +1169,29 @@ impl Cluster {
                 broker,
                 clean,
                 lose_unsynced,
+                stale_fetch,
             } => {
                 let id = self.node(broker).id;
                 let mut note = String::new();
+                if stale_fetch {
+                    // One more Fetch of this incarnation, held on the leader until the model
+                    // re-adds the follower (after its restart).
+                    let leader = self.node(before.leader.ok_or("the model has no leader")?);
+                    let leader_control = leader.control.clone();
+                    control(&leader_control, "hold follower-fetch")?;
+                    let follower_control = self.node(broker).control.clone();
+                    std::thread::spawn(move || {
+                        // Never answered: the fetch waits on the leader, then this process dies.
+                        let _ = control(&follower_control, "step fetcher 1");
+                    });
+                    wait_for(Duration::from_secs(5), || {
+                        let json = control(&leader_control, "state").ok()?;
+                        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+                        (v.get("follower_fetch_waiting")?.as_u64()? >= 1).then_some(())
+                    })
+                    .ok_or("the follower's Fetch did not reach the leader")?;
+                    note.push_str("one Fetch held on the leader; ");
+                }
                 if clean {
                     let exited = self
                         .system
@@ -905,6 +1233,81 @@ impl Cluster {
                 .ok_or_else(|| format!("node {id} was not unfenced"))?;
                 Ok(format!("node {id} restarted and unfenced"))
             }
+            Step::Reassign { ref target } => {
+                let ids = self.nodes(target);
+                let m = self.meta().ok_or("no metadata")?;
+                let origin = match &self.requested {
+                    Some(r) if !same_set(&m.replicas, &r.target) => r.origin.clone(),
+                    _ => m.replicas.clone(),
+                };
+                let code = self.alter_reassignment(Some(ids.clone()))?;
+                if code != 0 {
+                    return Err(format!("AlterPartitionReassignments answered error {code}"));
+                }
+                self.requested = Some(Requested {
+                    origin,
+                    target: ids.clone(),
+                });
+                let want = self.nodes(&after.replicas);
+                let m = wait_for(STEP_WAIT, || {
+                    let m = self.meta()?;
+                    let done = completed_next
+                        .as_ref()
+                        .is_some_and(|r| same_set(&m.replicas, r));
+                    (same_set(&m.replicas, &want) || done).then_some(m)
+                })
+                .ok_or_else(|| format!("the replicas did not become {want:?}"))?;
+                Ok(format!(
+                    "target {ids:?}: replicas {:?}, ISR {:?}, leader {}",
+                    m.replicas, m.isr, m.leader
+                ))
+            }
+            Step::Cancel => {
+                let code = self.alter_reassignment(None)?;
+                if code != 0 {
+                    return Err(format!(
+                        "AlterPartitionReassignments (cancel) answered error {code}{}",
+                        if code == 85 {
+                            " NO_REASSIGNMENT_IN_PROGRESS: the reassignment had completed"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                self.requested = None;
+                let want = self.nodes(&after.replicas);
+                let m = wait_for(STEP_WAIT, || {
+                    let m = self.meta()?;
+                    same_set(&m.replicas, &want).then_some(m)
+                })
+                .ok_or_else(|| format!("the replicas did not revert to {want:?}"))?;
+                Ok(format!("replicas {:?}, ISR {:?}", m.replicas, m.isr))
+            }
+            Step::CompleteReassignment { leader } => {
+                let want = self.nodes(&after.replicas);
+                let m = wait_for(STEP_WAIT, || {
+                    let m = self.meta()?;
+                    same_set(&m.replicas, &want).then_some(m)
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "the controller did not complete: replicas {:?}",
+                        self.meta().map(|m| m.replicas)
+                    )
+                })?;
+                let id = self.node(leader).id;
+                Ok(format!(
+                    "replicas {:?}, ISR {:?}, leader {}{}",
+                    m.replicas,
+                    m.isr,
+                    m.leader,
+                    if m.leader == id {
+                        String::new()
+                    } else {
+                        format!(" (the model's: node {id})")
+                    }
+                ))
+            }
             Step::ElectLeader { broker } => {
                 let id = self.node(broker).id;
                 let b = self.node(broker);
@@ -932,6 +1335,9 @@ impl Cluster {
     /// reads the partition as a consumer does (Fetch up to the HW) once a leader has all three
     /// replicas in its ISR and its HW at its LEO: what is gone then is gone for clients too.
     fn heal_and_consume(&mut self) -> Result<Vec<(u64, u64)>, String> {
+        if self.controller_stopped() {
+            return Err("the controller stopped at an invariant assertion: no heal".into());
+        }
         for i in 0..self.brokers.len() {
             let id = self.brokers[i].id;
             if !self.system.is_running(id) {
@@ -940,12 +1346,15 @@ impl Cluster {
         }
         for b in &self.brokers {
             control(&b.control, "release fetcher")?;
+            control(&b.control, "release follower-fetch")?;
         }
         wait_for(Duration::from_secs(20), || {
             let m = self.meta()?;
             let leader = self.brokers.iter().find(|b| b.id == m.leader)?;
             let p = self.state(leader)?;
-            (m.isr.len() == 3 && p.role == "leader" && p.high_watermark == p.log_end_offset)
+            (m.isr.len() == m.replicas.len()
+                && p.role == "leader"
+                && p.high_watermark == p.log_end_offset)
                 .then_some(())
         })
         .ok_or_else(|| {
@@ -956,7 +1365,7 @@ impl Cluster {
                 .and_then(|b| self.state(b))
                 .map(|p| format!("LEO={} HW={}", p.log_end_offset, p.high_watermark));
             format!(
-                "the healed cluster did not settle in 20 s (a leader with all three replicas in the ISR and its HW at its LEO): metadata {m:?}, leader {leader:?}"
+                "the healed cluster did not settle in 20 s (a leader with every replica in the ISR and its HW at its LEO): metadata {m:?}, leader {leader:?}"
             )
         })?;
         let bootstrap: Vec<String> = self.brokers.iter().map(|b| b.addr.clone()).collect();
@@ -980,10 +1389,16 @@ impl Cluster {
     }
 
     fn read_back(&self) -> Vec<ReplicaLog> {
-        let leader = self.meta().map(|m| m.leader);
+        let meta = self.meta();
+        let leader = meta.as_ref().map(|m| m.leader);
         let mut out = Vec::new();
-        for model_broker in 0..3 {
+        for model_broker in 0..self.map.len() {
             let b = self.node(model_broker);
+            // A replica the reassignment removed keeps its log on the reference broker; the
+            // model deletes it (StopReplica): only assigned replicas are compared.
+            if meta.as_ref().is_some_and(|m| !m.replicas.contains(&b.id)) {
+                continue;
+            }
             let Some(p) = self.state(b) else {
                 continue;
             };
@@ -1076,7 +1491,8 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         client_addr: None,
     });
     let mut brokers = Vec::new();
-    for id in 1..=3 {
+    let broker_count = model_states(trace)?[0].down.len() as NodeId;
+    for id in 1..=broker_count {
         let (listen, control_addr) = (port()?, port()?);
         let mut args: Vec<String> = [
             "broker",
@@ -1122,7 +1538,9 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
     let mut cluster = Cluster {
         system,
         brokers,
-        map: [0, 1, 2],
+        map: (0..broker_count as usize).collect(),
+        requested: None,
+        controller_log: dir.join(format!("n{CONTROLLER_ID}")).join("node.log"),
         acked: Arc::new(Mutex::new(Vec::new())),
         producers: Vec::new(),
         next_value: 0,
@@ -1143,16 +1561,20 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         let m = cluster.meta()?;
         let ready = m.replicas.len() == 3
             && m.isr.len() == 3
-            && cluster.brokers.iter().all(|b| {
-                cluster.state(b).is_some_and(|p| {
-                    p.role
-                        == if b.id == m.leader {
-                            "leader"
-                        } else {
-                            "follower"
-                        }
-                })
-            });
+            && cluster
+                .brokers
+                .iter()
+                .filter(|b| m.replicas.contains(&b.id))
+                .all(|b| {
+                    cluster.state(b).is_some_and(|p| {
+                        p.role
+                            == if b.id == m.leader {
+                                "leader"
+                            } else {
+                                "follower"
+                            }
+                    })
+                });
         ready.then_some(m)
     })
     .ok_or("the replay topic did not get a leader and three in-sync replicas in 10 s")?;
@@ -1164,6 +1586,16 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
             .iter()
             .position(|b| b.id == node)
             .ok_or("a replica on an unknown broker")?;
+    }
+    // The reassignment model's b3: the broker that holds no replica yet.
+    if let Some(spare) = cluster
+        .brokers
+        .iter()
+        .position(|b| !meta.replicas.contains(&b.id))
+    {
+        if cluster.map.len() > 3 {
+            cluster.map[3] = spare;
+        }
     }
     Ok(cluster)
 }
@@ -1189,7 +1621,8 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
     let mut reports = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let (before, after) = (&states[i], &states[i + 1]);
-        let result = cluster.run(step, before, after);
+        let next = steps.get(i + 1).map(|s| (s, &states[i + 2]));
+        let result = cluster.run(step, before, after, next);
         // The model's acknowledgements that this step made: give them time to arrive.
         if after.acknowledged > before.acknowledged {
             wait_for(Duration::from_secs(3), || {
@@ -1225,11 +1658,37 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
         .clone();
     let mut violations = check_committed(&acknowledged, logs.iter().find(|l| l.leader));
     violations.extend(check_consistency(&logs));
+    if let Some(m) = cluster.meta() {
+        violations.extend(check_assignment(
+            m.leader,
+            &m.replicas,
+            &m.isr,
+            cluster.requested.as_ref(),
+        ));
+    }
+    let controller_log = std::fs::read_to_string(&cluster.controller_log).unwrap_or_default();
+    violations.extend(check_controller_log(&controller_log));
     let consumed = cluster.heal_and_consume();
     if let Ok(records) = &consumed {
         violations.extend(check_consumed(&acknowledged, records));
+        if cluster.requested.is_some() {
+            // The healed cluster settled; the reassignment may complete a moment later.
+            let wait = Duration::from_secs(COMPLETE_AFTER_HEAL_S);
+            let replicas = wait_for(wait, || {
+                let m = cluster.meta()?;
+                let r = cluster.requested.as_ref()?;
+                same_set(&m.replicas, &r.target).then_some(m.replicas)
+            })
+            .or_else(|| cluster.meta().map(|m| m.replicas))
+            .unwrap_or_default();
+            violations.extend(check_completed(
+                &replicas,
+                cluster.requested.as_ref(),
+                COMPLETE_AFTER_HEAL_S,
+            ));
+        }
     }
-    let brokers = (0..3).map(|m| cluster.node(m).id).collect();
+    let brokers = (0..cluster.map.len()).map(|m| cluster.node(m).id).collect();
     drop(cluster);
     Ok(ReplayReport {
         model: trace.model.clone(),
@@ -1274,6 +1733,11 @@ mod tests {
             "replication-single-epoch-lookup",
             "replication-last-replica-standing",
             "replication-no-broker-epoch-check",
+            "reassignment-remove-before-caught-up",
+            "reassignment-leader-outside-target",
+            "reassignment-no-leader-move",
+            "reassignment-cancel-keeps-adding-in-isr",
+            "reassignment-replace-from-grown-set",
         ] {
             let t = trace(name);
             let steps = plan(&t).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1288,11 +1752,99 @@ mod tests {
         assert!(e.contains("no counterpart"), "{e}");
         let e = plan(&trace("kraft-forget-vote-on-restart")).unwrap_err();
         assert!(
-            e.contains("not switchable from `kcheck broker --bug`"),
+            e.contains("which the test control endpoint does not hold yet"),
             "{e}"
         );
-        let e = plan(&trace("reassignment-remove-before-caught-up")).unwrap_err();
-        assert!(e.contains("reassignment model has no bug flag"), "{e}");
+        let e = plan(&trace("consumer-offsets-auto-commit")).unwrap_err();
+        assert!(e.contains("consumer-offsets model has no bug flag"), "{e}");
+    }
+
+    #[test]
+    fn only_a_follower_re_added_before_it_fetches_again_gets_a_stale_fetch() {
+        let t = trace("replication-no-broker-epoch-check");
+        let steps = plan(&t).unwrap();
+        assert_eq!(
+            steps[5],
+            Step::Crash {
+                broker: 1,
+                clean: false,
+                lose_unsynced: true,
+                stale_fetch: true
+            }
+        );
+        assert_eq!(
+            steps[8],
+            Step::ExpandIsr {
+                follower: 1,
+                stale: true
+            }
+        );
+        // single-epoch-lookup re-adds b2 after it fetched again: an ordinary expansion.
+        let steps = plan(&trace("replication-single-epoch-lookup")).unwrap();
+        assert!(steps.iter().all(|s| !matches!(
+            s,
+            Step::ExpandIsr { stale: true, .. }
+                | Step::Crash {
+                    stale_fetch: true,
+                    ..
+                }
+        )));
+    }
+
+    #[test]
+    fn a_reassignment_asks_for_the_models_completion_leader_first() {
+        let t = trace("reassignment-remove-before-caught-up");
+        let steps = plan(&t).unwrap();
+        assert!(steps.contains(&Step::Reassign {
+            target: vec![3, 1, 2]
+        }));
+        assert!(steps.contains(&Step::CompleteReassignment { leader: 3 }));
+        let s = model_states(&t).unwrap();
+        assert_eq!(s[0].replicas, vec![0, 1, 2]);
+        assert_eq!(s[5].replicas, vec![0, 1, 2, 3]);
+        assert_eq!(s[6].replicas, vec![1, 2, 3]);
+        // Replication traces: every broker is a replica.
+        let s = model_states(&trace("replication-acks-1")).unwrap();
+        assert_eq!(s[0].replicas, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn assignment_checker_passes_a_good_registration_and_catches_each_bad_one() {
+        let moved = Requested {
+            origin: vec![1, 2, 3],
+            target: vec![4, 2, 3],
+        };
+        // In progress, then completed with the added replica in the ISR.
+        assert!(check_assignment(1, &[4, 2, 3, 1], &[1, 2], Some(&moved)).is_empty());
+        assert!(check_assignment(4, &[4, 2, 3], &[4, 2], Some(&moved)).is_empty());
+        let v = check_assignment(1, &[4, 2, 3], &[4, 2], Some(&moved));
+        assert_eq!(v[0].property, "leader-in-replicas", "{v:?}");
+        let v = check_assignment(1, &[1, 2, 3], &[1, 2, 4], None);
+        assert_eq!(v[0].property, "isr-subset-of-replicas", "{v:?}");
+        let v = check_assignment(2, &[4, 2, 3], &[2, 3], Some(&moved));
+        assert_eq!(v[0].property, "completes-to-target", "{v:?}");
+        assert!(v[0].detail.contains("[4] outside the ISR"), "{v:?}");
+    }
+
+    #[test]
+    fn completion_checker_passes_a_completed_reassignment_and_catches_a_stuck_one() {
+        let moved = Requested {
+            origin: vec![1, 2, 3],
+            target: vec![4, 2, 3],
+        };
+        assert!(check_completed(&[2, 3, 4], Some(&moved), 10).is_empty());
+        assert!(check_completed(&[1, 2, 3], None, 10).is_empty());
+        let v = check_completed(&[4, 2, 3, 1], Some(&moved), 10);
+        assert_eq!(v[0].property, "reassignment-can-complete", "{v:?}");
+    }
+
+    #[test]
+    fn controller_log_checker_names_the_invariant_its_image_refused() {
+        assert!(check_controller_log("INFO elected\nINFO fenced broker 2\n").is_empty());
+        let log = "thread 'tokio-runtime-worker' panicked at reference/src/controller.rs:241:13:\nthe controller wrote a record its own image refuses (metadata record breaks an invariant (leader-in-replicas: PartitionRegistration { leader: 1 })): PartitionChange\n";
+        let v = check_controller_log(log);
+        assert_eq!(v[0].property, "leader-in-replicas", "{v:?}");
+        assert!(v[0].detail.contains("leader: 1"), "{v:?}");
     }
 
     #[test]

@@ -165,6 +165,11 @@ pub fn broker_config(m: &ArgMatches) -> Result<BrokerConfig, String> {
         .get_one::<usize>("max-request-bytes")
         .expect("has default");
     let (broker_bugs, _) = split_bug_flags(&bug_names(m))?;
+    // The data plane's flags; the broker's KRaft observer flags go to its metadata fetcher.
+    let broker_bugs: Vec<String> = broker_bugs
+        .into_iter()
+        .filter(|b| crate::raft::RaftBug::parse(b).is_err())
+        .collect();
     cfg.replication = crate::broker::ReplicationConfig {
         min_insync_replicas: usize::from(
             *m.get_one::<u16>("min-insync-replicas")
@@ -254,21 +259,35 @@ pub fn zookeeper_args(m: &ArgMatches) -> Result<Option<crate::zk_controller::ZkC
     }))
 }
 
-/// Splits `--bug` names into the broker's (data plane, [`crate::partition::BROKER_BUGS`]) and
-/// the controller's ([`crate::controller::ControllerBug`]); a flag with a half on each side
+/// The KRaft mutations an observer runs (a broker fetching `__cluster_metadata`): they go to
+/// brokers, the other [`crate::raft::RaftBug`]s to the controllers (voters).
+/// `observer-no-divergence-check` is about observers but is the leader's choice (it serves
+/// their fetches), so it goes to the controllers.
+pub fn is_observer_bug(b: crate::raft::RaftBug) -> bool {
+    matches!(b, crate::raft::RaftBug::ApplyUncommitted)
+}
+
+/// Splits `--bug` names into the broker's (data plane, [`crate::partition::BROKER_BUGS`]; the
+/// KRaft observer's) and the controller's ([`crate::controller::ControllerBug`]; the KRaft
+/// voters' [`crate::raft::RaftBug`]s); a flag with a half on each side
 /// (`last-replica-standing`, `no-broker-epoch-check`) goes to both. Unknown names are refused
 /// with every known one.
 pub fn split_bug_flags(names: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
     use crate::controller::ControllerBug;
+    use crate::raft::RaftBug;
     let (mut broker, mut controller) = (Vec::new(), Vec::new());
     for n in names {
-        let b = crate::partition::BROKER_BUGS.iter().any(|x| x.name() == n);
-        let c = ControllerBug::ALL.iter().any(|x| x.name() == n);
+        let raft = RaftBug::parse(n).ok();
+        let b = crate::partition::BROKER_BUGS.iter().any(|x| x.name() == n)
+            || raft.is_some_and(is_observer_bug);
+        let c = ControllerBug::ALL.iter().any(|x| x.name() == n)
+            || raft.is_some_and(|r| !is_observer_bug(r));
         if !b && !c {
             let mut known: Vec<&str> = crate::partition::BROKER_BUGS
                 .iter()
                 .map(|x| x.name())
                 .chain(ControllerBug::ALL.iter().map(|x| x.name()))
+                .chain(RaftBug::ALL.iter().map(|x| x.name()))
                 .collect();
             known.sort_unstable();
             known.dedup();
@@ -300,6 +319,8 @@ pub fn init_tracing() {
 #[derive(Clone, Debug)]
 pub struct KraftArgs {
     pub broker: bool,
+    /// The KRaft observer's mutations for this broker's metadata fetcher.
+    pub observer_bugs: Vec<crate::raft::RaftBug>,
     pub controller: Option<crate::controller_server::ControllerNodeConfig>,
     pub voters: std::collections::BTreeMap<i32, std::net::SocketAddr>,
 }
@@ -335,10 +356,20 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
         voters.ok_or("--process-roles needs --controller-quorum-voters ID@HOST:PORT,...")?;
     let voters = crate::controller_client::parse_voters(voters)?;
     let node_id = *m.get_one::<i32>("node-id").expect("has default");
-    let bugs = controller_bugs
+    // The controller's names are the active controller's choices or the voters' KRaft
+    // mutations; the broker's KRaft names are its observer's.
+    let bugs: Vec<ControllerBug> = controller_bugs
         .iter()
-        .map(|b| ControllerBug::parse(b))
-        .collect::<Result<Vec<_>, _>>()?;
+        .filter_map(|b| ControllerBug::parse(b).ok())
+        .collect();
+    let raft_bugs: Vec<crate::raft::RaftBug> = controller_bugs
+        .iter()
+        .filter_map(|b| crate::raft::RaftBug::parse(b).ok())
+        .collect();
+    let observer_bugs: Vec<crate::raft::RaftBug> = broker_bugs
+        .iter()
+        .filter_map(|b| crate::raft::RaftBug::parse(b).ok())
+        .collect();
     if !broker {
         if let Some(b) = broker_bugs.iter().find(|b| !controller_bugs.contains(b)) {
             return Err(format!(
@@ -379,6 +410,7 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
                 fetch_timeout_ms: 2 * election.max(10),
                 fetch_interval_ms: 20,
                 request_timeout_ms: (election / 2).max(50),
+                bugs: raft_bugs,
                 ..crate::raft::RaftConfig::default()
             },
             controller: ControllerConfig {
@@ -411,6 +443,7 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
     };
     Ok(Some(KraftArgs {
         broker,
+        observer_bugs,
         controller,
         voters,
     }))
@@ -605,6 +638,7 @@ async fn run_kraft_roles(
     if k.broker {
         let mut client_cfg =
             ControllerClientConfig::new(cfg.node_id, k.voters.clone(), cfg.listen.to_string());
+        client_cfg.raft.bugs = k.observer_bugs.clone();
         // KIP-966: register as cleanly shut down only with the marker the last incarnation
         // wrote after flushing every log.
         client_cfg.previous_broker_epoch =

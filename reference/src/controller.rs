@@ -39,19 +39,49 @@ pub enum ControllerBug {
     /// Pre-KIP-903: AlterPartition's ISR members are not checked against their current broker
     /// epochs (KAFKA-14139).
     NoBrokerEpochCheck,
+    /// Mutation of KIP-455's completion rule: the reassignment completes (the removing
+    /// replicas are dropped) without waiting for the adding replicas to join the ISR, which
+    /// are counted as in sync. An adding replica elected then holds nothing of the log.
+    RemoveBeforeCaughtUp,
+    /// Mutation of KIP-455's completion: the leader is kept even when the target removes it
+    /// (KRaft's PartitionChangeBuilder elects a target replica). The controller's own image
+    /// refuses the record (`leader-in-replicas`) and the controller stops there.
+    LeaderOutsideTarget,
+    /// Mutation of KIP-455's completion: it waits for the leader to be a target replica, but
+    /// nothing moves the leader there, so a reassignment that removes the leader never ends.
+    NoLeaderMove,
+    /// Mutation of the revert (KRaft's `PartitionReassignmentRevert`): cancelling restores the
+    /// origin replicas but leaves adding replicas that joined the ISR in it. The image refuses
+    /// the record (`isr-subset-of-replicas`) and the controller stops there.
+    CancelKeepsAddingInIsr,
+    /// Mutation of a replacing AlterPartitionReassignments: adding/removing are computed from
+    /// the grown replica set (origin ∪ old target) instead of the origin, so a replica the
+    /// first request added counts as an origin replica and the reassignment completes without it
+    /// in the ISR.
+    ReplaceFromGrownSet,
 }
 
 impl ControllerBug {
-    pub const ALL: [ControllerBug; 3] = [
+    pub const ALL: [ControllerBug; 8] = [
         ControllerBug::UncleanElection,
         ControllerBug::LastReplicaStanding,
         ControllerBug::NoBrokerEpochCheck,
+        ControllerBug::RemoveBeforeCaughtUp,
+        ControllerBug::LeaderOutsideTarget,
+        ControllerBug::NoLeaderMove,
+        ControllerBug::CancelKeepsAddingInIsr,
+        ControllerBug::ReplaceFromGrownSet,
     ];
     pub fn name(self) -> &'static str {
         match self {
             ControllerBug::UncleanElection => "unclean-election",
             ControllerBug::LastReplicaStanding => "last-replica-standing",
             ControllerBug::NoBrokerEpochCheck => "no-broker-epoch-check",
+            ControllerBug::RemoveBeforeCaughtUp => "remove-before-caught-up",
+            ControllerBug::LeaderOutsideTarget => "leader-outside-target",
+            ControllerBug::NoLeaderMove => "no-leader-move",
+            ControllerBug::CancelKeepsAddingInIsr => "cancel-keeps-adding-in-isr",
+            ControllerBug::ReplaceFromGrownSet => "replace-from-grown-set",
         }
     }
     pub fn parse(name: &str) -> Result<ControllerBug, String> {
@@ -695,6 +725,13 @@ impl Controller {
             .copied()
             .filter(|b| !cur.adding_replicas.contains(b))
             .collect();
+        // A replacing request is computed against the origin (KRaft reverts the running
+        // reassignment first); the mutation computes it against the grown set.
+        let base = if target.is_some() && self.has(ControllerBug::ReplaceFromGrownSet) {
+            cur.replicas.clone()
+        } else {
+            origin.clone()
+        };
         let mut next = cur.clone();
         match target {
             None => {
@@ -702,7 +739,9 @@ impl Controller {
                     return Err(ControllerError::NoReassignmentInProgress);
                 }
                 next.replicas = origin.clone();
-                next.isr.retain(|b| origin.contains(b));
+                if !self.has(ControllerBug::CancelKeepsAddingInIsr) {
+                    next.isr.retain(|b| origin.contains(b));
+                }
                 next.elr.retain(|b| origin.contains(b));
                 next.adding_replicas.clear();
                 next.removing_replicas.clear();
@@ -727,14 +766,14 @@ impl Controller {
                     return Err(ControllerError::InvalidReplicaAssignment);
                 }
                 let mut replicas = target.clone();
-                replicas.extend(origin.iter().copied().filter(|b| !target.contains(b)));
+                replicas.extend(base.iter().copied().filter(|b| !target.contains(b)));
                 next.replicas = replicas;
                 next.adding_replicas = target
                     .iter()
                     .copied()
-                    .filter(|b| !origin.contains(b))
+                    .filter(|b| !base.contains(b))
                     .collect();
-                next.removing_replicas = origin
+                next.removing_replicas = base
                     .iter()
                     .copied()
                     .filter(|b| !target.contains(b))
@@ -760,7 +799,8 @@ impl Controller {
         if cur.adding_replicas.is_empty() && cur.removing_replicas.is_empty() {
             return;
         }
-        if !cur.adding_replicas.iter().all(|b| cur.isr.contains(b)) {
+        let caught_up = cur.adding_replicas.iter().all(|b| cur.isr.contains(b));
+        if !caught_up && !self.has(ControllerBug::RemoveBeforeCaughtUp) {
             return;
         }
         let target: Vec<BrokerId> = cur
@@ -769,16 +809,32 @@ impl Controller {
             .copied()
             .filter(|b| !cur.removing_replicas.contains(b))
             .collect();
+        if self.has(ControllerBug::NoLeaderMove) && !target.contains(&cur.leader) {
+            return; // waits for a leader move that nothing makes
+        }
         let mut next = cur.clone();
         next.replicas = target.clone();
         next.isr.retain(|b| target.contains(b));
+        if self.has(ControllerBug::RemoveBeforeCaughtUp) {
+            for b in &cur.adding_replicas {
+                if !next.isr.contains(b) {
+                    tracing::warn!(
+                        replica = b,
+                        "completing a reassignment with an adding replica outside the ISR (--bug remove-before-caught-up)"
+                    );
+                    next.isr.push(*b);
+                }
+            }
+        }
         next.elr.retain(|b| target.contains(b));
         next.adding_replicas.clear();
         next.removing_replicas.clear();
         if next.isr.is_empty() {
             return; // wait: no target replica is in sync yet
         }
-        if !next.isr.contains(&next.leader) {
+        if self.has(ControllerBug::LeaderOutsideTarget) && next.has_leader() {
+            // Keeps the removed leader: the image refuses the record (leader-in-replicas).
+        } else if !next.isr.contains(&next.leader) {
             next.leader = NO_LEADER;
             self.elect(&mut next);
         }
@@ -1106,5 +1162,149 @@ mod tests {
             c.alter_reassignment("t", 0, None, &mut out).unwrap_err(),
             ControllerError::NoReassignmentInProgress
         );
+    }
+
+    /// Four brokers, a topic of one partition on three of them; returns the controller, the
+    /// broker epochs (index = id - 1), the topic id, the origin replicas and the spare broker.
+    fn four_brokers(
+        bugs: Vec<ControllerBug>,
+    ) -> (Controller, Vec<BrokerEpoch>, Uuid, Vec<BrokerId>, BrokerId) {
+        let (mut c, mut epochs) = cluster(bugs);
+        let (e4, _) = c.register_broker(0, 4, Uuid::new_v4(), "h:4".into(), -1);
+        c.heartbeat(0, 4, e4, e4, false, false).unwrap();
+        epochs.push(e4);
+        let (id, _) = c.create_topic("t", 1, 3).unwrap();
+        let origin = c.image().topics[&id].partitions[&0].replicas.clone();
+        let spare = (1..=4).find(|b| !origin.contains(b)).unwrap();
+        (c, epochs, id, origin, spare)
+    }
+
+    fn add_to_isr(c: &mut Controller, epochs: &[BrokerEpoch], id: Uuid, b: BrokerId) {
+        let p = c.image().topics[&id].partitions[&0].clone();
+        let mut isr: Vec<(BrokerId, BrokerEpoch)> = p
+            .isr
+            .iter()
+            .map(|x| (*x, epochs[*x as usize - 1]))
+            .collect();
+        isr.push((b, epochs[b as usize - 1]));
+        let req = AlterPartitionRequest {
+            topic_id: id,
+            partition_id: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            new_isr: isr,
+        };
+        let mut out = Vec::new();
+        c.alter_partition(p.leader, epochs[p.leader as usize - 1], &req, &mut out)
+            .unwrap();
+    }
+
+    #[test]
+    fn remove_before_caught_up_completes_with_the_adding_replica_outside_the_isr() {
+        for bug in [false, true] {
+            let bugs = if bug {
+                vec![ControllerBug::RemoveBeforeCaughtUp]
+            } else {
+                vec![]
+            };
+            let (mut c, _, id, origin, spare) = four_brokers(bugs);
+            // Move off the leader, the spare broker first in the target.
+            let target = vec![spare, origin[1], origin[2]];
+            let mut out = Vec::new();
+            c.alter_reassignment("t", 0, Some(target.clone()), &mut out)
+                .unwrap();
+            let p = c.image().topics[&id].partitions[&0].clone();
+            if bug {
+                // Completed at once: the spare broker, which fetched nothing, leads.
+                assert_eq!((p.replicas.clone(), p.leader), (target.clone(), spare));
+                assert!(p.isr.contains(&spare), "{p:?}");
+                assert!(c.list_reassignments(None).is_empty());
+            } else {
+                assert_eq!(p.leader, origin[0]);
+                assert_eq!(p.adding_replicas, vec![spare]);
+                assert!(!p.isr.contains(&spare));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "leader-in-replicas")]
+    fn leader_outside_target_is_refused_by_the_controllers_own_image() {
+        let (mut c, epochs, id, origin, spare) =
+            four_brokers(vec![ControllerBug::LeaderOutsideTarget]);
+        let mut out = Vec::new();
+        c.alter_reassignment("t", 0, Some(vec![spare, origin[1], origin[2]]), &mut out)
+            .unwrap();
+        add_to_isr(&mut c, &epochs, id, spare);
+    }
+
+    #[test]
+    fn the_correct_completion_moves_the_leader_into_the_target_and_no_leader_move_waits_forever() {
+        for bug in [false, true] {
+            let bugs = if bug {
+                vec![ControllerBug::NoLeaderMove]
+            } else {
+                vec![]
+            };
+            let (mut c, epochs, id, origin, spare) = four_brokers(bugs);
+            let target = vec![spare, origin[1], origin[2]];
+            let mut out = Vec::new();
+            c.alter_reassignment("t", 0, Some(target.clone()), &mut out)
+                .unwrap();
+            add_to_isr(&mut c, &epochs, id, spare);
+            let p = c.image().topics[&id].partitions[&0].clone();
+            if bug {
+                assert_eq!(p.leader, origin[0]);
+                assert_eq!(c.list_reassignments(None).len(), 1, "still in progress");
+            } else {
+                assert_eq!((p.replicas.clone(), p.leader), (target, spare));
+                assert!(p.leader_epoch > 0);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "isr-subset-of-replicas")]
+    fn cancel_keeps_adding_in_isr_is_refused_by_the_controllers_own_image() {
+        let (mut c, mut epochs, id, origin, spare) =
+            four_brokers(vec![ControllerBug::CancelKeepsAddingInIsr]);
+        // Two adding replicas: the reassignment is still running after the first joins the
+        // ISR (with one, the AlterPartition adding it completes the reassignment).
+        let (e5, _) = c.register_broker(0, 5, Uuid::new_v4(), "h:5".into(), -1);
+        c.heartbeat(0, 5, e5, e5, false, false).unwrap();
+        epochs.push(e5);
+        let mut out = Vec::new();
+        c.alter_reassignment("t", 0, Some(vec![origin[0], spare, 5]), &mut out)
+            .unwrap();
+        add_to_isr(&mut c, &epochs, id, spare);
+        assert_eq!(c.list_reassignments(None).len(), 1, "5 is still adding");
+        c.alter_reassignment("t", 0, None, &mut out).unwrap();
+    }
+
+    #[test]
+    fn replace_from_grown_set_completes_without_the_first_requests_new_replica() {
+        for bug in [false, true] {
+            let bugs = if bug {
+                vec![ControllerBug::ReplaceFromGrownSet]
+            } else {
+                vec![]
+            };
+            let (mut c, _, id, origin, spare) = four_brokers(bugs);
+            let mut out = Vec::new();
+            c.alter_reassignment("t", 0, Some(vec![origin[0], origin[1], spare]), &mut out)
+                .unwrap();
+            c.alter_reassignment("t", 0, Some(vec![origin[0], origin[2], spare]), &mut out)
+                .unwrap();
+            let p = c.image().topics[&id].partitions[&0].clone();
+            if bug {
+                // Nothing was adding: completed with the spare outside the ISR.
+                assert_eq!(p.replicas, vec![origin[0], origin[2], spare]);
+                assert!(!p.isr.contains(&spare));
+                assert!(c.list_reassignments(None).is_empty());
+            } else {
+                assert_eq!(p.adding_replicas, vec![spare]);
+                assert_eq!(p.removing_replicas, vec![origin[1]]);
+            }
+        }
     }
 }

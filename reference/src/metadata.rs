@@ -177,6 +177,9 @@ impl PartitionRegistration {
         if has_duplicates(&self.replicas) || has_duplicates(&self.isr) {
             return broken("duplicate broker ids");
         }
+        if self.has_leader() && !self.replicas.contains(&self.leader) {
+            return broken("leader-in-replicas");
+        }
         if !self.isr.iter().all(|b| self.replicas.contains(b)) {
             return broken("isr-subset-of-replicas");
         }

@@ -1,7 +1,7 @@
 //! The replicated data plane's tokio adapters around the sans-IO [`crate::partition`] core:
 //! the metadata-image listener (become leader / follower), one replica fetcher per leader
 //! broker (Kafka's `ReplicaFetcherThread`: all partitions followed from that leader in one
-//! Fetch v12 request over one TCP connection), the ISR-shrink timer, and the AlterPartition
+//! Fetch v15 request over one TCP connection), the ISR-shrink timer, and the AlterPartition
 //! sender. The protocol decisions stay in the core; this module only moves bytes and time.
 
 use crate::broker::{FetchedPartition, RoleChange};
@@ -9,14 +9,13 @@ use crate::metadata::{BrokerId, MetadataImage, PartitionRegistration};
 use crate::partition::{code as rcode, AlterPartitionRequest};
 use crate::server::{frame_request, response_body, Shared};
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ReplicaState};
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey,
     BrokerId as WireBrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
     FetchResponse, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
-    TopicName,
 };
-use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, HeaderVersion};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +39,12 @@ pub trait ControllerChannel: Send + Sync {
         topic_id: Uuid,
         request: AlterPartitionRequest,
     ) -> BoxFuture<Result<PartitionRegistration, i16>>;
+
+    /// This broker's current broker epoch, which its Fetch requests carry (KIP-903's
+    /// `ReplicaState.ReplicaEpoch`); `None` when unknown (the leader then uses its image).
+    fn broker_epoch(&self) -> Option<crate::metadata::BrokerEpoch> {
+        None
+    }
 
     /// CreateTopics forwarded to the controller (KIP-590 style forwarding).
     fn create_topics(
@@ -233,6 +238,7 @@ pub fn send_alter_partition(
 /// A partition the fetcher asks for, with the epoch it was asked in.
 struct Wanted {
     topic: String,
+    topic_id: Uuid,
     partition: i32,
     leader_epoch: i32,
     fetch_offset: i64,
@@ -248,6 +254,7 @@ fn wanted_from(shared: &Shared, leader: BrokerId) -> Vec<Wanted> {
                 let (fetch_offset, last_fetched_epoch) = r.state.fetch_position(r.log.epochs());
                 out.push(Wanted {
                     topic: name.clone(),
+                    topic_id: t.id,
                     partition: r.state.partition,
                     leader_epoch: r.state.leader_epoch,
                     fetch_offset,
@@ -310,7 +317,8 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
             None => wanted,
         };
         correlation = correlation.wrapping_add(1);
-        let mut request = fetch_request(me, &wanted);
+        let epoch = cluster.controller.broker_epoch().unwrap_or(-1);
+        let mut request = fetch_request(me, epoch, &wanted);
         if cluster
             .test_control
             .as_ref()
@@ -345,7 +353,7 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
                 for p in &t.partitions {
                     let Some(w) = wanted
                         .iter()
-                        .find(|w| w.topic == t.topic.as_str() && w.partition == p.partition_index)
+                        .find(|w| w.topic_id == t.topic_id && w.partition == p.partition_index)
                     else {
                         continue;
                     };
@@ -394,7 +402,11 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
     }
 }
 
-fn fetch_request(me: BrokerId, wanted: &[Wanted]) -> FetchRequest {
+fn fetch_request(
+    me: BrokerId,
+    broker_epoch: crate::metadata::BrokerEpoch,
+    wanted: &[Wanted],
+) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
     for w in wanted {
         let p = FetchPartition::default()
@@ -404,17 +416,21 @@ fn fetch_request(me: BrokerId, wanted: &[Wanted]) -> FetchRequest {
             .with_last_fetched_epoch(w.last_fetched_epoch)
             .with_log_start_offset(-1)
             .with_partition_max_bytes(FETCH_PARTITION_MAX_BYTES);
-        match topics.iter_mut().find(|t| t.topic.as_str() == w.topic) {
+        match topics.iter_mut().find(|t| t.topic_id == w.topic_id) {
             Some(t) => t.partitions.push(p),
             None => topics.push(
                 FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_string(w.topic.clone())))
+                    .with_topic_id(w.topic_id)
                     .with_partitions(vec![p]),
             ),
         }
     }
     FetchRequest::default()
-        .with_replica_id(WireBrokerId(me))
+        .with_replica_state(
+            ReplicaState::default()
+                .with_replica_id(WireBrokerId(me))
+                .with_replica_epoch(broker_epoch),
+        )
         .with_max_wait_ms(FETCH_MAX_WAIT_MS)
         .with_min_bytes(1)
         .with_max_bytes(FETCH_MAX_BYTES)
@@ -423,8 +439,10 @@ fn fetch_request(me: BrokerId, wanted: &[Wanted]) -> FetchRequest {
 }
 
 /// The Fetch version replica fetchers use: v12 carries the last fetched epoch and answers
-/// with the diverging epoch (KIP-595's scheme adopted for replication in Kafka 2.7).
-pub const REPLICA_FETCH_VERSION: i16 = 12;
+/// with the diverging epoch (KIP-595's scheme adopted for replication in Kafka 2.7); v13
+/// names topics by id (KIP-516); v15 carries the follower's broker epoch (KIP-903), so a
+/// leader can tell a fetch of a killed incarnation from the restarted one's.
+pub const REPLICA_FETCH_VERSION: i16 = 15;
 
 async fn round_trip(
     stream: &mut TcpStream,
@@ -452,6 +470,10 @@ async fn round_trip(
 pub struct ClientChannel(pub Arc<crate::controller_client::ControllerClient>);
 
 impl ControllerChannel for ClientChannel {
+    fn broker_epoch(&self) -> Option<crate::metadata::BrokerEpoch> {
+        self.0.session().borrow().broker_epoch
+    }
+
     fn alter_partition(
         &self,
         topic_id: Uuid,

@@ -40,11 +40,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
 /// The versions this broker speaks (intersected with what the codec crate knows). Capped
-/// below the topic-id based Produce/Fetch versions (KIP-516) and KIP-848 commit versions.
+/// below the topic-id based Produce versions (KIP-516) and KIP-848 commit versions; Fetch
+/// goes to v15, whose `ReplicaState.ReplicaEpoch` lets a leader tell a follower's
+/// incarnations apart (KIP-903), naming topics by id from v13.
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
     let (min, max) = match key {
         ApiKey::Produce => (3, 9),
-        ApiKey::Fetch => (4, 12),
+        ApiKey::Fetch => (4, 15),
         ApiKey::ListOffsets => (1, 7),
         ApiKey::Metadata => (0, 12),
         ApiKey::OffsetCommit => (2, 8),
@@ -887,10 +889,85 @@ async fn produce(shared: &Shared, req: ProduceRequest, v: i16) -> ProduceRespons
     ProduceResponse::default().with_responses(responses)
 }
 
+/// The broker a Fetch comes from (-1: a consumer): v15 moved it into `ReplicaState`.
+fn fetch_replica_id(req: &FetchRequest, v: i16) -> i32 {
+    if v >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    }
+}
+
+/// The topic a Fetch names: by name up to v12, by id from v13 (KIP-516); "" for an unknown id.
+fn fetch_topic_name(
+    b: &Broker,
+    t: &kafka_protocol::messages::fetch_request::FetchTopic,
+    v: i16,
+) -> String {
+    if v < 13 {
+        return t.topic.as_str().to_owned();
+    }
+    b.topics
+        .iter()
+        .find(|(_, x)| x.id == t.topic_id)
+        .map_or_else(String::new, |(name, _)| name.clone())
+}
+
+/// A topic of a Fetch response, named as the request named it. An id the broker does not know
+/// is UNKNOWN_TOPIC_ID for each partition.
+fn fetch_topic_response(
+    t: &kafka_protocol::messages::fetch_request::FetchTopic,
+    v: i16,
+    known: bool,
+    mut partitions: Vec<PartitionData>,
+) -> FetchableTopicResponse {
+    if v < 13 {
+        return FetchableTopicResponse::default()
+            .with_topic(t.topic.clone())
+            .with_partitions(partitions);
+    }
+    if !known {
+        for p in &mut partitions {
+            p.error_code = UNKNOWN_TOPIC_ID;
+            p.records = Some(Bytes::new());
+        }
+    }
+    FetchableTopicResponse::default()
+        .with_topic_id(t.topic_id)
+        .with_partitions(partitions)
+}
+
+/// Kafka's UNKNOWN_TOPIC_ID (a Fetch v13+ naming a topic id this broker does not have).
+const UNKNOWN_TOPIC_ID: i16 = 100;
+
 async fn fetch(shared: &Arc<Shared>, req: FetchRequest, v: i16) -> FetchResponse {
     // A fetch from a broker (replica_id >= 0) is a follower's, answered from the LEO with the
     // diverging-epoch check (only in cluster mode; a single broker has no followers).
-    let follower = req.replica_id.0 >= 0 && shared.cluster.is_some();
+    let follower = fetch_replica_id(&req, v) >= 0 && shared.cluster.is_some();
+    let control = shared
+        .cluster
+        .as_ref()
+        .and_then(|c| c.test_control.clone())
+        .filter(|_| follower);
+    if let Some(c) = &control {
+        // `--test-control`: a replay may hold followers' fetches on the leader, after they were
+        // read and before they are handled (a killed incarnation's fetch handled after its
+        // restart, KIP-903).
+        c.follower_fetch.pass().await;
+    }
+    let resp = fetch_rounds(shared, &req, v, follower).await;
+    if let Some(c) = &control {
+        c.follower_fetch.done();
+    }
+    resp
+}
+
+async fn fetch_rounds(
+    shared: &Arc<Shared>,
+    req: &FetchRequest,
+    v: i16,
+    follower: bool,
+) -> FetchResponse {
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(req.max_wait_ms.clamp(0, 30_000) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -904,7 +981,7 @@ async fn fetch(shared: &Arc<Shared>, req: FetchRequest, v: i16) -> FetchResponse
         tokio::pin!(notified);
         notified.as_mut().enable();
         let (resp, bytes, errors) = if follower {
-            follower_fetch_once(shared, &req, max_bytes)
+            follower_fetch_once(shared, &req, v, max_bytes)
         } else {
             fetch_once(shared, &req, v, max_bytes)
         };
@@ -913,7 +990,7 @@ async fn fetch(shared: &Arc<Shared>, req: FetchRequest, v: i16) -> FetchResponse
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return if follower {
-                follower_fetch_once(shared, &req, max_bytes).0
+                follower_fetch_once(shared, &req, v, max_bytes).0
             } else {
                 fetch_once(shared, &req, v, max_bytes).0
             };
@@ -926,29 +1003,38 @@ async fn fetch(shared: &Arc<Shared>, req: FetchRequest, v: i16) -> FetchResponse
 fn follower_fetch_once(
     shared: &Arc<Shared>,
     req: &FetchRequest,
+    v: i16,
     max_bytes: usize,
 ) -> (FetchResponse, usize, bool) {
-    let replica_id = req.replica_id.0;
+    let replica_id = fetch_replica_id(req, v);
     let now = shared.now_ms();
-    // Fetch v12 carries no broker epoch (v15's replica_state does): take the follower's
-    // current registration from the image, which is what KIP-903 compares against.
-    let broker_epoch = shared
-        .cluster
-        .as_ref()
-        .and_then(|c| {
-            c.current_image()
-                .brokers
-                .get(&replica_id)
-                .map(|b| b.broker_epoch)
-        })
-        .unwrap_or(-1);
+    // The incarnation that sent the fetch (KIP-903): v15 carries its broker epoch. An older
+    // fetch carries none; then the follower's current registration in the image stands in,
+    // which credits a fetch from a killed incarnation handled after the restart to the new
+    // one.
+    let carried = req.replica_state.replica_epoch;
+    let broker_epoch = if v >= 15 && carried >= 0 {
+        carried
+    } else {
+        shared
+            .cluster
+            .as_ref()
+            .and_then(|c| {
+                c.current_image()
+                    .brokers
+                    .get(&replica_id)
+                    .map(|b| b.broker_epoch)
+            })
+            .unwrap_or(-1)
+    };
     let mut b = shared.lock();
     let mut total = 0usize;
     let mut errors = false;
     let mut alters = Vec::new();
     let mut responses = Vec::new();
     for t in &req.topics {
-        let topic = t.topic.as_str();
+        let name = fetch_topic_name(&b, t, v);
+        let topic = name.as_str();
         let topic_id = b.topics.get(topic).map(|x| x.id);
         let mut partitions = Vec::new();
         for p in &t.partitions {
@@ -1015,11 +1101,7 @@ fn follower_fetch_once(
             }
             partitions.push(r);
         }
-        responses.push(
-            FetchableTopicResponse::default()
-                .with_topic(t.topic.clone())
-                .with_partitions(partitions),
-        );
+        responses.push(fetch_topic_response(t, v, topic_id.is_some(), partitions));
     }
     shared.deliver_acks(&mut b);
     drop(b);
@@ -1047,7 +1129,9 @@ fn fetch_once(
         .topics
         .iter()
         .map(|t| {
-            let topic = t.topic.as_str();
+            let name = fetch_topic_name(&b, t, v);
+            let topic = name.as_str();
+            let known = b.topics.contains_key(topic);
             let partitions = t
                 .partitions
                 .iter()
@@ -1096,9 +1180,7 @@ fn fetch_once(
                     r
                 })
                 .collect();
-            FetchableTopicResponse::default()
-                .with_topic(t.topic.clone())
-                .with_partitions(partitions)
+            fetch_topic_response(t, v, known, partitions)
         })
         .collect();
     (

@@ -18,7 +18,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `hold fetcher` / `hold alter-partition` | `ok` — from now on the gate lets nothing pass |
+//! | `hold fetcher` / `hold alter-partition` / `hold follower-fetch` | `ok` — from now on the gate lets nothing pass (`follower-fetch`: followers' Fetch requests on this leader, held after they were read, before they are handled) |
 //! | `release fetcher` / `release alter-partition` | `ok` — the gate is open |
 //! | `step fetcher N` / `step alter-partition N` | `ok {"completed":K}` once N more rounds completed (or after 10 s, with the count so far) |
 //! | `state` | `ok {JSON}`: per partition role, leader epoch, LEO, HW, epoch cache, the log's bytes |
@@ -54,6 +54,8 @@ struct GateState {
     granted: u64,
     /// Rounds completed since the broker started (held or not).
     completed: u64,
+    /// Rounds waiting at the gate now.
+    waiting: u64,
 }
 
 impl Gate {
@@ -65,12 +67,20 @@ impl Gate {
     /// round is counted when [`Gate::done`] is called, so a round that fails (a reset
     /// connection) and is retried does not use up the grant.
     pub async fn pass(&self) {
+        let mut waiting = false;
         loop {
             let notified = self.changed.notified();
             {
-                let s = self.lock();
+                let mut s = self.lock();
                 if !s.held || s.granted > 0 {
+                    if waiting {
+                        s.waiting -= 1;
+                    }
                     return;
+                }
+                if !waiting {
+                    s.waiting += 1;
+                    waiting = true;
                 }
             }
             notified.await;
@@ -138,6 +148,9 @@ pub struct TestControl {
     pub fetcher: Gate,
     /// AlterPartition requests this broker sends as a leader (one round = one answer).
     pub alter_partition: Gate,
+    /// Followers' Fetch requests this broker handles as a leader, held after they were read
+    /// and before they are handled (one round = one Fetch handled). Open at start.
+    pub follower_fetch: Gate,
 }
 
 impl TestControl {
@@ -154,6 +167,7 @@ impl TestControl {
         match name {
             "fetcher" => Some(&self.fetcher),
             "alter-partition" => Some(&self.alter_partition),
+            "follower-fetch" => Some(&self.follower_fetch),
             _ => None,
         }
     }
@@ -196,6 +210,8 @@ struct StateView {
     node_id: i32,
     fetcher_rounds: u64,
     alter_partition_rounds: u64,
+    /// Followers' Fetch requests held at the `follower-fetch` gate now.
+    follower_fetch_waiting: u64,
     partitions: Vec<PartitionView>,
 }
 
@@ -239,6 +255,7 @@ fn state_json(shared: &Shared, control: &TestControl) -> String {
         node_id: b.config.node_id,
         fetcher_rounds: control.fetcher.lock().completed,
         alter_partition_rounds: control.alter_partition.lock().completed,
+        follower_fetch_waiting: control.follower_fetch.lock().waiting,
         partitions,
     };
     serde_json::to_string(&view).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -246,8 +263,9 @@ fn state_json(shared: &Shared, control: &TestControl) -> String {
 
 async fn answer(line: &str, shared: &Shared, control: &TestControl) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let unknown_gate =
-        |g: &str| format!("error unknown hold point {g:?} (known: fetcher, alter-partition)");
+    let unknown_gate = |g: &str| {
+        format!("error unknown hold point {g:?} (known: fetcher, alter-partition, follower-fetch)")
+    };
     match words.as_slice() {
         ["state"] => format!("ok {}", state_json(shared, control)),
         ["hold", g] => match control.gate(g) {
