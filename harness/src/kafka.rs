@@ -129,6 +129,8 @@ pub struct KafkaClient {
     leaders: BTreeMap<i32, i32>,
     /// partition → ISR size in the last Metadata.
     isr_sizes: BTreeMap<i32, usize>,
+    /// partition → replica set (broker ids, preferred leader first) in the last Metadata.
+    replicas: BTreeMap<i32, Vec<i32>>,
     connections: BTreeMap<String, Client>,
 }
 
@@ -142,6 +144,7 @@ impl KafkaClient {
             brokers: BTreeMap::new(),
             leaders: BTreeMap::new(),
             isr_sizes: BTreeMap::new(),
+            replicas: BTreeMap::new(),
             connections: BTreeMap::new(),
         }
     }
@@ -199,6 +202,19 @@ impl KafkaClient {
                         .flat_map(|t| &t.partitions)
                         .map(|p| (p.partition_index, p.isr_nodes.len()))
                         .collect();
+                    self.replicas = resp
+                        .topics
+                        .iter()
+                        .filter(|t| t.name.as_ref() == Some(&self.topic))
+                        .flat_map(|t| &t.partitions)
+                        .filter(|p| p.error_code == code::NONE)
+                        .map(|p| {
+                            (
+                                p.partition_index,
+                                p.replica_nodes.iter().map(|b| b.0).collect(),
+                            )
+                        })
+                        .collect();
                     return Ok(());
                 }
                 Err(e) => last = e,
@@ -231,6 +247,15 @@ impl KafkaClient {
     pub fn leader_map(&mut self) -> Result<BTreeMap<i32, i32>, Outcome> {
         self.refresh_metadata()?;
         Ok(self.leaders.clone())
+    }
+
+    /// A partition's replica set (preferred leader first) after a fresh Metadata request.
+    pub fn replicas(&mut self, partition: i32) -> Result<Vec<i32>, Outcome> {
+        self.refresh_metadata()?;
+        self.replicas
+            .get(&partition)
+            .cloned()
+            .ok_or_else(|| Outcome::Definite(format!("partition {partition}: not in Metadata")))
     }
 
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {
@@ -413,6 +438,60 @@ pub fn quorum_leader(controller_addr: &str, timeout: Duration) -> Result<Option<
         .map(|p| p.leader_id.0)
         .ok_or_else(|| Outcome::Definite("describe quorum: empty response".into()))?;
     Ok((leader >= 0).then_some(leader))
+}
+
+/// AlterPartitionReassignments (KIP-455) for one partition of `topic`, moving it to `target`
+/// (broker ids, preferred leader first; `None` cancels the reassignment in progress), sent to
+/// the broker at `addr`, which forwards it to the controller. Returns the error code (the
+/// request's, else the partition's), or why there is none within `wait`. The request runs in
+/// a thread: a controller stopped at an assertion never answers, and a client would wait
+/// its own 30 s.
+pub fn alter_partition_reassignment(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    target: Option<Vec<i32>>,
+    wait: Duration,
+) -> Result<i16, String> {
+    use kcheck_reference::kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    let req = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(wait.as_millis().min(i32::MAX as u128) as i32)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(
+                    target.map(|t| t.into_iter().map(BrokerId).collect()),
+                )])]);
+    let addr = addr.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = Client::connect(&addr)
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| c.request(0, &req).map_err(|e| e.to_string()))
+            .map(|r| {
+                let p = r
+                    .responses
+                    .first()
+                    .and_then(|t| t.partitions.first())
+                    .map_or(-1, |p| p.error_code);
+                if r.error_code != 0 {
+                    r.error_code
+                } else {
+                    p
+                }
+            });
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(wait + Duration::from_secs(2))
+        .map_err(|_| {
+            format!(
+                "AlterPartitionReassignments had no answer in {} s",
+                (wait + Duration::from_secs(2)).as_secs()
+            )
+        })?
 }
 
 fn connect(addr: &str, timeout: Duration) -> std::io::Result<Client> {

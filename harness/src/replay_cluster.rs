@@ -955,22 +955,6 @@ impl Cluster {
     /// AlterPartitionReassignments for partition 0 (`None`: cancel), sent to a running broker,
     /// which forwards it to the controller; the error code, or why there is none in time.
     fn alter_reassignment(&self, target: Option<Vec<NodeId>>) -> Result<i16, String> {
-        use kcheck_reference::kafka_protocol::messages::alter_partition_reassignments_request::{
-            ReassignablePartition, ReassignableTopic,
-        };
-        use kcheck_reference::kafka_protocol::messages::{
-            AlterPartitionReassignmentsRequest, BrokerId, TopicName,
-        };
-        use kcheck_reference::kafka_protocol::protocol::StrBytes;
-        let req = AlterPartitionReassignmentsRequest::default()
-            .with_timeout_ms(10_000)
-            .with_topics(vec![ReassignableTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partitions(vec![ReassignablePartition::default()
-                    .with_partition_index(0)
-                    .with_replicas(
-                        target.map(|t| t.into_iter().map(BrokerId).collect()),
-                    )])]);
         let addr = self
             .brokers
             .iter()
@@ -978,29 +962,7 @@ impl Cluster {
             .ok_or("no broker is running")?
             .addr
             .clone();
-        // In a thread: a controller stopped at an assertion never answers, and the client
-        // waits 30 s.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let r = kcheck_reference::client::Client::connect(&addr)
-                .map_err(|e| e.to_string())
-                .and_then(|mut c| c.request(0, &req).map_err(|e| e.to_string()))
-                .map(|r| {
-                    let p = r
-                        .responses
-                        .first()
-                        .and_then(|t| t.partitions.first())
-                        .map_or(-1, |p| p.error_code);
-                    if r.error_code != 0 {
-                        r.error_code
-                    } else {
-                        p
-                    }
-                });
-            let _ = tx.send(r);
-        });
-        rx.recv_timeout(Duration::from_secs(12))
-            .map_err(|_| "AlterPartitionReassignments had no answer in 12 s".to_string())?
+        crate::kafka::alter_partition_reassignment(&addr, TOPIC, 0, target, Duration::from_secs(10))
     }
 
     /// Model brokers → node ids.

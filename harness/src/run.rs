@@ -46,7 +46,16 @@ pub enum NemesisKind {
     /// ZooKeeper mode: cut the active controller from every ZooKeeper server past its session
     /// timeout while it runs on (and reaches the other brokers): its session expires.
     ExpireSession,
+    /// KRaft cluster: AlterPartitionReassignments (KIP-455) moving one partition of the test
+    /// topic to a random other set of replicas; the reassignment is left as it is if it
+    /// completed when the fault ends, cancelled otherwise. Needs a broker outside each replica
+    /// set ([`REASSIGN_MIN_BROKERS`]). The reassignment model's bugs (`ControllerBug`) happen
+    /// only while one is in progress.
+    Reassign,
 }
+
+/// Brokers the reassign nemesis needs: the replication factor (3) plus one to move to.
+pub const REASSIGN_MIN_BROKERS: usize = 4;
 
 impl NemesisKind {
     pub const ALL: [NemesisKind; 5] = [
@@ -76,6 +85,7 @@ impl NemesisKind {
             NemesisKind::ZkPartition => "zk-partition",
             NemesisKind::Zombie => "zombie",
             NemesisKind::ExpireSession => "expire-session",
+            NemesisKind::Reassign => "reassign",
         }
     }
 
@@ -89,10 +99,12 @@ impl NemesisKind {
         NemesisKind::ALL
             .into_iter()
             .chain(NemesisKind::ZOOKEEPER_MODE)
+            .chain([NemesisKind::Reassign])
     }
 
     /// Parses `kill,pause,...` or `all` (every fault of [`NemesisKind::ALL`]; a ZooKeeper-mode
-    /// run adds its own), naming the known faults on error.
+    /// run adds its own, a KRaft cluster of [`REASSIGN_MIN_BROKERS`] brokers or more adds
+    /// `reassign`: `kcheck test` does), naming the known faults on error.
     pub fn parse_list(s: &str) -> Result<Vec<NemesisKind>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -251,6 +263,13 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
         ));
     }
     kcheck_reference::cli::split_bug_flags(&config.bugs)?;
+    if config.nemeses.contains(&NemesisKind::Reassign) && config.brokers < REASSIGN_MIN_BROKERS {
+        return Err(format!(
+            "reassign moves a partition to another set of {} replicas, which needs a broker \
+             outside the set: add --brokers {REASSIGN_MIN_BROKERS} (or leave reassign out of --nemesis)",
+            REASSIGN_MIN_BROKERS - 1
+        ));
+    }
     if config.nemeses.contains(&NemesisKind::Partition) {
         if config.brokers + config.controllers < 2 {
             return Err(
@@ -305,6 +324,13 @@ fn validate_zookeeper(config: &TestConfig) -> Result<(), String> {
             "bug flag '{b}' is a KRaft controller choice; ZooKeeper mode knows \
              no-controller-epoch-check, no-zkversion-check and the data plane's flags"
         ));
+    }
+    if config.nemeses.contains(&NemesisKind::Reassign) {
+        return Err(
+            "reassign: the ZooKeeper-mode controller has no AlterPartitionReassignments \
+             (leave reassign out of --nemesis, or drop --metadata zookeeper)"
+                .into(),
+        );
     }
     if config.nemeses.contains(&NemesisKind::Partition) {
         return Err("partition: the brokers of a ZooKeeper-mode run do not run in network namespaces; \
@@ -1538,9 +1564,10 @@ fn start_fault(
             NemesisKind::Zombie => system.pause(node)?,
             NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, true),
             // ZooKeeper servers are not broker nodes: see `start_zookeeper_fault`.
-            NemesisKind::ZkKill | NemesisKind::ZkPartition => {
+            // Not a node fault: see `start_reassign`.
+            NemesisKind::ZkKill | NemesisKind::ZkPartition | NemesisKind::Reassign => {
                 return Err(std::io::Error::other(format!(
-                    "{} targets ZooKeeper servers, not node {node}",
+                    "{} does not target node {node}",
                     kind.name()
                 )))
             }
@@ -1583,7 +1610,7 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
                 system.resume(node)?;
             }
             NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, false),
-            NemesisKind::ZkKill | NemesisKind::ZkPartition => {}
+            NemesisKind::ZkKill | NemesisKind::ZkPartition | NemesisKind::Reassign => {}
         }
     }
     for &server in &fault.servers {
@@ -1642,6 +1669,137 @@ fn start_zookeeper_fault(
     Some((server, target, started))
 }
 
+/// The reassign nemesis's target for a partition now on `current`: `rf` brokers in a seeded
+/// random order (the first is the preferred leader), never the current set itself (with more
+/// brokers than `rf`, one of them is swapped for a broker outside it).
+pub fn reassignment_target(
+    rng: &mut Rng,
+    brokers: &[NodeId],
+    current: &[NodeId],
+    rf: usize,
+) -> Vec<NodeId> {
+    let order = shuffled(rng, brokers);
+    let rf = rf.min(order.len());
+    let mut target: Vec<NodeId> = order[..rf].to_vec();
+    let same = |t: &[NodeId]| t.len() == current.len() && t.iter().all(|b| current.contains(b));
+    if same(&target) {
+        if let Some(&outside) = order[rf..].iter().find(|b| !current.contains(b)) {
+            let i = rng.below(rf as u64) as usize;
+            target[i] = outside;
+        }
+    }
+    target
+}
+
+/// A running broker's client address, the brokers `busy` (killed, paused by a fault in force)
+/// aside, seeded: AlterPartitionReassignments goes to any broker, which forwards it to the
+/// controller.
+fn reassign_addr(rng: &mut Rng, system: &ProcessSystem, busy: &[NodeId]) -> Option<String> {
+    let addrs: Vec<(NodeId, String)> = system
+        .broker_ids()
+        .into_iter()
+        .zip(system.bootstrap().split(',').map(str::to_string))
+        .filter(|(id, _)| system.is_running(*id) && !busy.contains(id))
+        .collect();
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(addrs[rng.below(addrs.len() as u64) as usize].1.clone())
+}
+
+/// How long the reassign nemesis waits for the controller's answer.
+const REASSIGN_WAIT: Duration = Duration::from_secs(5);
+
+/// Starts a reassignment of one partition of the test topic: the fault's value (partition,
+/// replicas before, target) and what failed, if anything.
+fn start_reassign(
+    config: &TestConfig,
+    rng: &mut Rng,
+    system: &ProcessSystem,
+    admin: &mut KafkaClient,
+    busy: &[NodeId],
+) -> (serde_json::Value, Option<String>) {
+    let partition = rng.below(config.partitions.max(1) as u64) as i32;
+    let rf = config.brokers.min(3);
+    let current = admin.replicas(partition).unwrap_or_default();
+    let target = reassignment_target(rng, &system.broker_ids(), &current, rf);
+    let mut value = serde_json::json!({
+        "target": "reassign",
+        "partition": partition,
+        "replicas": current,
+        "reassign-to": target,
+    });
+    let error = match reassign_addr(rng, system, busy) {
+        None => Some("no broker is running".to_string()),
+        Some(addr) => {
+            match crate::kafka::alter_partition_reassignment(
+                &addr,
+                TOPIC,
+                partition,
+                Some(target),
+                REASSIGN_WAIT,
+            ) {
+                Ok(0) => None,
+                Ok(c) => Some(format!("AlterPartitionReassignments error code {c}")),
+                Err(e) => Some(e),
+            }
+        }
+    };
+    value["nodes"] = serde_json::json!([]);
+    (value, error)
+}
+
+/// Ends a reassign fault: a reassignment whose replicas are now its target completed and is
+/// left as it is; otherwise it is cancelled (the replicas return to the set before it). The
+/// stop's value (the start's, with `completed`, the replicas seen, and a cancel's code) and
+/// what failed.
+fn stop_reassign(
+    fault: &Fault,
+    rng: &mut Rng,
+    system: &ProcessSystem,
+    admin: &mut KafkaClient,
+    busy: &[NodeId],
+) -> (serde_json::Value, Option<String>) {
+    let mut value = fault.value.clone();
+    let partition = value["partition"].as_i64().unwrap_or(0) as i32;
+    let target: Vec<NodeId> = value["reassign-to"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_i64())
+                .map(|b| b as NodeId)
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = admin.replicas(partition).unwrap_or_default();
+    let completed = now.len() == target.len() && target.iter().all(|b| now.contains(b));
+    value["completed"] = serde_json::json!(completed);
+    value["replicas-at-stop"] = serde_json::json!(now);
+    if completed {
+        return (value, None);
+    }
+    let error = match reassign_addr(rng, system, busy) {
+        None => Some("cancel: no broker is running".to_string()),
+        Some(addr) => {
+            match crate::kafka::alter_partition_reassignment(
+                &addr,
+                TOPIC,
+                partition,
+                None,
+                REASSIGN_WAIT,
+            ) {
+                // NO_REASSIGNMENT_IN_PROGRESS: it completed since the Metadata above.
+                Ok(c) => {
+                    value["cancel-error-code"] = serde_json::json!(c);
+                    None
+                }
+                Err(e) => Some(format!("cancel: {e}")),
+            }
+        }
+    };
+    (value, error)
+}
+
 /// The nemesis, a seeded random schedule (same seed, same choices): every
 /// `nemesis_interval` (a *tick*) it heals the faults whose time is up, then, with fewer than
 /// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a kind
@@ -1697,6 +1855,17 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                     record("controller", &v, None);
                 }
             }
+            if fault.kind == NemesisKind::Reassign {
+                let busy = busy_nodes(&in_force);
+                let (value, error) = stop_reassign(fault, &mut rng, system, &mut admin, &busy);
+                lines.push(format!(
+                    "reassign partition {} ends: {}",
+                    value["partition"],
+                    reassign_outcome(&value, &error)
+                ));
+                record("stop-reassign", &value, error);
+                continue;
+            }
             let healed = stop_fault(fault, &in_force, system);
             let f = format!("stop-{}", fault.kind.name());
             record(&f, &fault.value, healed.err().map(|e| e.to_string()));
@@ -1748,6 +1917,32 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 // At least two ticks, so a leader fault can follow while it holds.
                 until_tick: tick + 2 + rng.below(2),
                 aim,
+                servers: Vec::new(),
+            });
+            continue;
+        }
+        if kind == NemesisKind::Reassign {
+            // One reassignment at a time, as `kafka-reassign-partitions` runs them.
+            if in_force.iter().any(|f| f.kind == NemesisKind::Reassign) {
+                continue;
+            }
+            let busy = busy_nodes(&in_force);
+            let (value, error) = start_reassign(config, &mut rng, system, &mut admin, &busy);
+            let summary = format!(
+                "reassign partition {} {} -> {}",
+                value["partition"], value["replicas"], value["reassign-to"]
+            );
+            match &error {
+                None => lines.push(summary),
+                Some(e) => lines.push(format!("{summary} FAILED: {e}")),
+            }
+            record("start-reassign", &value, error);
+            in_force.push(Fault {
+                kind,
+                nodes: Vec::new(),
+                value,
+                until_tick: tick + 1 + rng.below(3),
+                aim: None,
                 servers: Vec::new(),
             });
             continue;
@@ -1899,6 +2094,17 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         }
     }
     while let Some(fault) = in_force.pop() {
+        if fault.kind == NemesisKind::Reassign {
+            let busy = busy_nodes(&in_force);
+            let (value, error) = stop_reassign(&fault, &mut rng, system, &mut admin, &busy);
+            lines.push(format!(
+                "reassign partition {} ends: {}",
+                value["partition"],
+                reassign_outcome(&value, &error)
+            ));
+            record("stop-reassign", &value, error);
+            continue;
+        }
         let healed = stop_fault(&fault, &in_force, system);
         let f = format!("stop-{}", fault.kind.name());
         record(&f, &fault.value, healed.err().map(|e| e.to_string()));
@@ -1906,7 +2112,62 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
     lines
 }
 
+/// Nodes a process fault in force holds down or stopped: they would not answer a request.
+fn busy_nodes(in_force: &[Fault]) -> Vec<NodeId> {
+    in_force
+        .iter()
+        .filter(|f| f.kind != NemesisKind::Reassign && f.kind != NemesisKind::Clock)
+        .filter(|f| f.kind != NemesisKind::Partition)
+        .flat_map(|f| f.nodes.iter().copied())
+        .collect()
+}
+
+/// How a reassign fault ended, for the summary.
+fn reassign_outcome(value: &serde_json::Value, error: &Option<String>) -> String {
+    match (value["completed"].as_bool(), error) {
+        (Some(true), _) => format!("completed {}", value["replicas-at-stop"]),
+        (_, Some(e)) => format!("cancel FAILED: {e}"),
+        _ => format!("cancelled (code {})", value["cancel-error-code"]),
+    }
+}
+
 /// The default store folder for runs.
 pub fn default_store() -> PathBuf {
     Path::new("store").to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reassignment_target_is_another_set_of_rf_brokers() {
+        let brokers = [1, 2, 3, 4];
+        for seed in 0..200 {
+            let mut rng = Rng::new(seed);
+            let current = [1, 2, 3];
+            let t = reassignment_target(&mut rng, &brokers, &current, 3);
+            assert_eq!(t.len(), 3, "seed {seed}: {t:?}");
+            let mut sorted = t.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3, "seed {seed}: a broker twice in {t:?}");
+            assert!(t.iter().all(|b| brokers.contains(b)));
+            assert!(
+                t.iter().any(|b| !current.contains(b)),
+                "seed {seed}: {t:?} is the current set"
+            );
+        }
+    }
+
+    #[test]
+    fn reassign_needs_four_brokers_and_all_adds_it_only_then() {
+        assert_eq!(
+            NemesisKind::parse_list("reassign,kill").unwrap(),
+            vec![NemesisKind::Kill, NemesisKind::Reassign]
+        );
+        assert!(!NemesisKind::parse_list("all")
+            .unwrap()
+            .contains(&NemesisKind::Reassign));
+    }
 }

@@ -59,7 +59,9 @@ pub fn test_command() -> Command {
                 .long("nemesis")
                 .value_name("LIST")
                 .default_value("kill")
-                .help("Faults, comma-separated: kill, pause, partition, clock, lose-unsynced, all, none; \
+                .help("Faults, comma-separated: kill, pause, partition, clock, lose-unsynced, \
+                       reassign (move a partition to other brokers; needs --brokers 4), all, none; \
+                       all includes reassign from --brokers 4 on; \
                        --metadata zookeeper adds zk-kill, zk-partition, zombie, expire-session"),
         )
         .arg(num("time-limit", "30", "Seconds of workload").value_parser(value_parser!(f64)))
@@ -133,7 +135,7 @@ fn node_counts(m: &ArgMatches) -> (usize, usize) {
 /// `--nemesis`: `all` is every fault this machine can inject (a notice names what it leaves
 /// out: partitions need root, lose-unsynced FUSE, clock libfaketime); a fault named
 /// explicitly is refused with the reason when it cannot run.
-fn nemeses(list: &str, metadata: Metadata) -> Result<Vec<NemesisKind>, String> {
+fn nemeses(list: &str, metadata: Metadata, brokers: usize) -> Result<Vec<NemesisKind>, String> {
     let mut kinds = NemesisKind::parse_list(list)?;
     if !list.split(',').any(|p| p.trim() == "all") {
         return Ok(kinds);
@@ -150,6 +152,19 @@ fn nemeses(list: &str, metadata: Metadata) -> Result<Vec<NemesisKind>, String> {
                 "partition: a ZooKeeper-mode run cuts the network through proxies (zk-partition, expire-session)"
                     .into(),
             );
+        }
+    }
+    if metadata == Metadata::Kraft {
+        if brokers >= run::REASSIGN_MIN_BROKERS {
+            if !kinds.contains(&NemesisKind::Reassign) {
+                kinds.push(NemesisKind::Reassign);
+            }
+            available.push(NemesisKind::Reassign);
+        } else {
+            missing.push(format!(
+                "reassign: it needs a broker outside the replica set (--brokers {})",
+                run::REASSIGN_MIN_BROKERS
+            ));
         }
     }
     for m in &missing {
@@ -182,6 +197,7 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
         nemeses: nemeses(
             m.get_one::<String>("nemesis").expect("defaulted"),
             metadata(m),
+            brokers,
         )?,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
@@ -235,6 +251,8 @@ pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
             | NemesisKind::ZkPartition
             | NemesisKind::Zombie
             | NemesisKind::ExpireSession => continue,
+            // Not in `ALL`: `nemeses` adds it for a KRaft cluster of four brokers or more.
+            NemesisKind::Reassign => continue,
         };
         match check {
             Ok(()) => kinds.push(kind),

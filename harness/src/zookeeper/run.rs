@@ -929,6 +929,11 @@ fn start_fault(
         | NemesisKind::ExpireSession) => {
             anyhow::bail!("{} belongs to --metadata zookeeper runs", k.name())
         }
+        NemesisKind::Reassign => {
+            anyhow::bail!(
+                "reassign needs a KRaft cluster of kcheck brokers (kcheck test --system kafka)"
+            )
+        }
     })
 }
 
