@@ -1671,14 +1671,23 @@ fn start_zookeeper_fault(
 
 /// The reassign nemesis's target for a partition now on `current`: `rf` brokers in a seeded
 /// random order (the first is the preferred leader), never the current set itself (with more
-/// brokers than `rf`, one of them is swapped for a broker outside it).
+/// brokers than `rf`, one of them is swapped for a broker outside it). With `moved_leader`
+/// (the partition's leader now), the target leaves it out and puts a broker it adds first:
+/// the leader must move to a replica that is catching up, the window of the reassignment
+/// bugs (`ControllerBug`), as the replication nemeses aim at partition leaders.
 pub fn reassignment_target(
     rng: &mut Rng,
     brokers: &[NodeId],
     current: &[NodeId],
     rf: usize,
+    moved_leader: Option<NodeId>,
 ) -> Vec<NodeId> {
-    let order = shuffled(rng, brokers);
+    let mut order = shuffled(rng, brokers);
+    if let Some(leader) = moved_leader {
+        if order.len() > rf {
+            order.retain(|b| *b != leader);
+        }
+    }
     let rf = rf.min(order.len());
     let mut target: Vec<NodeId> = order[..rf].to_vec();
     let same = |t: &[NodeId]| t.len() == current.len() && t.iter().all(|b| current.contains(b));
@@ -1686,6 +1695,11 @@ pub fn reassignment_target(
         if let Some(&outside) = order[rf..].iter().find(|b| !current.contains(b)) {
             let i = rng.below(rf as u64) as usize;
             target[i] = outside;
+        }
+    }
+    if moved_leader.is_some() {
+        if let Some(i) = target.iter().position(|b| !current.contains(b)) {
+            target.swap(0, i);
         }
     }
     target
@@ -1722,7 +1736,14 @@ fn start_reassign(
     let partition = rng.below(config.partitions.max(1) as u64) as i32;
     let rf = config.brokers.min(3);
     let current = admin.replicas(partition).unwrap_or_default();
-    let target = reassignment_target(rng, &system.broker_ids(), &current, rf);
+    // Half the time the leader moves (to a replica the reassignment adds).
+    let leader = admin
+        .leader_map()
+        .unwrap_or_default()
+        .get(&partition)
+        .copied();
+    let moved_leader = leader.filter(|_| rng.below(2) == 0);
+    let target = reassignment_target(rng, &system.broker_ids(), &current, rf, moved_leader);
     let mut value = serde_json::json!({
         "target": "reassign",
         "partition": partition,
@@ -2146,7 +2167,15 @@ mod tests {
         for seed in 0..200 {
             let mut rng = Rng::new(seed);
             let current = [1, 2, 3];
-            let t = reassignment_target(&mut rng, &brokers, &current, 3);
+            let moved_leader = (seed % 2 == 0).then_some(2);
+            let t = reassignment_target(&mut rng, &brokers, &current, 3, moved_leader);
+            if moved_leader.is_some() {
+                assert!(!t.contains(&2), "seed {seed}: {t:?} keeps the leader");
+                assert_eq!(
+                    t[0], 4,
+                    "seed {seed}: {t:?} does not lead with the added broker"
+                );
+            }
             assert_eq!(t.len(), 3, "seed {seed}: {t:?}");
             let mut sorted = t.clone();
             sorted.sort();
