@@ -405,3 +405,75 @@ fn truncate_to_hw_is_found_by_a_partition_and_a_leader_chain() {
     let (code, out) = partition_kill_run(None);
     assert_eq!(code, Some(0), "without the flag the run is valid: {out}");
 }
+
+fn reassign_run(bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
+    let store = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcheck"));
+    cmd.args(["test", "--brokers", "4", "--controllers", "3"]);
+    if let Some(b) = bug {
+        cmd.args(["--bug", b]);
+    }
+    let o = cmd
+        .args(["--workload", "queue", "--nemesis", "reassign"])
+        .args([
+            "--nemesis-interval",
+            "2",
+            "--time-limit",
+            "12",
+            "--seed",
+            seed,
+        ])
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .expect("kcheck runs");
+    (o.status.code(), output_text(&o))
+}
+
+/// `kcheck test --nemesis reassign --bug remove-before-caught-up` finds the loss: the
+/// reassign nemesis moves a partition's leader off to a replica the reassignment adds, the
+/// flagged controller completes before that replica caught up and elects it with an empty
+/// log. Seeds 1, 2 and 4 of 1..=4 found it on the loaded 2-core machine; the test allows two.
+/// The same schedule on the correct cluster keeps the history valid. (Conformance is not
+/// asserted there: `kcheck conform` does not yet map reassignment's replica-set changes and
+/// reports the correct cluster NON-CONFORMING too.) With three brokers the nemesis is refused.
+#[test]
+fn remove_before_caught_up_is_found_by_the_reassign_nemesis() {
+    let (mut code, mut out) = reassign_run(Some("remove-before-caught-up"), "1");
+    if !out.contains("kcheck test: INVALID") {
+        eprintln!("seed 1 found nothing, trying seed 2: {out}");
+        (code, out) = reassign_run(Some("remove-before-caught-up"), "2");
+    }
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("kcheck test: INVALID"), "{out}");
+    assert!(
+        ["inconsistent-offsets", "lost-write", "unseen x"]
+            .iter()
+            .any(|a| out.contains(a)),
+        "an acknowledged record was replaced or lost: {out}"
+    );
+    assert!(out.contains("reassign partition"), "{out}");
+    let (_, out) = reassign_run(None, "1");
+    assert!(
+        out.contains("kcheck test: VALID"),
+        "without the flag the history is valid: {out}"
+    );
+    let store = tempfile::tempdir().unwrap();
+    let o = kcheck_test(
+        store.path(),
+        &[
+            "--brokers",
+            "3",
+            "--controllers",
+            "3",
+            "--nemesis",
+            "reassign",
+        ],
+    );
+    let out = output_text(&o);
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("--brokers 4"),
+        "the refusal names the fix: {out}"
+    );
+}
