@@ -572,9 +572,23 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                     "b{b} still leads with ISR {isr:?}"
                 );
             }
+            // A replica a reassignment adds learns the partition from a registration that
+            // names another leader: the broker applies it as an update of a replica it just
+            // created, with no `partition.follower` first. It is the model's BecomeFollower
+            // of that leader epoch's leader (known from its `partition.leader` event).
+            let epoch = e.i("leader_epoch").map_err(Err)? as i32;
+            let adopted_leader =
+                (r.role == Role::None && !e.b("leader") && epoch >= r.leader_epoch)
+                    .then(|| p.leaders.get(&epoch).copied())
+                    .flatten();
             let v = p.replicas.get_mut(&b).expect("inserted");
             v.partition_epoch = pe;
             v.isr = isr;
+            if let Some(leader) = adopted_leader {
+                v.role = Role::Follower(leader);
+                v.leader_epoch = epoch;
+                p.update_matched(b);
+            }
         }
         "partition.stopped" => {
             p.replicas.get_mut(&b).expect("inserted").role = Role::None;
