@@ -1190,6 +1190,30 @@ mod tests {
         );
     }
 
+    /// A registration update naming another leader, for a replica a reassignment adds.
+    fn update_not_leader(epoch: i64, isr: &[i64]) -> Value {
+        p(
+            json!({"leader_epoch": epoch, "partition_epoch": epoch + 1, "isr": isr, "replicas": [1, 2, 3], "leader": false}),
+        )
+    }
+
+    #[test]
+    fn a_replica_added_by_an_update_follows_the_leader_of_its_epoch() {
+        let mut t = replicated();
+        // b3 is added: its first event is an update naming epoch 1 (led by b1), then it fetches.
+        t.push((3, "partition.update", update_not_leader(1, &[1, 2])));
+        t.push((3, "partition.append", append(false, &[[0, 1, 1]])));
+        let r = check(&t);
+        assert!(r.conforms(), "{}", r.text());
+        // The same update for an epoch nobody has led leaves b3 in no role: its fetch is caught.
+        let mut t = replicated();
+        t.push((3, "partition.update", update_not_leader(2, &[1, 2])));
+        t.push((3, "partition.append", append(false, &[[0, 1, 1]])));
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "Fetch");
+        assert!(msg.contains("while not a follower"), "{msg}");
+    }
+
     #[test]
     fn a_follower_append_of_a_record_no_leader_wrote_is_caught() {
         let mut t = replicated();
