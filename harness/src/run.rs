@@ -587,7 +587,6 @@ fn node_specs(
             client_addr: None,
         });
     }
-    let min_isr = min_insync_replicas(config);
     for id in 1..=config.brokers as i32 {
         let listen = port(id)?;
         let data_dir = dir.join(format!("n{id}")).join("data");
@@ -601,15 +600,8 @@ fn node_specs(
             listen.clone(),
             "--controller-quorum-voters".into(),
             voters.clone(),
-            "--min-insync-replicas".into(),
-            min_isr.to_string(),
-            "--replica-lag-time-max-ms".into(),
-            "3000".into(),
-            "--flush".into(),
-            config.flush.clone(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
         ];
+        args.extend(replication_args(config, &data_dir));
         args.extend(trace_flag(dir, id));
         args.extend(flags(&broker_bugs));
         specs.push(NodeSpec {
@@ -636,7 +628,6 @@ fn zookeeper_specs(
     dir: &Path,
     zk: &MetadataEnsemble,
 ) -> std::io::Result<Vec<NodeSpec>> {
-    let min_isr = if config.brokers >= 3 { 2 } else { 1 };
     let mut specs = Vec::new();
     for id in 1..=config.brokers as i32 {
         let listen = format!("127.0.0.1:{}", crate::system::free_port()?);
@@ -651,15 +642,8 @@ fn zookeeper_specs(
             zk.connect_string(id),
             "--zookeeper-session-timeout-ms".into(),
             ZOOKEEPER_SESSION_TIMEOUT.as_millis().to_string(),
-            "--min-insync-replicas".into(),
-            min_isr.to_string(),
-            "--replica-lag-time-max-ms".into(),
-            "3000".into(),
-            "--flush".into(),
-            config.flush.clone(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
         ];
+        args.extend(replication_args(config, &data_dir));
         args.extend(
             config
                 .bugs
@@ -712,6 +696,22 @@ fn leader_probe(brokers: &[(NodeId, String)], partitions: i32, shared: &Shared, 
 /// Every cluster node writes its protocol transition events to `<run>/n<ID>/trace.jsonl`, for
 /// `kcheck conform` (next to the node's log, not in its data directory: a LazyFs data
 /// directory loses unsynced writes, and the trace must keep every event).
+/// A cluster broker's replication settings, the same in both metadata modes: min.insync.replicas
+/// ([`min_insync_replicas`]), replica.lag.time.max.ms 3 s (short, so ISR shrinks happen within
+/// a run), the run's flush policy and its data directory.
+fn replication_args(config: &TestConfig, data_dir: &Path) -> [String; 8] {
+    [
+        "--min-insync-replicas".into(),
+        min_insync_replicas(config).to_string(),
+        "--replica-lag-time-max-ms".into(),
+        "3000".into(),
+        "--flush".into(),
+        config.flush.clone(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ]
+}
+
 fn trace_flag(dir: &Path, id: i32) -> [String; 2] {
     let path = dir.join(format!("n{id}")).join(crate::conform::TRACE_FILE);
     ["--trace-file".into(), path.display().to_string()]

@@ -704,16 +704,20 @@ fn carry_out(topic: &str, r: &mut Replica, t: &Transition) -> Result<(), LogErro
 
 // ---- protocol transition events (`kcheck conform`, see `crate::proto_trace`) ----------------
 
-/// A replica opened after a (re)start: its recovered log as its leader-epoch cache, so the
-/// checker knows what survived (the model's `Crash` keeps a flushed prefix).
-fn trace_open(topic: &str, r: &Replica) {
-    let epochs: Vec<[i64; 2]> = r
-        .log
+/// The replica's leader-epoch cache as (leader epoch, start offset) pairs, for trace events.
+fn epoch_entries(r: &Replica) -> Vec<[i64; 2]> {
+    r.log
         .epochs()
         .entries
         .iter()
         .map(|&(e, o)| [i64::from(e), o])
-        .collect();
+        .collect()
+}
+
+/// A replica opened after a (re)start: its recovered log as its leader-epoch cache, so the
+/// checker knows what survived (the model's `Crash` keeps a flushed prefix).
+fn trace_open(topic: &str, r: &Replica) {
+    let epochs = epoch_entries(r);
     tracing::info!(target: TARGET, topic, partition = r.state.partition,
         leo = r.log.log_end_offset(), log_start = r.log.log_start_offset(),
         hw = r.state.high_watermark, epochs = ?epochs, "replica.open");
@@ -783,18 +787,11 @@ fn trace_append(topic: &str, r: &Replica, headers: &[BatchHeader]) {
         "partition.append");
 }
 
-/// A follower truncated (`to` asked, `leo` reached: whole batches go).
-/// A truncation, with the leader-epoch cache it left (`kcheck conform` checks that no epoch
+/// A follower truncated (`to` asked, `leo` reached: whole batches go), with the leader-epoch cache it left (`kcheck conform` checks that no epoch
 /// starts at or above the new LEO, as the model's `truncate_to` guarantees).
 fn trace_truncate(topic: &str, r: &Replica, to: i64, reason: &str) {
     let s = &r.state;
-    let epochs: Vec<[i64; 2]> = r
-        .log
-        .epochs()
-        .entries
-        .iter()
-        .map(|&(e, o)| [i64::from(e), o])
-        .collect();
+    let epochs = epoch_entries(r);
     tracing::info!(target: TARGET, topic, partition = s.partition, to, leo = r.log.log_end_offset(),
         hw = s.high_watermark, leader_epoch = s.leader_epoch, reason, epochs = ?epochs, "partition.truncate");
 }
