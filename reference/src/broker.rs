@@ -832,7 +832,8 @@ fn write_topic_id(dir: &Path, id: Uuid) -> std::io::Result<()> {
     let path = dir.join(METADATA_FILE);
     let mut f = fs::File::create(&path)?;
     std::io::Write::write_all(&mut f, format!("version: 0\ntopic_id: {id}\n").as_bytes())?;
-    f.sync_all()
+    f.sync_all()?;
+    crate::log::fsync_dir(dir)
 }
 
 fn read_topic_id(dir: &Path) -> Option<Uuid> {

@@ -29,7 +29,7 @@ pub fn write(data_dir: &Path, broker_epoch: BrokerEpoch) -> std::io::Result<()> 
     writeln!(f, "{{\"version\":0,\"broker_epoch\":{broker_epoch}}}")?;
     f.sync_all()?;
     fs::rename(&tmp, marker(data_dir))?;
-    sync_dir(data_dir)
+    crate::log::fsync_dir(data_dir)
 }
 
 /// The previous incarnation's broker epoch if it shut down cleanly, else -1 (KIP-966's
@@ -43,7 +43,7 @@ pub fn take(data_dir: &Path) -> std::io::Result<BrokerEpoch> {
         Err(e) => return Err(e),
     };
     fs::remove_file(&path)?;
-    sync_dir(data_dir)?;
+    crate::log::fsync_dir(data_dir)?;
     Ok(parse(&text).unwrap_or(-1))
 }
 
@@ -53,10 +53,6 @@ fn parse(text: &str) -> Option<BrokerEpoch> {
         return None;
     }
     v.get("broker_epoch")?.as_i64().filter(|e| *e >= 0)
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

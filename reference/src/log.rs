@@ -178,6 +178,7 @@ impl Segment {
             .truncate(true)
             .open(&ipath)
             .map_err(io_err(&ipath))?;
+        fsync_dir(dir).map_err(io_err(dir))?;
         Ok(Segment {
             base_offset,
             path,
@@ -272,7 +273,17 @@ pub fn write_checkpoint(path: &Path, entries: &[String]) -> Result<(), LogError>
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(body.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fsync_dir(dir).map_err(io_err(dir))
+}
+
+/// fsyncs a directory, making the names in it durable. A file's own fsync covers its data,
+/// not its directory entry: without this, a power loss after creating a segment or renaming
+/// a checkpoint can bring back the directory without the new name (ext4 and xfs document
+/// this; Kafka's `Utils.atomicMoveWithFallback` and segment creation flush the parent too).
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Reads a checkpoint written by [`write_checkpoint`]; a missing file is an empty checkpoint.
@@ -315,7 +326,13 @@ fn read_offset_checkpoint(path: &Path) -> Result<Option<i64>, LogError> {
 impl PartitionLog {
     /// Opens (creating if needed) and recovers the log in `dir`.
     pub fn open(dir: &Path, config: LogConfig) -> Result<(PartitionLog, RecoveryReport), LogError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            // The partition directory's own name lives in its parent.
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent).map_err(io_err(parent))?;
+            }
+        }
         let recovery_point = read_offset_checkpoint(&dir.join(RECOVERY_POINT_FILE))?.unwrap_or(0);
         let mut bases: Vec<i64> = fs::read_dir(dir)
             .map_err(io_err(dir))?
@@ -338,6 +355,7 @@ impl PartitionLog {
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 let _ = fs::remove_file(dir.join(Segment::file_name(base, "index")));
                 report.removed_segments.push(path);
+                fsync_dir(dir).map_err(io_err(dir))?;
                 continue;
             }
             let data = fs::read(&path).map_err(io_err(&path))?;
@@ -517,6 +535,7 @@ impl PartitionLog {
             return Ok(self.leo);
         }
         let offset = offset.max(self.log_start_offset);
+        let mut removed = false;
         while self.segments.len() > 1
             && self.segments.last().expect("non-empty").base_offset >= offset
         {
@@ -526,6 +545,12 @@ impl PartitionLog {
             drop(seg.index_file);
             fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
             let _ = fs::remove_file(&index);
+            removed = true;
+        }
+        if removed {
+            // Removed segments must stay removed: one that came back after a power loss
+            // would bring back the divergent records this truncation exists to drop.
+            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
         }
         let seg = self.segments.last_mut().expect("always one segment");
         let mut pos = seg.lookup(offset);
@@ -544,6 +569,8 @@ impl PartitionLog {
             pos += h.size as u64;
         }
         seg.file.set_len(pos).map_err(io_err(&seg.path))?;
+        // Durable for the same reason (a lost truncation resurrects a divergent suffix).
+        seg.file.sync_data().map_err(io_err(&seg.path))?;
         seg.size = pos;
         seg.index.retain(|&(_, p)| u64::from(p) < pos);
         let kept = (seg.index.len() * 8) as u64;

@@ -72,9 +72,7 @@ pub fn write_quorum_state(dir: &Path, q: &QuorumState) -> Result<(), MetadataLog
     f.write_all(&body).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    crate::log::fsync_dir(dir).map_err(io(dir))?;
     Ok(())
 }
 
