@@ -194,6 +194,24 @@ fn no_leader_move_never_completes_on_the_healed_cluster() {
 }
 
 #[test]
+fn cancel_keeps_adding_in_isr_is_refused_by_the_controller_on_a_padded_reassignment() {
+    let with = reproduces_only_with_the_flag(
+        "reassignment-cancel-keeps-adding-in-isr",
+        "cancel-keeps-adding-in-isr",
+    );
+    // The pad: a fifth broker added in place of a kept replica, so the cancel finds the
+    // reassignment in progress.
+    assert_eq!(with.brokers.len(), 5, "{}", with.text());
+    assert!(
+        with.violations[0]
+            .detail
+            .contains("the active controller refused its own metadata record"),
+        "{:?}",
+        with.violations
+    );
+}
+
+#[test]
 fn traces_that_cannot_run_on_a_cluster_exit_2_with_the_reason() {
     let kcheck = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_kcheck"))

@@ -22,6 +22,13 @@
 //! | `reassign{target}` / `cancel` | AlterPartitionReassignments (null target: cancel); wait until the replicas are the model's |
 //! | `complete-reassignment{leader}` | wait until the replicas are the target (the controller completes on its own) |
 //!
+//! A trace that cancels a reassignment after its last adding replica joined the ISR (the
+//! model completes one action later) needs a *pad*: the reference completes in the partition
+//! change that adds the last adding replica, as KRaft's controller does, so the replayer adds
+//! a fifth broker to the target in place of a replica the target keeps. Its fetcher stays
+//! held, it never joins the ISR, and the reassignment is still in progress when the cancel
+//! comes, with the model's replicas and ISR otherwise ([`needs_pad`]).
+//!
 //! After the schedule the replayer reads every broker's log through its control endpoint and
 //! checks the model's invariants in Kafka's terms: `no-committed-data-loss` (every
 //! acknowledged record is at its offset in the current leader's log),
@@ -178,11 +185,6 @@ impl ReplayReport {
                     self.bugs.join(", "),
                     self.property
                 ));
-                for b in &self.bugs {
-                    if let Some(why) = not_forceable(b) {
-                        out.push_str(&format!("  why: {why}\n"));
-                    }
-                }
             }
         } else {
             for v in &self.violations {
@@ -197,20 +199,6 @@ impl ReplayReport {
         }
         out.push_str(&format!("{:.1} s\n", self.seconds));
         out
-    }
-}
-
-/// Bug flags whose model counterexample needs a step the replayer cannot force on real
-/// processes, and why (specs/conformance.md, "Replaying model traces").
-pub fn not_forceable(flag: &str) -> Option<&'static str> {
-    match flag {
-        "cancel-keeps-adding-in-isr" => Some(
-            "the model cancels after the adding replica joined the ISR but before the \
-             controller completes; the reference controller completes in the same partition \
-             change as the AlterPartition that adds the last adding replica (as KRaft does), so \
-             the cancel finds no reassignment in progress (NO_REASSIGNMENT_IN_PROGRESS)",
-        ),
-        _ => None,
     }
 }
 
@@ -263,6 +251,10 @@ pub enum Step {
     /// AlterPartitionReassignments to `target` (model brokers, in the replica order the
     /// cluster is asked for: the model's next completion leader first).
     Reassign {
+        target: Vec<usize>,
+    },
+    /// The same with the pad broker ([`PAD`]) in place of a replica the target keeps.
+    ReassignPadded {
         target: Vec<usize>,
     },
     /// AlterPartitionReassignments with a null target.
@@ -403,6 +395,7 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
             states[0].replicas.len()
         ));
     }
+    let pad = needs_pad(trace, &states);
     let mut out = Vec::new();
     for (i, step) in trace.steps.iter().enumerate() {
         let a = &step.action;
@@ -485,7 +478,13 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
                 if let Some(l) = next_leader {
                     target.sort_by_key(|b| (*b != l, *b));
                 }
-                Step::Reassign { target }
+                if pad {
+                    Step::ReassignPadded {
+                        target: padded_target(&target, &states[i].replicas, states[i].leader),
+                    }
+                } else {
+                    Step::Reassign { target }
+                }
             }
             "cancel" => Step::Cancel,
             "complete-reassignment" => Step::CompleteReassignment {
@@ -496,6 +495,60 @@ pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
         out.push(s);
     }
     Ok(out)
+}
+
+/// The model index of the pad broker (a fifth broker, after the reassignment model's b0..b3).
+pub const PAD: usize = 4;
+
+/// Whether the trace cancels a reassignment whose adding replicas are all in the ISR already:
+/// the moment between the AlterPartition that adds the last one and the completion, which the
+/// model has and the reference does not (it completes in that same partition change).
+pub fn needs_pad(trace: &Trace, states: &[ModelState]) -> bool {
+    let mut target: Option<Vec<usize>> = None;
+    for (i, step) in trace.steps.iter().enumerate() {
+        let a = &step.action;
+        match a.get("action").and_then(|v| v.as_str()) {
+            Some("reassign") => {
+                target = a.get("target").and_then(|v| v.as_array()).map(|t| {
+                    t.iter()
+                        .filter_map(|b| b.as_u64().map(|b| b as usize))
+                        .collect()
+                })
+            }
+            Some("cancel") => {
+                let before = &states[i];
+                if let Some(t) = &target {
+                    let adding: Vec<usize> = t
+                        .iter()
+                        .copied()
+                        .filter(|b| before.replicas.contains(b))
+                        .collect();
+                    if before.replicas.len() > t.len()
+                        && adding.iter().all(|b| before.isr.contains(b))
+                    {
+                        return true;
+                    }
+                }
+                target = None;
+            }
+            Some("complete-reassignment") => target = None,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `target` with [`PAD`] in place of the first replica it keeps from `current` other than the
+/// leader, so that the reassignment adds one more replica, whose fetcher stays held.
+pub fn padded_target(target: &[usize], current: &[usize], leader: Option<usize>) -> Vec<usize> {
+    let mut out = target.to_vec();
+    if let Some(kept) = out
+        .iter_mut()
+        .find(|b| current.contains(b) && Some(**b) != leader)
+    {
+        *kept = PAD;
+    }
+    out
 }
 
 /// Whether the model's `expand-isr` of `follower` at step `at` re-adds a follower that
@@ -1195,7 +1248,7 @@ impl Cluster {
                 .ok_or_else(|| format!("node {id} was not unfenced"))?;
                 Ok(format!("node {id} restarted and unfenced"))
             }
-            Step::Reassign { ref target } => {
+            Step::Reassign { ref target } | Step::ReassignPadded { ref target } => {
                 let ids = self.nodes(target);
                 let m = self.meta().ok_or("no metadata")?;
                 let origin = match &self.requested {
@@ -1210,7 +1263,10 @@ impl Cluster {
                     origin,
                     target: ids.clone(),
                 });
-                let want = self.nodes(&after.replicas);
+                let mut want = self.nodes(&after.replicas);
+                if matches!(step, Step::ReassignPadded { .. }) {
+                    want.push(self.node(PAD).id);
+                }
                 let m = wait_for(STEP_WAIT, || {
                     let m = self.meta()?;
                     let done = completed_next
@@ -1453,7 +1509,10 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
         client_addr: None,
     });
     let mut brokers = Vec::new();
-    let broker_count = model_states(trace)?[0].down.len() as NodeId;
+    let padded = steps
+        .iter()
+        .any(|s| matches!(s, Step::ReassignPadded { .. }));
+    let broker_count = model_states(trace)?[0].down.len() as NodeId + NodeId::from(padded);
     for id in 1..=broker_count {
         let (listen, control_addr) = (port()?, port()?);
         let mut args: Vec<String> = [
@@ -1549,15 +1608,15 @@ fn start_cluster(trace: &Trace, steps: &[Step], opts: &ReplayOptions) -> Result<
             .position(|b| b.id == node)
             .ok_or("a replica on an unknown broker")?;
     }
-    // The reassignment model's b3: the broker that holds no replica yet.
-    if let Some(spare) = cluster
+    // The reassignment model's b3 (and the pad): the brokers that hold no replica yet.
+    let spares = cluster
         .brokers
         .iter()
-        .position(|b| !meta.replicas.contains(&b.id))
-    {
-        if cluster.map.len() > 3 {
-            cluster.map[3] = spare;
-        }
+        .enumerate()
+        .filter(|(_, b)| !meta.replicas.contains(&b.id))
+        .map(|(i, _)| i);
+    for (model_broker, spare) in (3..cluster.map.len()).zip(spares) {
+        cluster.map[model_broker] = spare;
     }
     Ok(cluster)
 }
@@ -1768,6 +1827,36 @@ mod tests {
         // Replication traces: every broker is a replica.
         let s = model_states(&trace("replication-acks-1")).unwrap();
         assert_eq!(s[0].replicas, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn only_a_cancel_after_the_last_adding_replica_joined_the_isr_needs_the_pad() {
+        let t = trace("reassignment-cancel-keeps-adding-in-isr");
+        assert!(needs_pad(&t, &model_states(&t).unwrap()));
+        let steps = plan(&t).unwrap();
+        // Target {b0,b1,b3} from {b0,b1,b2}: the pad takes b1's place, so b3 and the pad are
+        // added and the reassignment is still running when b3 is in the ISR.
+        assert_eq!(
+            steps[0],
+            Step::ReassignPadded {
+                target: vec![0, PAD, 3]
+            },
+            "{steps:?}"
+        );
+        for name in [
+            "reassignment-remove-before-caught-up",
+            "reassignment-leader-outside-target",
+            "reassignment-no-leader-move",
+            "reassignment-replace-from-grown-set",
+        ] {
+            let t = trace(name);
+            assert!(!needs_pad(&t, &model_states(&t).unwrap()), "{name}");
+        }
+        // The leader is never the replaced replica.
+        assert_eq!(
+            padded_target(&[1, 0, 3], &[0, 1, 2], Some(1)),
+            vec![1, PAD, 3]
+        );
     }
 
     #[test]
