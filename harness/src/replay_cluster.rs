@@ -111,6 +111,9 @@ pub struct ReplayReport {
     pub violations: Vec<Violation>,
     /// (offset, value) a consumer read after the cluster healed, or why it could not.
     pub consumed_after_heal: Result<Vec<(u64, u64)>, String>,
+    /// The kraft replay: each node's state after the schedule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub final_state: Vec<String>,
     pub seconds: f64,
 }
 
@@ -241,8 +244,8 @@ impl ReplayReport {
                 }
             ));
         }
-        if let Err(state) = &self.consumed_after_heal {
-            out.push_str(&format!("{state}\n"));
+        if !self.final_state.is_empty() {
+            out.push_str(&format!("final state: {}\n", self.final_state.join("; ")));
         }
         if self.violations.is_empty() {
             out.push_str("no anomaly: one leader per epoch, the controllers' logs match and hold every committed entry, no broker applied beyond the quorum's HW\n");
@@ -1734,6 +1737,7 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
         acknowledged,
         violations,
         consumed_after_heal: consumed,
+        final_state: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
