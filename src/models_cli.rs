@@ -157,7 +157,7 @@ pub fn replay_command() -> Command {
             Arg::new("against")
                 .long("against")
                 .value_name("cluster")
-                .help("Replay the trace as a schedule on real broker processes (`cluster`) instead of in the model"),
+                .help("Replay the trace as a schedule on real broker processes (`cluster`; kraft traces: on three controller processes with held links) instead of in the model"),
         )
         .arg(
             Arg::new("bug")

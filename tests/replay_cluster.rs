@@ -2,7 +2,9 @@
 //! runs on a fresh KRaft cluster (one controller, three brokers on 127.0.0.1; four for the
 //! reassignment traces) twice — with the trace's bug flag the cluster shows the model's
 //! violation, named as the model names it; without it the same schedule shows no anomaly. The fastest traces only (a few seconds
-//! each); `kcheck replay TRACE --against cluster` runs the others.
+//! each); `kcheck replay TRACE --against cluster` runs the others. The kraft traces run on three
+//! controllers (and a broker for a model observer) instead, in well under a second each but
+//! `apply-uncommitted` (about 3 s: the broker's metadata fetcher asks the voters in turn).
 
 mod broker_support;
 
@@ -193,6 +195,38 @@ fn no_leader_move_never_completes_on_the_healed_cluster() {
     reproduces_only_with_the_flag("reassignment-no-leader-move", "no-leader-move");
 }
 
+// ---- KRaft traces: three controllers held at every (peer, RPC) link ----------------------
+
+#[test]
+fn kraft_forget_vote_on_restart_elects_two_leaders_in_one_epoch_only_with_the_flag() {
+    let with =
+        reproduces_only_with_the_flag("kraft-forget-vote-on-restart", "forget-vote-on-restart");
+    assert!(with.steps.iter().all(|s| s.happened), "{}", with.text());
+    assert!(
+        with.violations[0].detail.contains("[3001, 3002]")
+            && with.violations[0].detail.contains("epoch 1"),
+        "{:?}",
+        with.violations
+    );
+}
+
+#[test]
+fn kraft_vote_ignores_log_elects_a_leader_without_the_committed_entry_only_with_the_flag() {
+    let with = reproduces_only_with_the_flag("kraft-vote-ignores-log", "vote-ignores-log");
+    assert!(with.steps.iter().all(|s| s.happened), "{}", with.text());
+}
+
+#[test]
+fn kraft_no_diverging_epoch_leaves_logs_that_do_not_match_only_with_the_flag() {
+    let with = reproduces_only_with_the_flag("kraft-no-diverging-epoch", "no-diverging-epoch");
+    assert!(with.steps.iter().all(|s| s.happened), "{}", with.text());
+}
+
+#[test]
+fn kraft_apply_uncommitted_broker_applies_beyond_the_quorum_hw_only_with_the_flag() {
+    reproduces_only_with_the_flag("kraft-apply-uncommitted", "apply-uncommitted");
+}
+
 #[test]
 fn cancel_keeps_adding_in_isr_is_refused_by_the_controller_on_a_padded_reassignment() {
     let with = reproduces_only_with_the_flag(
@@ -220,19 +254,16 @@ fn traces_that_cannot_run_on_a_cluster_exit_2_with_the_reason() {
             .output()
             .unwrap()
     };
-    // No flag of the processes for the KRaft model's mutations.
+    // A KRaft model mutation the reference Raft has no flag for.
     let out = kcheck(&[
         "replay",
-        "specs/traces/kraft-forget-vote-on-restart.json",
+        "specs/traces/kraft-commit-prior-epoch.json",
         "--against",
         "cluster",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("which the test control endpoint does not hold yet"),
-        "{err}"
-    );
+    assert!(err.contains("mutation of the kraft model only"), "{err}");
     // A flag the trace was not recorded with.
     let out = kcheck(&[
         "replay",

@@ -41,6 +41,8 @@
 //! Exit codes: 1 a model invariant is violated on the cluster; 0 none is (with `--bug`: the
 //! bug was not reproduced, so 2); 2 the trace cannot be replayed (with the reason).
 
+pub mod kraft;
+
 use crate::kafka::{decode_values, KafkaClient};
 use crate::system::{free_port, NodeId, NodeSpec, ProcessSystem};
 use kcheck_models::trace::Trace;
@@ -116,6 +118,9 @@ pub struct ReplayReport {
     pub violations: Vec<Violation>,
     /// (offset, value) a consumer read after the cluster healed, or why it could not.
     pub consumed_after_heal: Result<Vec<(u64, u64)>, String>,
+    /// The kraft replay: each node's state after the schedule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub final_state: Vec<String>,
     pub seconds: f64,
 }
 
@@ -133,6 +138,9 @@ impl ReplayReport {
     }
 
     pub fn text(&self) -> String {
+        if self.model == "kraft" {
+            return self.kraft_text();
+        }
         let mut out = format!(
             "replaying {} ({}) against a cluster: model brokers {} are broker nodes {:?}\n",
             self.model,
@@ -179,6 +187,70 @@ impl ReplayReport {
         }
         if self.violations.is_empty() {
             out.push_str("no anomaly: every acknowledged record is in the leader's log and the replicas agree below their HWs\n");
+            if !self.bugs.is_empty() {
+                out.push_str(&format!(
+                    "not reproduced: {} did not violate {} on the cluster\n",
+                    self.bugs.join(", "),
+                    self.property
+                ));
+            }
+        } else {
+            for v in &self.violations {
+                out.push_str(&format!("violated {}: {}\n", v.property, v.detail));
+            }
+            if self.violations.iter().any(|v| v.property == self.property) {
+                out.push_str(&format!(
+                    "reproduced the model's {} violation on the cluster\n",
+                    self.property
+                ));
+            }
+        }
+        out.push_str(&format!("{:.1} s\n", self.seconds));
+        out
+    }
+}
+
+impl ReplayReport {
+    fn kraft_text(&self) -> String {
+        let names: Vec<String> = self
+            .brokers
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                if i < 3 {
+                    format!("c{i}=controller {id}")
+                } else {
+                    format!("b{i}=broker {id}")
+                }
+            })
+            .collect();
+        let mut out = format!(
+            "replaying kraft ({}) against a cluster: {}\n",
+            if self.bugs.is_empty() {
+                "no bug flags".to_string()
+            } else {
+                format!("--bug {}", self.bugs.join(" --bug "))
+            },
+            names.join(", ")
+        );
+        for s in &self.steps {
+            out.push_str(&format!(
+                "{:>3}. {:<4} {}{}\n",
+                s.step,
+                if s.happened { "ok" } else { "--" },
+                s.model,
+                if s.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", s.note)
+                }
+            ));
+        }
+        if !self.final_state.is_empty() {
+            out.push_str(&format!("final state: {}\n", self.final_state.join("; ")));
+        }
+        if self.violations.is_empty() {
+            out.push_str("no anomaly: one leader per epoch, the controllers' logs match and hold every committed entry, no broker applied beyond the quorum's HW\n");
             if !self.bugs.is_empty() {
                 out.push_str(&format!(
                     "not reproduced: {} did not violate {} on the cluster\n",
@@ -366,7 +438,8 @@ fn field_usize(a: &serde_json::Value, name: &str) -> Result<usize, String> {
 /// The schedule of a replication trace, or why it cannot run on a cluster.
 pub fn plan(trace: &Trace) -> Result<Vec<Step>, String> {
     if trace.model == "kraft" {
-        return Err("the kraft model's traces are schedules of single Vote/Fetch/BeginQuorumEpoch deliveries, drops and timeouts between controllers, which the test control endpoint does not hold yet (`kcheck broker --bug` switches on the reference Raft's mutations, RaftBug in reference/src/raft.rs; specs/conformance.md has the plan); `kcheck replay TRACE` replays it in the model".into());
+        // The schedule of single KRaft deliveries between controllers is kraft::plan's.
+        return kraft::plan(trace).map(|_| Vec::new());
     }
     if !REPLAYABLE_MODELS.contains(&trace.model.as_str()) {
         return Err(format!(
@@ -1636,6 +1709,9 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
             ));
         }
     }
+    if trace.model == "kraft" {
+        return kraft::replay(trace, opts);
+    }
     let steps = plan(trace)?;
     let states = model_states(trace)?;
     let mut cluster = start_cluster(trace, &steps, opts)?;
@@ -1720,6 +1796,7 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
         acknowledged,
         violations,
         consumed_after_heal: consumed,
+        final_state: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -1771,11 +1848,10 @@ mod tests {
     fn traces_without_a_process_flag_are_refused_with_the_reason() {
         let e = plan(&trace("replication-single-round-epoch-lookup")).unwrap_err();
         assert!(e.contains("no counterpart"), "{e}");
-        let e = plan(&trace("kraft-forget-vote-on-restart")).unwrap_err();
-        assert!(
-            e.contains("which the test control endpoint does not hold yet"),
-            "{e}"
-        );
+        let e = plan(&trace("kraft-commit-prior-epoch")).unwrap_err();
+        assert!(e.contains("mutation of the kraft model only"), "{e}");
+        // The four kraft traces with a RaftBug counterpart have a schedule (kraft::plan).
+        assert!(plan(&trace("kraft-forget-vote-on-restart")).is_ok());
         let e = plan(&trace("consumer-offsets-auto-commit")).unwrap_err();
         assert!(e.contains("consumer-offsets model has no bug flag"), "{e}");
     }

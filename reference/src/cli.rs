@@ -491,9 +491,15 @@ pub fn run_broker(m: &ArgMatches) -> u8 {
     let test_control = match m.get_one::<String>("test-control") {
         None => None,
         Some(a) => match crate::test_control::parse_addr(a) {
-            Ok(a) if kraft.as_ref().is_some_and(|k| k.broker) => Some(a),
+            Ok(a)
+                if kraft
+                    .as_ref()
+                    .is_some_and(|k| k.broker || k.controller.is_some()) =>
+            {
+                Some(a)
+            }
             Ok(_) => {
-                eprintln!("kcheck broker: --test-control holds a cluster broker's replication: it needs --process-roles broker or broker,controller");
+                eprintln!("kcheck broker: --test-control holds a cluster node's replication (a broker's) or its KRaft messages (a controller's): it needs --process-roles broker, controller or broker,controller");
                 return 2;
             }
             Err(e) => {
@@ -617,13 +623,32 @@ async fn run_kraft_roles(
     m_test_control: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use crate::controller_client::{ControllerClient, ControllerClientConfig};
-    use crate::controller_server::{serve_node, start};
+    use crate::controller_server::{serve_node, start_with};
     let node = match &k.controller {
         Some(c) => {
             let listener = tokio::net::TcpListener::bind(c.listen).await.map_err(|e| {
                 anyhow::anyhow!("cannot bind --controller-listen {}: {e}", c.listen)
             })?;
-            let node = start(c.clone())?;
+            // A controller-only process: --test-control holds its KRaft messages and timer
+            // (a combined process's endpoint is the broker's).
+            let test = match m_test_control.filter(|_| !k.broker) {
+                Some(a) => {
+                    let l = tokio::net::TcpListener::bind(a)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot bind --test-control {a}: {e}"))?;
+                    let peers = c.voters.keys().copied().filter(|v| *v != c.node_id);
+                    let control = Arc::new(
+                        crate::controller_test_control::ControllerTestControl::new(peers),
+                    );
+                    Some((l, control))
+                }
+                None => None,
+            };
+            let node = start_with(c.clone(), test.as_ref().map(|t| t.1.clone()))?;
+            if let Some((l, control)) = test {
+                let n = node.clone();
+                tokio::spawn(crate::controller_test_control::serve(l, n, control));
+            }
             println!(
                 "kcheck controller {} listening on {}",
                 c.node_id,

@@ -13,6 +13,7 @@ use crate::controller::{
     AlterPartitionRequest as AlterItem, Controller, ControllerConfig, ControllerError,
 };
 use crate::controller_client::Connection;
+use crate::controller_test_control::{ControllerTestControl, Rpc};
 use crate::metadata::{MetadataImage, MetadataRecord};
 use crate::metadata_log::{decode_entries, encode_entries, MetadataLog, METADATA_TOPIC};
 use crate::raft::{
@@ -26,6 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -331,6 +333,24 @@ pub struct ControllerNode {
     started: Instant,
     image_tx: watch::Sender<Arc<MetadataImage>>,
     peers: BTreeMap<NodeId, mpsc::Sender<Request>>,
+    /// `--test-control`: the hold points of [`crate::controller_test_control`]; every request
+    /// to a peer waits at its (peer, RPC) link instead of going out at once.
+    test: Option<Arc<ControllerTestControl>>,
+    /// Added to the clock by `fire election-timer` (test control only).
+    clock_offset_ms: AtomicU64,
+}
+
+/// What the test control endpoint reports of a controller node.
+pub struct TestState {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub epoch: i32,
+    pub voted_for: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub high_watermark: i64,
+    /// (epoch, control) of every entry.
+    pub log: Vec<(i32, bool)>,
+    pub active: bool,
 }
 
 /// Applies committed entries to an image. Control entries (leader changes) carry no metadata.
@@ -355,7 +375,38 @@ pub fn apply_committed(image: &mut MetadataImage, log: &[Entry], high_watermark:
 
 impl ControllerNode {
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.started.elapsed().as_millis() as u64 + self.clock_offset_ms.load(Ordering::SeqCst)
+    }
+
+    /// Test control: moves this node's clock past every deadline its role has (an election
+    /// deadline is drawn from [T, 2T), a follower's fetch deadline is 2T) and ticks the core,
+    /// so its election (or fetch) timer fires now. Returns the role and epoch after the tick.
+    pub fn fire_election_timer(&self) -> (Role, i32) {
+        let jump = 2 * self
+            .config
+            .raft
+            .election_timeout_ms
+            .max(self.config.raft.fetch_timeout_ms)
+            + 1;
+        self.clock_offset_ms.fetch_add(jump, Ordering::SeqCst);
+        self.tick();
+        let g = self.lock();
+        (g.raft.role(), g.raft.leader_epoch())
+    }
+
+    /// Test control: the core's state as the replayer compares it with the model's.
+    pub fn test_state(&self) -> TestState {
+        let g = self.lock();
+        TestState {
+            node_id: self.config.node_id,
+            role: g.raft.role(),
+            epoch: g.raft.leader_epoch(),
+            voted_for: g.raft.quorum_state().voted_for,
+            leader: g.raft.leader_id(),
+            high_watermark: g.raft.high_watermark(),
+            log: g.raft.log().iter().map(|e| (e.epoch, e.control)).collect(),
+            active: g.controller.is_some(),
+        }
     }
 
     /// A poisoned lock means a core assertion (a KRaft or metadata invariant) failed while it
@@ -399,7 +450,11 @@ impl ControllerNode {
         }
         for o in outputs {
             if let Output::Send { to, request } = o {
-                if let Some(tx) = self.peers.get(&to) {
+                if let Some(test) = &self.test {
+                    if let Some(link) = test.link(to, Rpc::of(&request)) {
+                        link.offer(request);
+                    }
+                } else if let Some(tx) = self.peers.get(&to) {
                     let _ = tx.try_send(request);
                 }
             }
@@ -547,6 +602,15 @@ impl ControllerNode {
 
 /// Opens the node's durable state and starts its timers and peer connections.
 pub fn start(config: ControllerNodeConfig) -> anyhow::Result<Arc<ControllerNode>> {
+    start_with(config, None)
+}
+
+/// [`start`], with the test control's hold points when `test` is given: each (peer, RPC)
+/// link gets a task and a connection of its own, which sends only what the replayer lets go.
+pub fn start_with(
+    config: ControllerNodeConfig,
+    test: Option<Arc<ControllerTestControl>>,
+) -> anyhow::Result<Arc<ControllerNode>> {
     anyhow::ensure!(
         config.voters.contains_key(&config.node_id),
         "node {} is not in --controller-quorum-voters ({}): a controller must be a voter",
@@ -595,8 +659,59 @@ pub fn start(config: ControllerNodeConfig) -> anyhow::Result<Arc<ControllerNode>
         started: Instant::now(),
         image_tx,
         peers,
+        test: test.clone(),
+        clock_offset_ms: AtomicU64::new(0),
     });
     let timeout = Duration::from_millis(config.raft.request_timeout_ms);
+    if let Some(test) = test {
+        // A replay's timeouts are long; a request to a peer that is down fails fast anyway.
+        let timeout = timeout.min(Duration::from_secs(5));
+        for (id, addr, _) in receivers {
+            for rpc in Rpc::ALL {
+                let Some(link) = test.link(id, rpc) else {
+                    continue;
+                };
+                let n = node.clone();
+                tokio::spawn(async move {
+                    let mut conn = Connection::new(addr.to_string());
+                    loop {
+                        let req = link.next_request().await;
+                        let mut resp = None;
+                        for _ in 0..3 {
+                            match send_raft(&mut conn, &req, timeout).await {
+                                Ok(r) => {
+                                    resp = Some(r);
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(peer = id, error = %e, "KRaft request failed");
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                        }
+                        let Some(resp) = resp else {
+                            link.failed();
+                            continue;
+                        };
+                        if let Some((req, resp)) = link.answered(req, resp).await {
+                            n.raft_response(id, &req, resp);
+                            link.delivered();
+                        }
+                    }
+                });
+            }
+        }
+        let n = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                n.tick();
+            }
+        });
+        return Ok(node);
+    }
     for (id, addr, mut rx) in receivers {
         let n = node.clone();
         tokio::spawn(async move {
@@ -821,11 +936,32 @@ async fn handle_frame(node: &Arc<ControllerNode>, frame: Bytes) -> Result<Bytes,
                 let resp = FetchResponse::default().with_error_code(UNKNOWN_TOPIC_OR_PARTITION);
                 return encode_response(corr, v, &resp);
             };
-            let Request::Fetch { fetch_offset, .. } = r else {
+            let Request::Fetch {
+                fetch_offset,
+                replica_id,
+                ..
+            } = r
+            else {
                 unreachable!()
             };
+            // Test control: an observer's Fetch is lost unless the replayer let it through.
+            let observer = node
+                .test
+                .as_ref()
+                .filter(|_| !node.config.voters.contains_key(&replica_id));
+            if let Some(t) = observer {
+                if !t.admit_observer_fetch(replica_id) {
+                    return Err(Close(format!(
+                        "test control: Fetch of observer {replica_id} held (lost)"
+                    )));
+                }
+            }
             let resp = node.raft_request(r);
-            encode_response(corr, v, &fetch_response_to_wire(fetch_offset, &resp))
+            let out = encode_response(corr, v, &fetch_response_to_wire(fetch_offset, &resp));
+            if let Some(t) = observer {
+                t.observer_fetch_handled(replica_id);
+            }
+            out
         }
         ApiKey::DescribeQuorum => {
             let _: DescribeQuorumRequest = decode(&mut f)?;

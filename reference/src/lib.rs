@@ -19,6 +19,7 @@ pub mod cluster_zookeeper;
 pub mod controller;
 pub mod controller_client;
 pub mod controller_server;
+pub mod controller_test_control;
 pub mod group;
 pub mod log;
 pub mod metadata;
