@@ -9,16 +9,17 @@
 //! | --- | --- | --- |
 //! | `node-exited` | a node process ended although the harness neither killed nor stopped it (seen each nemesis tick, before the heal, before shutdown) | `{"node", "status"}` |
 //! | `node-log` | after shutdown, for every line of a node's log that reports a failed assertion (a Rust panic, a committed metadata record the image refused) | `{"node", "file", "line", "message", "text"}` |
-//! | `stop-reassign` | a reassign fault ends; its Metadata observation is taken before a stalled replica resumes | the start's value plus `replicas-at-stop`, `isr-at-stop`, `added-while-stalled` |
+//! | `stop-reassign` | a reassign fault ends; its Metadata observation is taken before a stalled replica resumes (and, while the move is incomplete with every added replica in the ISR, repeated for up to 2.2 s) | the start's value plus `replicas-at-stop`, `isr-at-stop`, `leader-at-stop`, `added-while-stalled`, `stuck-ms` |
 //! | `await-reassign` | after the heal, per partition whose last reassignment the nemesis left running, once it completed or the bound ran out | `{"partition", "origin", "reassign-to", "completed", "replicas", "isr", "leader", "nodes-down", "waited-ms"}` |
 //!
 //! Anomalies:
 //! - `node-crashed`: a `node-exited` op. Nothing in a run may end a node but the nemesis.
 //! - `node-assertion`: a `node-log` op (the node's own invariant checks failed).
-//! - `reassignment-incomplete` (the model's `reassignment-can-complete`, as liveness on a
-//!   healed cluster): an `await-reassign` that did not complete although the partition had a
-//!   leader, every replica the reassignment adds was in the ISR and every node was running —
-//!   KIP-455's completion condition held and nothing completed it.
+//! - `reassignment-incomplete` (the model's `reassignment-can-complete`, as liveness): an
+//!   `await-reassign` that did not complete although the partition had a leader, every replica
+//!   the reassignment adds was in the ISR and every node was running — KIP-455's completion
+//!   condition held and nothing completed it; or a `stop-reassign` that watched the move stay
+//!   incomplete with that condition holding for [`STUCK_MS`] or more.
 //! - `reassignment-completed-outside-isr` (the model's `completes-to-target`): a
 //!   `stop-reassign` that saw the partition on its target while a replica the reassignment added
 //!   was outside the ISR and had been paused since before any request named it: it never
@@ -34,6 +35,12 @@ pub const F_NODE_EXITED: &str = "node-exited";
 pub const F_NODE_LOG: &str = "node-log";
 pub const F_STOP_REASSIGN: &str = "stop-reassign";
 pub const F_AWAIT_REASSIGN: &str = "await-reassign";
+
+/// The shortest time a `stop-reassign` must have watched a move stay incomplete while its
+/// completion condition held for `reassignment-incomplete` (`stuck-ms`): a correct
+/// controller completes in the very change that adds the last replica to the ISR, so only a
+/// broker's Metadata lagging the controller could show that state, and not for this long.
+pub const STUCK_MS: u64 = 2000;
 
 /// One instance of an anomaly: the history op that shows it and what it shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,11 +66,11 @@ impl ClusterReport {
         self.anomalies
             .iter()
             .map(|(name, fs)| {
-                format!(
-                    "{name} x{} ({})",
-                    fs.len(),
-                    fs.first().map_or("", |f| f.what.as_str())
-                )
+                let what = fs.first().map_or("", |f| f.what.as_str());
+                // The summary keeps a line short; results.json has every finding in full.
+                let short: String = what.chars().take(300).collect();
+                let more = if short.len() < what.len() { " ..." } else { "" };
+                format!("{name} x{} ({short}{more})", fs.len())
             })
             .collect()
     }
@@ -128,6 +135,26 @@ pub fn check(history: &History) -> ClusterReport {
             F_STOP_REASSIGN => {
                 let target = set(&v["reassign-to"]);
                 let at_stop = set(&v["replicas-at-stop"]);
+                let stuck = v["stuck-ms"].as_u64().unwrap_or(0);
+                if stuck >= STUCK_MS && !target.is_empty() && at_stop != target {
+                    let isr = set(&v["isr-at-stop"]);
+                    let origin = set(&v["origin"]);
+                    let led = v["leader-at-stop"].as_i64().is_some_and(|l| l >= 0);
+                    if led && target.difference(&origin).all(|b| isr.contains(b)) {
+                        add(
+                            "reassignment-incomplete",
+                            op.index,
+                            format!(
+                                "partition {}: reassignment to {} stayed incomplete for {stuck}                                  ms while leader {} and the ISR {} held every added replica                                  (replicas {})",
+                                v["partition"],
+                                v["reassign-to"],
+                                v["leader-at-stop"],
+                                v["isr-at-stop"],
+                                v["replicas-at-stop"]
+                            ),
+                        );
+                    }
+                }
                 if target.is_empty() || at_stop != target {
                     continue;
                 }
@@ -342,6 +369,35 @@ mod tests {
                    "replicas-at-stop": at_stop, "isr-at-stop": isr,
                    "added-while-stalled": stalled}),
         )
+    }
+
+    #[test]
+    fn a_move_watched_stuck_at_its_stop_is_incomplete() {
+        let stop = |stuck: u64, at_stop: Value, isr: Value| {
+            (
+                F_STOP_REASSIGN,
+                json!({"partition": 0, "origin": [0, 1, 2], "reassign-to": [3, 1, 2],
+                       "replicas-at-stop": at_stop, "isr-at-stop": isr, "leader-at-stop": 0,
+                       "stuck-ms": stuck, "added-while-stalled": []}),
+            )
+        };
+        let r = check(&history(&[stop(
+            2200,
+            json!([3, 1, 2, 0]),
+            json!([0, 1, 2, 3]),
+        )]));
+        assert_eq!(r.anomalies["reassignment-incomplete"].len(), 1, "{r:?}");
+        for (stuck, at_stop, isr) in [
+            // Watched too briefly: a broker's Metadata may lag the controller.
+            (600, json!([3, 1, 2, 0]), json!([0, 1, 2, 3])),
+            // Completed during the watch.
+            (2200, json!([3, 1, 2]), json!([1, 2, 3])),
+            // The added replica left the ISR (the condition no longer held).
+            (2200, json!([3, 1, 2, 0]), json!([0, 1, 2])),
+        ] {
+            let r = check(&history(&[stop(stuck, at_stop, isr)]));
+            assert_eq!(r.verdict, Verdict::Valid, "{r:?}");
+        }
     }
 
     #[test]

@@ -1742,6 +1742,11 @@ const REASSIGN_WAIT: Duration = Duration::from_secs(5);
 /// catches up and joins the ISR well within it (replica lag 3 s, session timeout 2 s).
 const AWAIT_REASSIGN: Duration = Duration::from_secs(8);
 
+/// How long a reassign fault's stop watches a move that is incomplete although its completion
+/// condition holds (see `stop_reassign`); [`crate::cluster_checks::STUCK_MS`] is the shortest
+/// such watch the checker counts.
+const STUCK_CONFIRM: Duration = Duration::from_millis(2200);
+
 /// A reassignment the nemesis started and has not seen end: the replicas before its first
 /// request and the target of its last one (a replacing request keeps the origin, as KRaft
 /// computes a replacement against it).
@@ -1937,10 +1942,12 @@ impl ReassignEnd {
 
 /// Ends a reassign fault. The partition's replicas and ISR are read first, while a stalled
 /// replica is still paused (what `reassignment-completed-outside-isr` judges). A reassignment
-/// on its target completed; one still in progress is cancelled, replaced or left running
-/// (seeded: a stalled one is cancelled or replaced half the time each, since it cannot finish
-/// while stalled; a replacing one is cancelled one time in three and left two; others are
-/// cancelled or replaced one time in four each and left running otherwise); at the end of the
+/// on its target completed; one incomplete although every replica it adds is in the ISR is
+/// watched for [`STUCK_CONFIRM`] first (`stuck-ms`). One still in progress is cancelled,
+/// replaced or left running (seeded: a stalled one is cancelled one time in three and replaced
+/// otherwise, since it cannot finish while stalled; a replacing one is cancelled half the time
+/// if stalled, one time in three if not, and left running otherwise; others are cancelled or
+/// replaced one time in four each and left running otherwise); at the end of the
 /// run (`last`) it is always left running, for the heal's `await-reassign`. The stalled replica
 /// resumes unless the reassignment is replaced (the replacing fault keeps it). Returns the
 /// stop's value (the start's, with `replicas-at-stop`, `isr-at-stop`, `leader-at-stop`,
@@ -1958,7 +1965,35 @@ fn stop_reassign(
     let partition = value["partition"].as_i64().unwrap_or(0) as i32;
     let target = node_ids_of(&value["reassign-to"]);
     let stalled = node_ids_of(&value["stalled"]);
-    let (leader, now, isr) = admin.partition_state(partition).unwrap_or_default();
+    let (mut leader, mut now, mut isr) = admin.partition_state(partition).unwrap_or_default();
+    let origin = node_ids_of(&value["origin"]);
+    // KIP-455's completion condition: a leader, every replica the move adds in the ISR. While
+    // it holds and the move is incomplete, watch for up to STUCK_CONFIRM: a correct controller
+    // completes in the change that adds the last replica, so a move stuck that long is the
+    // liveness violation `reassignment-incomplete` (`stuck-ms`).
+    let condition = |leader: &Option<NodeId>, isr: &[NodeId]| {
+        leader.is_some()
+            && target
+                .iter()
+                .filter(|b| !origin.contains(b))
+                .all(|b| isr.contains(b))
+    };
+    let watched = Instant::now();
+    let mut stuck_ms = 0u64;
+    while !target.is_empty() && !same_set(&now, &target) && condition(&leader, &isr) {
+        stuck_ms = watched.elapsed().as_millis() as u64;
+        if watched.elapsed() >= STUCK_CONFIRM {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        match admin.partition_state(partition) {
+            Ok((l, r, i)) => (leader, now, isr) = (l, r, i),
+            Err(_) => break,
+        }
+    }
+    if stuck_ms > 0 {
+        value["stuck-ms"] = serde_json::json!(stuck_ms);
+    }
     let completed = !target.is_empty() && same_set(&now, &target);
     value["completed"] = serde_json::json!(completed);
     value["replicas-at-stop"] = serde_json::json!(now);
@@ -1969,13 +2004,15 @@ fn stop_reassign(
     } else if last {
         ReassignEnd::Leave
     } else if !value["replaces"].is_null() {
-        if rng.below(3) == 0 {
+        // A stalled replacement is cancelled half the time (the stall still in force);
+        // others one time in three.
+        if rng.below(if stalled.is_empty() { 3 } else { 2 }) == 0 {
             ReassignEnd::Cancel
         } else {
             ReassignEnd::Leave
         }
     } else if !stalled.is_empty() {
-        if rng.below(2) == 0 {
+        if rng.below(3) == 0 {
             ReassignEnd::Cancel
         } else {
             ReassignEnd::Replace
