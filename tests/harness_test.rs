@@ -544,14 +544,21 @@ fn replace_from_grown_set_completes_without_the_stalled_replica() {
 /// `--bug cancel-keeps-adding-in-isr` needs a target that adds two brokers (five brokers): one
 /// joins the ISR while the nemesis stalls the other, then the nemesis cancels; the flagged
 /// controller keeps the joined one in the ISR of a partition it no longer hosts, its image
-/// refuses the record (`isr-subset-of-replicas`) and it stops (`node-assertion`). The same
-/// schedule on the correct cluster is valid and conforms.
+/// refuses the record (`isr-subset-of-replicas`) and it stops (`node-assertion`). Seeds 2-4
+/// of 1-6 found it (26 s a run); the control is the next test.
 #[test]
 fn cancel_keeps_adding_in_isr_is_found_with_five_brokers() {
     let (code, out) = reassign_run_until_found("5", "cancel-keeps-adding-in-isr", &["3", "4"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("node-assertion x"), "{out}");
     assert!(out.contains("isr-subset-of-replicas"), "{out}");
+}
+
+/// The schedule of the test above (seed 3, five brokers: stalls, a replacement, a cancel) on
+/// the correct cluster is valid and conforms: the cancel drops the joined adding replica from
+/// the ISR, and nobody crashes.
+#[test]
+fn the_correct_cluster_under_reassign_with_five_brokers_is_valid_and_conforms() {
     let (code, out) = reassign_run_on("5", None, "3");
     assert_eq!(code, Some(0), "without the flag: {out}");
     assert!(

@@ -145,7 +145,7 @@ pub fn check(history: &History) -> ClusterReport {
                             "reassignment-incomplete",
                             op.index,
                             format!(
-                                "partition {}: reassignment to {} stayed incomplete for {stuck}                                  ms while leader {} and the ISR {} held every added replica                                  (replicas {})",
+                                "partition {}: reassignment to {} stayed incomplete for {stuck} ms while leader {} and the ISR {} held every added replica (replicas {})",
                                 v["partition"],
                                 v["reassign-to"],
                                 v["leader-at-stop"],
