@@ -1234,7 +1234,14 @@ fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> Nemes
     let weighted: Vec<NemesisKind> = kinds
         .iter()
         .flat_map(|&k| {
-            let n = if k == NemesisKind::Partition { 2 } else { 1 };
+            // A partition and a reassignment count twice: the first sets up replication
+            // bugs' first half, the second is one of six kinds under `--nemesis all` and
+            // runs only when no other reassign fault is in force.
+            let n = if matches!(k, NemesisKind::Partition | NemesisKind::Reassign) {
+                2
+            } else {
+                1
+            };
             std::iter::repeat_n(k, n)
         })
         .collect();
