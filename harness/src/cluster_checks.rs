@@ -322,6 +322,18 @@ mod tests {
         assert!(r.reasons().iter().any(|l| l.starts_with("node-crashed x1")));
     }
 
+    #[test]
+    fn analyze_counts_a_crashed_node_even_without_client_operations() {
+        let h = history(&[(F_NODE_EXITED, json!({"node": 2, "status": "exit code 3"}))]);
+        let r = crate::analyze::analyze(&h, &crate::analyze::Options::default());
+        assert_eq!(r.verdict, Verdict::Invalid);
+        assert!(r.summary.contains("node-crashed x1"), "{}", r.summary);
+        let quiet = history(&[("start-kill", json!({"nodes": [1]}))]);
+        let r = crate::analyze::analyze(&quiet, &crate::analyze::Options::default());
+        assert_eq!(r.verdict, Verdict::Unknown);
+        assert!(r.cluster.is_none());
+    }
+
     fn await_op(completed: bool, isr: Value, leader: Value, down: Value) -> (&'static str, Value) {
         (
             F_AWAIT_REASSIGN,

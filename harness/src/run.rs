@@ -47,10 +47,12 @@ pub enum NemesisKind {
     /// timeout while it runs on (and reaches the other brokers): its session expires.
     ExpireSession,
     /// KRaft cluster: AlterPartitionReassignments (KIP-455) moving one partition of the test
-    /// topic to a random other set of replicas; the reassignment is left as it is if it
-    /// completed when the fault ends, cancelled otherwise. Needs a broker outside each replica
-    /// set ([`REASSIGN_MIN_BROKERS`]). The reassignment model's bugs (`ControllerBug`) happen
-    /// only while one is in progress.
+    /// topic to a random other set of replicas, or replacing a move in progress, sometimes
+    /// with an added replica stalled; a move still in progress when the fault ends is
+    /// cancelled, replaced or left running (see `stop_reassign`), and the moves left running
+    /// are awaited after the heal. Needs a broker outside each replica set
+    /// ([`REASSIGN_MIN_BROKERS`]). The reassignment model's bugs (`ControllerBug`) happen only
+    /// while one is in progress.
     Reassign,
 }
 
@@ -1827,10 +1829,7 @@ fn start_reassign(
         }
     };
     let rf = config.brokers.min(3);
-    let (leader, current, isr) = admin
-        .partition_state(partition)
-        .map(|(l, r, i)| (l, r, i))
-        .unwrap_or_default();
+    let (leader, current, isr) = admin.partition_state(partition).unwrap_or_default();
     // A running reassignment whose replicas are its target or back at its origin has ended.
     if carry.is_none() {
         if let Some(c) = chains.get(&partition) {
@@ -1866,9 +1865,12 @@ fn start_reassign(
             (stalled, added)
         }
         None => {
+            // Without a Metadata answer the origin is unknown: a replica it holds could be
+            // taken for an added one, so nothing is stalled.
             let fresh: Vec<NodeId> = target
                 .iter()
                 .copied()
+                .filter(|_| !origin.is_empty())
                 .filter(|b| !origin.contains(b) && !previous.contains(b))
                 .filter(|b| system.is_running(*b) && !busy.contains(b))
                 .collect();
