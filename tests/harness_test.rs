@@ -437,10 +437,10 @@ fn reassign_run_on(brokers: &str, bug: Option<&str>, seed: &str) -> (Option<i32>
 /// `kcheck test --nemesis reassign --bug remove-before-caught-up` finds the loss: the
 /// reassign nemesis moves a partition's leader off to a replica the reassignment adds, the
 /// flagged controller completes before that replica caught up and elects it with an empty
-/// log. Seeds 1, 2 and 4 of 1..=4 found it on the loaded 2-core machine; the test allows two.
-/// The same schedule on the correct cluster keeps the history valid. (Conformance is not
-/// asserted there: `kcheck conform` does not yet map reassignment's replica-set changes and
-/// reports the correct cluster NON-CONFORMING too.) With three brokers the nemesis is refused.
+/// log. Seeds 1-4 found it with the current nemesis (seeds 1, 2 and 4 with the first one); the
+/// test allows two. The same schedule on the correct cluster is valid and conforms (the seed-1
+/// control of the other reassignment flags' tests too). With three brokers the nemesis is
+/// refused.
 #[test]
 fn remove_before_caught_up_is_found_by_the_reassign_nemesis() {
     let (mut code, mut out) = reassign_run(Some("remove-before-caught-up"), "1");
