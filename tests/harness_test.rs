@@ -544,8 +544,8 @@ fn replace_from_grown_set_completes_without_the_stalled_replica() {
 /// `--bug cancel-keeps-adding-in-isr` needs a target that adds two brokers (five brokers): one
 /// joins the ISR while the nemesis stalls the other, then the nemesis cancels; the flagged
 /// controller keeps the joined one in the ISR of a partition it no longer hosts, its image
-/// refuses the record (`isr-subset-of-replicas`) and it stops (`node-assertion`). Seeds 2-4
-/// of 1-6 found it (26 s a run); the control is the next test.
+/// refuses the record (`isr-subset-of-replicas`) and it stops (`node-assertion`). Seeds 2-4 and 8
+/// of 1-10 found it (26 s a run); the control is the next test.
 #[test]
 fn cancel_keeps_adding_in_isr_is_found_with_five_brokers() {
     let (code, out) = reassign_run_until_found("5", "cancel-keeps-adding-in-isr", &["3", "4"]);
