@@ -407,9 +407,13 @@ fn truncate_to_hw_is_found_by_a_partition_and_a_leader_chain() {
 }
 
 fn reassign_run(bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
+    reassign_run_on("4", bug, seed)
+}
+
+fn reassign_run_on(brokers: &str, bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
     let store = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcheck"));
-    cmd.args(["test", "--brokers", "4", "--controllers", "3"]);
+    cmd.args(["test", "--brokers", brokers, "--controllers", "3"]);
     if let Some(b) = bug {
         cmd.args(["--bug", b]);
     }
@@ -433,10 +437,10 @@ fn reassign_run(bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
 /// `kcheck test --nemesis reassign --bug remove-before-caught-up` finds the loss: the
 /// reassign nemesis moves a partition's leader off to a replica the reassignment adds, the
 /// flagged controller completes before that replica caught up and elects it with an empty
-/// log. Seeds 1, 2 and 4 of 1..=4 found it on the loaded 2-core machine; the test allows two.
-/// The same schedule on the correct cluster keeps the history valid. (Conformance is not
-/// asserted there: `kcheck conform` does not yet map reassignment's replica-set changes and
-/// reports the correct cluster NON-CONFORMING too.) With three brokers the nemesis is refused.
+/// log. Seeds 1-4 found it with the current nemesis (seeds 1, 2 and 4 with the first one); the
+/// test allows two. The same schedule on the correct cluster is valid and conforms (the seed-1
+/// control of the other reassignment flags' tests too). With three brokers the nemesis is
+/// refused.
 #[test]
 fn remove_before_caught_up_is_found_by_the_reassign_nemesis() {
     let (mut code, mut out) = reassign_run(Some("remove-before-caught-up"), "1");
@@ -481,5 +485,84 @@ fn remove_before_caught_up_is_found_by_the_reassign_nemesis() {
     assert!(
         out.contains("--brokers 4"),
         "the refusal names the fix: {out}"
+    );
+}
+
+/// Runs `bug` under the reassign nemesis with `seeds` in turn until one run is INVALID;
+/// returns the exit code and output of the last run.
+fn reassign_run_until_found(brokers: &str, bug: &str, seeds: &[&str]) -> (Option<i32>, String) {
+    let mut last = (None, String::new());
+    for seed in seeds {
+        last = reassign_run_on(brokers, Some(bug), seed);
+        if last.1.contains("kcheck test: INVALID") {
+            break;
+        }
+        eprintln!("seed {seed} found nothing: {}", last.1);
+    }
+    last
+}
+
+/// `--bug leader-outside-target`: a reassignment that moves the leader completes while the
+/// flagged controller keeps the removed leader; its own image refuses the record
+/// (`leader-in-replicas`) and the controller stops. The run reads that assertion from the
+/// controller's log (`node-assertion`) and sees the process end on its own (`node-crashed`).
+/// (The same schedule on the correct cluster is valid: seed 1 in
+/// `remove_before_caught_up_is_found_by_the_reassign_nemesis`.)
+#[test]
+fn leader_outside_target_stops_a_controller_and_the_run_names_it() {
+    let (code, out) = reassign_run_until_found("4", "leader-outside-target", &["1", "2"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("node-assertion x"), "{out}");
+    assert!(out.contains("leader-in-replicas"), "{out}");
+    assert!(out.contains("node-crashed x"), "{out}");
+}
+
+/// `--bug no-leader-move`: a reassignment that drops the leader waits for a leader move that
+/// nothing makes. The nemesis leaves it running; after the heal it is still incomplete with
+/// every added replica in the ISR (`reassignment-incomplete`).
+#[test]
+fn no_leader_move_leaves_a_reassignment_that_never_completes() {
+    let (code, out) = reassign_run_until_found("4", "no-leader-move", &["1", "2"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("reassignment-incomplete x"), "{out}");
+}
+
+/// `--bug replace-from-grown-set`: the nemesis replaces a reassignment whose added replica it
+/// stalled; the flagged controller counts that replica as an origin one and completes at once
+/// with it outside the ISR (`reassignment-completed-outside-isr`).
+#[test]
+fn replace_from_grown_set_completes_without_the_stalled_replica() {
+    let (code, out) = reassign_run_until_found("4", "replace-from-grown-set", &["1", "2"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("reassignment-completed-outside-isr x"),
+        "{out}"
+    );
+    assert!(out.contains("(replacing ->"), "{out}");
+}
+
+/// `--bug cancel-keeps-adding-in-isr` needs a target that adds two brokers (five brokers): one
+/// joins the ISR while the nemesis stalls the other, then the nemesis cancels; the flagged
+/// controller keeps the joined one in the ISR of a partition it no longer hosts, its image
+/// refuses the record (`isr-subset-of-replicas`) and it stops (`node-assertion`). Seeds 2-4 and 8
+/// of 1-10 found it (26 s a run); the control is the next test.
+#[test]
+fn cancel_keeps_adding_in_isr_is_found_with_five_brokers() {
+    let (code, out) = reassign_run_until_found("5", "cancel-keeps-adding-in-isr", &["3", "4"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("node-assertion x"), "{out}");
+    assert!(out.contains("isr-subset-of-replicas"), "{out}");
+}
+
+/// The schedule of the test above (seed 3, five brokers: stalls, a replacement, a cancel) on
+/// the correct cluster is valid and conforms: the cancel drops the joined adding replica from
+/// the ISR, and nobody crashes.
+#[test]
+fn the_correct_cluster_under_reassign_with_five_brokers_is_valid_and_conforms() {
+    let (code, out) = reassign_run_on("5", None, "3");
+    assert_eq!(code, Some(0), "without the flag: {out}");
+    assert!(
+        out.contains("every event is a model action and every invariant holds"),
+        "{out}"
     );
 }

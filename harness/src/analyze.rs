@@ -1,7 +1,7 @@
 //! Runs every checker that applies to a history and gathers one verdict (`results.json`).
 
 use crate::history::History;
-use crate::{leaders, linear, queue, Verdict};
+use crate::{cluster_checks, leaders, linear, queue, Verdict};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,10 @@ pub struct Results {
     /// One leader per leader epoch, when the run asked the brokers what they lead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leaders: Option<leaders::LeaderReport>,
+    /// Nodes that crashed or logged a failed assertion, reassignments that broke KIP-455's
+    /// completion rules, when the run recorded what it saw of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster_checks::ClusterReport>,
     pub seconds: f64,
 }
 
@@ -104,8 +108,17 @@ pub fn analyze(history: &History, opts: &Options) -> Results {
         parts.push(l.verdict);
         reasons.extend(l.reasons());
     }
+    let cluster = cluster_checks::observed(history).then(|| cluster_checks::check(history));
+    if let Some(c) = &cluster {
+        parts.push(c.verdict);
+        reasons.extend(c.reasons());
+    }
     let verdict = if !checked {
-        Verdict::Unknown
+        // A crashed node is an anomaly whatever else the history holds.
+        match &cluster {
+            Some(c) if c.verdict == Verdict::Invalid => Verdict::Invalid,
+            _ => Verdict::Unknown,
+        }
     } else {
         Verdict::combine(parts)
     };
@@ -134,6 +147,7 @@ pub fn analyze(history: &History, opts: &Options) -> Results {
         linearizability: lin,
         queue: q,
         leaders: led,
+        cluster,
         seconds: start.elapsed().as_secs_f64(),
     }
 }

@@ -131,6 +131,8 @@ pub struct KafkaClient {
     isr_sizes: BTreeMap<i32, usize>,
     /// partition → replica set (broker ids, preferred leader first) in the last Metadata.
     replicas: BTreeMap<i32, Vec<i32>>,
+    /// partition → ISR (broker ids) in the last Metadata.
+    isrs: BTreeMap<i32, Vec<i32>>,
     connections: BTreeMap<String, Client>,
 }
 
@@ -145,6 +147,7 @@ impl KafkaClient {
             leaders: BTreeMap::new(),
             isr_sizes: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            isrs: BTreeMap::new(),
             connections: BTreeMap::new(),
         }
     }
@@ -215,6 +218,14 @@ impl KafkaClient {
                             )
                         })
                         .collect();
+                    self.isrs = resp
+                        .topics
+                        .iter()
+                        .filter(|t| t.name.as_ref() == Some(&self.topic))
+                        .flat_map(|t| &t.partitions)
+                        .filter(|p| p.error_code == code::NONE)
+                        .map(|p| (p.partition_index, p.isr_nodes.iter().map(|b| b.0).collect()))
+                        .collect();
                     return Ok(());
                 }
                 Err(e) => last = e,
@@ -256,6 +267,24 @@ impl KafkaClient {
             .get(&partition)
             .cloned()
             .ok_or_else(|| Outcome::Definite(format!("partition {partition}: not in Metadata")))
+    }
+
+    /// A partition's leader (if it has one), replica set and ISR after a fresh Metadata
+    /// request.
+    pub fn partition_state(
+        &mut self,
+        partition: i32,
+    ) -> Result<(Option<i32>, Vec<i32>, Vec<i32>), Outcome> {
+        self.refresh_metadata()?;
+        let replicas =
+            self.replicas.get(&partition).cloned().ok_or_else(|| {
+                Outcome::Definite(format!("partition {partition}: not in Metadata"))
+            })?;
+        Ok((
+            self.leaders.get(&partition).copied(),
+            replicas,
+            self.isrs.get(&partition).cloned().unwrap_or_default(),
+        ))
     }
 
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {

@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod cli;
+pub mod cluster_checks;
 pub mod conform;
 pub mod edn;
 pub mod history;

@@ -47,10 +47,12 @@ pub enum NemesisKind {
     /// timeout while it runs on (and reaches the other brokers): its session expires.
     ExpireSession,
     /// KRaft cluster: AlterPartitionReassignments (KIP-455) moving one partition of the test
-    /// topic to a random other set of replicas; the reassignment is left as it is if it
-    /// completed when the fault ends, cancelled otherwise. Needs a broker outside each replica
-    /// set ([`REASSIGN_MIN_BROKERS`]). The reassignment model's bugs (`ControllerBug`) happen
-    /// only while one is in progress.
+    /// topic to a random other set of replicas, or replacing a move in progress, sometimes
+    /// with an added replica stalled; a move still in progress when the fault ends is
+    /// cancelled, replaced or left running (see `stop_reassign`), and the moves left running
+    /// are awaited after the heal. Needs a broker outside each replica set
+    /// ([`REASSIGN_MIN_BROKERS`]). The reassignment model's bugs (`ControllerBug`) happen only
+    /// while one is in progress.
     Reassign,
 }
 
@@ -450,10 +452,14 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         })
         .collect();
 
-    let faults = nemesis_loop(config, &mut system, &shared);
+    let (mut faults, chains) = nemesis_loop(config, &mut system, &shared);
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         let _ = w.join();
+    }
+    for (node, status) in system.reap_exited() {
+        faults.push(format!("node {node} ended on its own: {status}"));
+        record_exit(&shared, node, &status);
     }
     system
         .heal()
@@ -473,7 +479,11 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     // after recovery: a leader elected during the heal starts from its own follower HW, below
     // what the old leader had committed, and raises it only once its followers fetch; a final
     // poll that stopped at that lagging HW would report acknowledged writes as `unseen`.
-    std::thread::sleep(SETTLE_AFTER_HEAL);
+    // The reassignments the nemesis left running complete meanwhile (or are recorded
+    // incomplete: `await-reassign`).
+    let healed = Instant::now();
+    await_reassignments(&chains, &mut system, &mut admin, &shared);
+    std::thread::sleep(SETTLE_AFTER_HEAL.saturating_sub(healed.elapsed()));
     match config.workload {
         Workload::Log => final_reads(config, &system.bootstrap(), &shared),
         Workload::Queue => final_polls(config, &system.bootstrap(), &shared),
@@ -482,7 +492,12 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
     if let Some(p) = probe {
         let _ = p.join();
     }
+    for (node, status) in system.reap_exited() {
+        faults.push(format!("node {node} ended on its own: {status}"));
+        record_exit(&shared, node, &status);
+    }
     system.shutdown();
+    record_logged_assertions(&system, &dir, &shared);
 
     let shared = Arc::try_unwrap(shared).map_err(|_| "workers still running".to_string())?;
     let history = shared
@@ -1221,7 +1236,14 @@ fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> Nemes
     let weighted: Vec<NemesisKind> = kinds
         .iter()
         .flat_map(|&k| {
-            let n = if k == NemesisKind::Partition { 2 } else { 1 };
+            // A partition and a reassignment count twice: the first sets up replication
+            // bugs' first half, the second is one of six kinds under `--nemesis all` and
+            // runs only when no other reassign fault is in force.
+            let n = if matches!(k, NemesisKind::Partition | NemesisKind::Reassign) {
+                2
+            } else {
+                1
+            };
             std::iter::repeat_n(k, n)
         })
         .collect();
@@ -1724,41 +1746,167 @@ fn reassign_addr(rng: &mut Rng, system: &ProcessSystem, busy: &[NodeId]) -> Opti
 /// How long the reassign nemesis waits for the controller's answer.
 const REASSIGN_WAIT: Duration = Duration::from_secs(5);
 
-/// Starts a reassignment of one partition of the test topic: the fault's value (partition,
-/// replicas before, target) and what failed, if anything.
+/// How long after the heal the reassignments the nemesis left running may take to complete
+/// before `await-reassign` records them incomplete: a replica that restarted at the heal
+/// catches up and joins the ISR well within it (replica lag 3 s, session timeout 2 s).
+const AWAIT_REASSIGN: Duration = Duration::from_secs(8);
+
+/// How long a reassign fault's stop watches a move that is incomplete although its completion
+/// condition holds (see `stop_reassign`); [`crate::cluster_checks::STUCK_MS`] is the shortest
+/// such watch the checker counts.
+const STUCK_CONFIRM: Duration = Duration::from_millis(2200);
+
+/// A reassignment the nemesis started and has not seen end: the replicas before its first
+/// request and the target of its last one (a replacing request keeps the origin, as KRaft
+/// computes a replacement against it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub origin: Vec<NodeId>,
+    pub target: Vec<NodeId>,
+}
+
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+fn node_ids_of(v: &serde_json::Value) -> Vec<NodeId> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_i64())
+                .map(|b| b as NodeId)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The target of a request replacing a running reassignment (origin → `running`): another set
+/// of `rf` brokers, neither `running` nor the origin (a request back to the origin is a
+/// cancel in all but name), when the brokers allow one.
+pub fn replacement_target(
+    rng: &mut Rng,
+    brokers: &[NodeId],
+    origin: &[NodeId],
+    running: &[NodeId],
+    rf: usize,
+) -> Vec<NodeId> {
+    let mut target = reassignment_target(rng, brokers, running, rf, None);
+    for _ in 0..8 {
+        if !same_set(&target, origin) {
+            break;
+        }
+        target = reassignment_target(rng, brokers, running, rf, None);
+    }
+    target
+}
+
+/// Starts a reassignment of one partition of the test topic, or replaces the one running on
+/// it. `carry` is the value of the reassign fault this one replaces at its stop (same
+/// partition, its stalled replica stays paused); otherwise the partition is, half the time, one
+/// whose reassignment the nemesis left running (a replacement, as admins re-run
+/// `kafka-reassign-partitions` with a new plan), else a random one. Half the time a replica the
+/// request adds is *stalled* first (SIGSTOP until the fault ends, a new broker that is slow to
+/// fetch), so the reassignment stays in progress: the window for a cancel or a replacement.
+/// Returns the fault's value and what failed.
 fn start_reassign(
     config: &TestConfig,
     rng: &mut Rng,
-    system: &ProcessSystem,
+    system: &mut ProcessSystem,
     admin: &mut KafkaClient,
     busy: &[NodeId],
+    chains: &mut BTreeMap<i32, Chain>,
+    carry: Option<&serde_json::Value>,
 ) -> (serde_json::Value, Option<String>) {
-    let partition = rng.below(config.partitions.max(1) as u64) as i32;
+    let partition = match carry {
+        Some(prev) => prev["partition"].as_i64().unwrap_or(0) as i32,
+        None => {
+            let running: Vec<i32> = chains.keys().copied().collect();
+            if !running.is_empty() && rng.below(2) == 0 {
+                running[rng.below(running.len() as u64) as usize]
+            } else {
+                rng.below(config.partitions.max(1) as u64) as i32
+            }
+        }
+    };
     let rf = config.brokers.min(3);
-    let current = admin.replicas(partition).unwrap_or_default();
-    // Half the time the leader moves (to a replica the reassignment adds).
-    let leader = admin
-        .leader_map()
-        .unwrap_or_default()
-        .get(&partition)
-        .copied();
-    let moved_leader = leader.filter(|_| rng.below(2) == 0);
-    let target = reassignment_target(rng, &system.broker_ids(), &current, rf, moved_leader);
+    let (leader, current, isr) = admin.partition_state(partition).unwrap_or_default();
+    // A running reassignment whose replicas are its target or back at its origin has ended.
+    if carry.is_none() {
+        if let Some(c) = chains.get(&partition) {
+            if same_set(&current, &c.target) || same_set(&current, &c.origin) {
+                chains.remove(&partition);
+            }
+        }
+    }
+    let chain = chains.get(&partition).cloned();
+    let brokers = system.broker_ids();
+    let (origin, target) = match &chain {
+        Some(c) => (
+            c.origin.clone(),
+            replacement_target(rng, &brokers, &c.origin, &c.target, rf),
+        ),
+        None => {
+            // Half the time the leader moves (to a replica the reassignment adds).
+            let moved_leader = leader.filter(|_| rng.below(2) == 0);
+            let target = reassignment_target(rng, &brokers, &current, rf, moved_leader);
+            (current.clone(), target)
+        }
+    };
+    let previous: Vec<NodeId> = chain.as_ref().map(|c| c.target.clone()).unwrap_or_default();
+    // The stall: carried over from the replaced fault, or a fresh one on a replica this request
+    // is the first to add (so it has fetched nothing of the partition since its addition).
+    let (stalled, added_while_stalled) = match carry {
+        Some(prev) => {
+            let stalled = node_ids_of(&prev["stalled"]);
+            let added: Vec<NodeId> = node_ids_of(&prev["added-while-stalled"])
+                .into_iter()
+                .filter(|b| target.contains(b))
+                .collect();
+            (stalled, added)
+        }
+        None => {
+            // Without a Metadata answer the origin is unknown: a replica it holds could be
+            // taken for an added one, so nothing is stalled.
+            let fresh: Vec<NodeId> = target
+                .iter()
+                .copied()
+                .filter(|_| !origin.is_empty())
+                .filter(|b| !origin.contains(b) && !previous.contains(b))
+                .filter(|b| system.is_running(*b) && !busy.contains(b))
+                .collect();
+            if !fresh.is_empty() && rng.below(2) == 0 {
+                let b = fresh[rng.below(fresh.len() as u64) as usize];
+                match system.pause(b) {
+                    Ok(()) => (vec![b], vec![b]),
+                    Err(_) => (Vec::new(), Vec::new()),
+                }
+            } else {
+                (Vec::new(), Vec::new())
+            }
+        }
+    };
     let mut value = serde_json::json!({
         "target": "reassign",
         "partition": partition,
         "leader": leader,
         "replicas": current,
+        "isr": isr,
+        "origin": origin,
         "reassign-to": target,
+        "replaces": chain.as_ref().map(|c| c.target.clone()),
+        "stalled": stalled,
+        "added-while-stalled": added_while_stalled,
     });
-    let error = match reassign_addr(rng, system, busy) {
+    let mut not_busy = busy.to_vec();
+    not_busy.extend(&stalled);
+    let error = match reassign_addr(rng, system, &not_busy) {
         None => Some("no broker is running".to_string()),
         Some(addr) => {
             match crate::kafka::alter_partition_reassignment(
                 &addr,
                 TOPIC,
                 partition,
-                Some(target),
+                Some(target.clone()),
                 REASSIGN_WAIT,
             ) {
                 Ok(0) => None,
@@ -1767,59 +1915,267 @@ fn start_reassign(
             }
         }
     };
-    value["nodes"] = serde_json::json!([]);
+    // A request refused with a code changed nothing; one without an answer may have.
+    if !error.as_deref().is_some_and(|e| {
+        e.starts_with("AlterPartitionReassignments error code") || e.starts_with("no broker")
+    }) {
+        chains.insert(partition, Chain { origin, target });
+    }
+    value["nodes"] = serde_json::json!(stalled);
     (value, error)
 }
 
-/// Ends a reassign fault: a reassignment whose replicas are now its target completed and is
-/// left as it is; otherwise it is cancelled (the replicas return to the set before it). The
-/// stop's value (the start's, with `completed`, the replicas seen, and a cancel's code) and
-/// what failed.
+/// What the reassign nemesis does with a reassignment still in progress when its fault ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReassignEnd {
+    /// It completed: nothing to do.
+    Completed,
+    /// AlterPartitionReassignments with null replicas (back to the origin).
+    Cancel,
+    /// A new reassignment of the partition replaces it (the next fault starts at once).
+    Replace,
+    /// It keeps running; a later fault may replace it, the end of the run awaits it.
+    Leave,
+}
+
+impl ReassignEnd {
+    fn name(self) -> &'static str {
+        match self {
+            ReassignEnd::Completed => "completed",
+            ReassignEnd::Cancel => "cancel",
+            ReassignEnd::Replace => "replace",
+            ReassignEnd::Leave => "leave",
+        }
+    }
+}
+
+/// Ends a reassign fault. The partition's replicas and ISR are read first, while a stalled
+/// replica is still paused (what `reassignment-completed-outside-isr` judges). A reassignment
+/// on its target completed; one incomplete although every replica it adds is in the ISR is
+/// watched for [`STUCK_CONFIRM`] first (`stuck-ms`). One still in progress is cancelled,
+/// replaced or left running (seeded: a stalled one is cancelled one time in three and replaced
+/// otherwise, since it cannot finish while stalled; a replacing one is cancelled half the time
+/// if stalled, one time in three if not, and left running otherwise; others are cancelled or
+/// replaced one time in four each and left running otherwise); at the end of the
+/// run (`last`) it is always left running, for the heal's `await-reassign`. The stalled replica
+/// resumes unless the reassignment is replaced (the replacing fault keeps it). Returns the
+/// stop's value (the start's, with `replicas-at-stop`, `isr-at-stop`, `leader-at-stop`,
+/// `completed`, `action` and a cancel's code), what failed, and what was done.
 fn stop_reassign(
     fault: &Fault,
     rng: &mut Rng,
-    system: &ProcessSystem,
+    system: &mut ProcessSystem,
     admin: &mut KafkaClient,
     busy: &[NodeId],
-) -> (serde_json::Value, Option<String>) {
+    chains: &mut BTreeMap<i32, Chain>,
+    last: bool,
+) -> (serde_json::Value, Option<String>, ReassignEnd) {
     let mut value = fault.value.clone();
     let partition = value["partition"].as_i64().unwrap_or(0) as i32;
-    let target: Vec<NodeId> = value["reassign-to"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| b.as_i64())
-                .map(|b| b as NodeId)
-                .collect()
-        })
-        .unwrap_or_default();
-    let now = admin.replicas(partition).unwrap_or_default();
-    let completed = now.len() == target.len() && target.iter().all(|b| now.contains(b));
+    let target = node_ids_of(&value["reassign-to"]);
+    let stalled = node_ids_of(&value["stalled"]);
+    let (mut leader, mut now, mut isr) = admin.partition_state(partition).unwrap_or_default();
+    let origin = node_ids_of(&value["origin"]);
+    // KIP-455's completion condition: a leader, every replica the move adds in the ISR. While
+    // it holds and the move is incomplete, watch for up to STUCK_CONFIRM: a correct controller
+    // completes in the change that adds the last replica, so a move stuck that long is the
+    // liveness violation `reassignment-incomplete` (`stuck-ms`).
+    let condition = |leader: &Option<NodeId>, isr: &[NodeId]| {
+        leader.is_some()
+            && target
+                .iter()
+                .filter(|b| !origin.contains(b))
+                .all(|b| isr.contains(b))
+    };
+    let watched = Instant::now();
+    let mut stuck_ms = 0u64;
+    while !target.is_empty() && !same_set(&now, &target) && condition(&leader, &isr) {
+        stuck_ms = watched.elapsed().as_millis() as u64;
+        if watched.elapsed() >= STUCK_CONFIRM {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        match admin.partition_state(partition) {
+            Ok((l, r, i)) => (leader, now, isr) = (l, r, i),
+            Err(_) => break,
+        }
+    }
+    if stuck_ms > 0 {
+        value["stuck-ms"] = serde_json::json!(stuck_ms);
+    }
+    let completed = !target.is_empty() && same_set(&now, &target);
     value["completed"] = serde_json::json!(completed);
     value["replicas-at-stop"] = serde_json::json!(now);
-    if completed {
-        return (value, None);
-    }
-    let error = match reassign_addr(rng, system, busy) {
-        None => Some("cancel: no broker is running".to_string()),
-        Some(addr) => {
-            match crate::kafka::alter_partition_reassignment(
-                &addr,
-                TOPIC,
-                partition,
-                None,
-                REASSIGN_WAIT,
-            ) {
-                // NO_REASSIGNMENT_IN_PROGRESS: it completed since the Metadata above.
-                Ok(c) => {
-                    value["cancel-error-code"] = serde_json::json!(c);
-                    None
-                }
-                Err(e) => Some(format!("cancel: {e}")),
-            }
+    value["isr-at-stop"] = serde_json::json!(isr);
+    value["leader-at-stop"] = serde_json::json!(leader);
+    let action = if completed {
+        ReassignEnd::Completed
+    } else if last {
+        ReassignEnd::Leave
+    } else if !value["replaces"].is_null() {
+        // A stalled replacement is cancelled half the time (the stall still in force);
+        // others one time in three.
+        if rng.below(if stalled.is_empty() { 3 } else { 2 }) == 0 {
+            ReassignEnd::Cancel
+        } else {
+            ReassignEnd::Leave
+        }
+    } else if !stalled.is_empty() {
+        if rng.below(3) == 0 {
+            ReassignEnd::Cancel
+        } else {
+            ReassignEnd::Replace
+        }
+    } else {
+        match rng.below(4) {
+            0 => ReassignEnd::Cancel,
+            1 => ReassignEnd::Replace,
+            _ => ReassignEnd::Leave,
         }
     };
-    (value, error)
+    value["action"] = serde_json::json!(action.name());
+    let mut error = None;
+    match action {
+        ReassignEnd::Completed => {
+            chains.remove(&partition);
+        }
+        ReassignEnd::Cancel => {
+            let mut not_busy = busy.to_vec();
+            not_busy.extend(&stalled);
+            error = match reassign_addr(rng, system, &not_busy) {
+                None => Some("cancel: no broker is running".to_string()),
+                Some(addr) => {
+                    match crate::kafka::alter_partition_reassignment(
+                        &addr,
+                        TOPIC,
+                        partition,
+                        None,
+                        REASSIGN_WAIT,
+                    ) {
+                        // NO_REASSIGNMENT_IN_PROGRESS: it completed since the Metadata above.
+                        Ok(c) => {
+                            value["cancel-error-code"] = serde_json::json!(c);
+                            chains.remove(&partition);
+                            None
+                        }
+                        Err(e) => Some(format!("cancel: {e}")),
+                    }
+                }
+            };
+        }
+        ReassignEnd::Replace | ReassignEnd::Leave => {}
+    }
+    if action != ReassignEnd::Replace {
+        for b in stalled {
+            if let Err(e) = system.resume(b) {
+                error.get_or_insert(format!("resuming stalled broker {b}: {e}"));
+            }
+        }
+    }
+    (value, error, action)
+}
+
+/// After the heal: waits up to [`AWAIT_REASSIGN`] for every reassignment the nemesis left
+/// running to reach its target (Metadata), then records one `await-reassign` per partition:
+/// `completed`, and the partition's leader, replicas and ISR and the nodes not running as last
+/// seen (what `reassignment-incomplete` judges).
+fn await_reassignments(
+    chains: &BTreeMap<i32, Chain>,
+    system: &mut ProcessSystem,
+    admin: &mut KafkaClient,
+    shared: &Shared,
+) {
+    if chains.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    let deadline = start + AWAIT_REASSIGN;
+    let mut seen: BTreeMap<i32, (Option<NodeId>, Vec<NodeId>, Vec<NodeId>)> = BTreeMap::new();
+    loop {
+        for p in chains.keys() {
+            if let Ok(state) = admin.partition_state(*p) {
+                seen.insert(*p, state);
+            }
+        }
+        let done = chains.iter().all(|(p, c)| {
+            seen.get(p)
+                .is_some_and(|(_, replicas, _)| same_set(replicas, &c.target))
+        });
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (node, status) in system.reap_exited() {
+        record_exit(shared, node, &status);
+    }
+    let down: Vec<NodeId> = system
+        .node_ids()
+        .into_iter()
+        .filter(|n| !system.is_running(*n))
+        .collect();
+    let waited = start.elapsed().as_millis() as u64;
+    for (p, c) in chains {
+        let (leader, replicas, isr) = seen.get(p).cloned().unwrap_or_default();
+        let completed = same_set(&replicas, &c.target);
+        let value = serde_json::json!({
+            "partition": p,
+            "origin": c.origin,
+            "reassign-to": c.target,
+            "completed": completed,
+            "replicas": replicas,
+            "isr": isr,
+            "leader": leader,
+            "nodes-down": down,
+            "waited-ms": waited,
+        });
+        shared.record(
+            OpType::Info,
+            Process::Nemesis,
+            crate::cluster_checks::F_AWAIT_REASSIGN,
+            OpValue::Other(value),
+        );
+    }
+}
+
+/// Records a node that ended although the harness did not stop it (`node-exited`).
+fn record_exit(shared: &Shared, node: NodeId, status: &str) {
+    shared.record(
+        OpType::Info,
+        Process::Nemesis,
+        crate::cluster_checks::F_NODE_EXITED,
+        OpValue::Other(serde_json::json!({ "node": node, "status": status })),
+    );
+}
+
+/// After shutdown: every failed assertion the nodes logged (`node-log`, see
+/// [`crate::cluster_checks::scan_log`]).
+fn record_logged_assertions(system: &ProcessSystem, dir: &Path, shared: &Shared) {
+    for (node, path) in system.logs() {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let file = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        for a in crate::cluster_checks::scan_log(&text) {
+            shared.record(
+                OpType::Info,
+                Process::Nemesis,
+                crate::cluster_checks::F_NODE_LOG,
+                OpValue::Other(serde_json::json!({
+                    "node": node,
+                    "file": file,
+                    "line": a.line,
+                    "message": a.message,
+                    "text": a.text,
+                })),
+            );
+        }
+    }
 }
 
 /// The nemesis, a seeded random schedule (same seed, same choices): every
@@ -1831,7 +2187,11 @@ fn stop_reassign(
 /// ticks. Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
 /// `start-X` / `stop-X` with its target and nodes (and a partition's grudge); returns a line
 /// per fault for the summary.
-fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared) -> Vec<String> {
+fn nemesis_loop(
+    config: &TestConfig,
+    system: &mut ProcessSystem,
+    shared: &Shared,
+) -> (Vec<String>, BTreeMap<i32, Chain>) {
     let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
     let end = shared.start + config.time_limit;
     let mut lines = Vec::new();
@@ -1843,6 +2203,8 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
     let cluster = config.controllers > 0 || config.metadata == Metadata::Zookeeper;
     let mut admin = KafkaClient::new(&system.bootstrap(), TOPIC, Duration::from_secs(1));
     let mut in_force: Vec<Fault> = Vec::new();
+    // Reassignments started and not seen to end (left running, or the one in force).
+    let mut chains: BTreeMap<i32, Chain> = BTreeMap::new();
     let mut tick = 0u64;
     let record = |f: &str, value: &serde_json::Value, error: Option<String>| match error {
         None => {
@@ -1867,6 +2229,11 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             break;
         }
         tick += 1;
+        // A node that ended on its own (not killed by a fault) is a crash: record it.
+        for (node, status) in system.reap_exited() {
+            lines.push(format!("node {node} ended on its own: {status}"));
+            record_exit(shared, node, &status);
+        }
         let (due, kept): (Vec<Fault>, Vec<Fault>) =
             in_force.drain(..).partition(|f| f.until_tick <= tick);
         in_force = kept;
@@ -1879,13 +2246,43 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             }
             if fault.kind == NemesisKind::Reassign {
                 let busy = busy_nodes(&in_force);
-                let (value, error) = stop_reassign(fault, &mut rng, system, &mut admin, &busy);
+                let (value, error, action) = stop_reassign(
+                    fault,
+                    &mut rng,
+                    system,
+                    &mut admin,
+                    &busy,
+                    &mut chains,
+                    false,
+                );
                 lines.push(format!(
                     "reassign partition {} ends: {}",
                     value["partition"],
                     reassign_outcome(&value, &error)
                 ));
                 record("stop-reassign", &value, error);
+                if action == ReassignEnd::Replace {
+                    let busy = busy_nodes(&in_force);
+                    let (value, error) = start_reassign(
+                        config,
+                        &mut rng,
+                        system,
+                        &mut admin,
+                        &busy,
+                        &mut chains,
+                        Some(&value),
+                    );
+                    lines.push(reassign_summary(&value, &error));
+                    record("start-reassign", &value, error);
+                    in_force.push(Fault {
+                        kind: NemesisKind::Reassign,
+                        nodes: node_ids_of(&value["stalled"]),
+                        value,
+                        until_tick: tick + 1,
+                        aim: None,
+                        servers: Vec::new(),
+                    });
+                }
                 continue;
             }
             let healed = stop_fault(fault, &in_force, system);
@@ -1949,19 +2346,20 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 continue;
             }
             let busy = busy_nodes(&in_force);
-            let (value, error) = start_reassign(config, &mut rng, system, &mut admin, &busy);
-            let summary = format!(
-                "reassign partition {} {} -> {}",
-                value["partition"], value["replicas"], value["reassign-to"]
+            let (value, error) = start_reassign(
+                config,
+                &mut rng,
+                system,
+                &mut admin,
+                &busy,
+                &mut chains,
+                None,
             );
-            match &error {
-                None => lines.push(summary),
-                Some(e) => lines.push(format!("{summary} FAILED: {e}")),
-            }
+            lines.push(reassign_summary(&value, &error));
             record("start-reassign", &value, error);
             in_force.push(Fault {
                 kind,
-                nodes: Vec::new(),
+                nodes: node_ids_of(&value["stalled"]),
                 value,
                 // One tick: a reassignment completes in well under one (or never, under a
                 // bug), and the next tick may start the next one.
@@ -2035,11 +2433,13 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         if session_faults && target != Target::Controller {
             continue;
         }
+        // A replica a reassignment stalls stays paused until that fault ends (what
+        // `reassignment-completed-outside-isr` relies on): no other process fault touches it.
         if process(kind) {
             nodes.retain(|n| {
-                !in_force
-                    .iter()
-                    .any(|f| process(f.kind) && f.nodes.contains(n))
+                !in_force.iter().any(|f| {
+                    (process(f.kind) || f.kind == NemesisKind::Reassign) && f.nodes.contains(n)
+                })
             });
         }
         if nodes.is_empty() {
@@ -2096,9 +2496,10 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             // The new leaders appear once the controller has fenced the old ones (their
             // sessions lapse), so wait at least two session timeouts for them.
             let deadline = Instant::now() + config.nemesis_interval.max(2 * BROKER_SESSION_TIMEOUT);
+            let stalled = busy_nodes(&in_force);
             let next: Vec<NodeId> = new_leaders(&mut admin, &nodes, &led, deadline)
                 .into_iter()
-                .filter(|n| !nodes.contains(n))
+                .filter(|n| !nodes.contains(n) && !stalled.contains(n))
                 .collect();
             // The second failure is a pause (a GC stall, a frozen VM): the new leader is
             // fenced, and it comes back clean. Were it crashed too, every ISR member would
@@ -2120,7 +2521,15 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
     while let Some(fault) = in_force.pop() {
         if fault.kind == NemesisKind::Reassign {
             let busy = busy_nodes(&in_force);
-            let (value, error) = stop_reassign(&fault, &mut rng, system, &mut admin, &busy);
+            let (value, error, _) = stop_reassign(
+                &fault,
+                &mut rng,
+                system,
+                &mut admin,
+                &busy,
+                &mut chains,
+                true,
+            );
             lines.push(format!(
                 "reassign partition {} ends: {}",
                 value["partition"],
@@ -2133,14 +2542,15 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         let f = format!("stop-{}", fault.kind.name());
         record(&f, &fault.value, healed.err().map(|e| e.to_string()));
     }
-    lines
+    (lines, chains)
 }
 
-/// Nodes a process fault in force holds down or stopped: they would not answer a request.
+/// Nodes a process fault in force holds down or stopped (a reassign fault's stalled replica
+/// among them): they would not answer a request.
 fn busy_nodes(in_force: &[Fault]) -> Vec<NodeId> {
     in_force
         .iter()
-        .filter(|f| f.kind != NemesisKind::Reassign && f.kind != NemesisKind::Clock)
+        .filter(|f| f.kind != NemesisKind::Clock)
         .filter(|f| f.kind != NemesisKind::Partition)
         .flat_map(|f| f.nodes.iter().copied())
         .collect()
@@ -2148,11 +2558,38 @@ fn busy_nodes(in_force: &[Fault]) -> Vec<NodeId> {
 
 /// How a reassign fault ended, for the summary.
 fn reassign_outcome(value: &serde_json::Value, error: &Option<String>) -> String {
-    match (value["completed"].as_bool(), error) {
-        (Some(true), _) => format!("completed {}", value["replicas-at-stop"]),
-        (_, Some(e)) => format!("cancel FAILED: {e}"),
-        _ => format!("cancelled (code {})", value["cancel-error-code"]),
+    let isr = format!("ISR {}", value["isr-at-stop"]);
+    match (value["action"].as_str(), error) {
+        (Some("completed"), _) => format!("completed {} ({isr})", value["replicas-at-stop"]),
+        (_, Some(e)) => format!("{} FAILED: {e}", value["action"].as_str().unwrap_or("?")),
+        (Some("cancel"), _) => format!(
+            "cancelled (code {}) at {} ({isr})",
+            value["cancel-error-code"], value["replicas-at-stop"]
+        ),
+        (Some("replace"), _) => format!("replaced at {} ({isr})", value["replicas-at-stop"]),
+        _ => format!("left running at {} ({isr})", value["replicas-at-stop"]),
     }
+}
+
+/// A started reassignment, for the summary.
+fn reassign_summary(value: &serde_json::Value, error: &Option<String>) -> String {
+    let mut line = format!(
+        "reassign partition {} {} -> {}",
+        value["partition"], value["replicas"], value["reassign-to"]
+    );
+    if !value["replaces"].is_null() {
+        line.push_str(&format!(" (replacing -> {})", value["replaces"]));
+    }
+    if let Some(s) = value["stalled"].as_array().filter(|s| !s.is_empty()) {
+        line.push_str(&format!(
+            " (stalled {})",
+            serde_json::Value::Array(s.clone())
+        ));
+    }
+    if let Some(e) = error {
+        line.push_str(&format!(" FAILED: {e}"));
+    }
+    line
 }
 
 /// The default store folder for runs.
@@ -2163,6 +2600,23 @@ pub fn default_store() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_target_is_neither_the_running_target_nor_the_origin() {
+        for (brokers, origin, running) in [
+            (vec![1, 2, 3, 4], vec![1, 2, 3], vec![1, 2, 4]),
+            (vec![1, 2, 3, 4, 5], vec![1, 2, 3], vec![3, 4, 5]),
+        ] {
+            for seed in 0..200 {
+                let mut rng = Rng::new(seed);
+                let t = replacement_target(&mut rng, &brokers, &origin, &running, 3);
+                assert_eq!(t.len(), 3, "seed {seed}: {t:?}");
+                assert!(!same_set(&t, &running), "seed {seed}: {t:?} is running");
+                assert!(!same_set(&t, &origin), "seed {seed}: {t:?} is the origin");
+                assert!(t.iter().all(|b| brokers.contains(b)));
+            }
+        }
+    }
 
     #[test]
     fn a_reassignment_target_is_another_set_of_rf_brokers() {

@@ -243,6 +243,33 @@ impl ProcessSystem {
         Ok(())
     }
 
+    /// Nodes whose process ended although the harness did not stop it (a crash, an assertion,
+    /// a fatal error), each with how it ended. Reaped: the node counts as not running, so a
+    /// heal restarts it. A node the nemesis kills or stops is reaped by [`Self::kill`] /
+    /// [`Self::terminate`] themselves and never shows up here.
+    pub fn reap_exited(&mut self) -> Vec<(NodeId, String)> {
+        let mut out = Vec::new();
+        for (id, node) in self.nodes.iter_mut() {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                node.paused = false;
+                out.push((*id, exit_description(status)));
+            }
+        }
+        out
+    }
+
+    /// Each node's log file (`nN/node.log` in the run folder), in id order.
+    pub fn logs(&self) -> Vec<(NodeId, PathBuf)> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| (*id, n.log.clone()))
+            .collect()
+    }
+
     /// SIGKILL: the process dies at once, the kernel keeps what it wrote (see `lose_unsynced`).
     pub fn kill(&mut self, id: NodeId) -> io::Result<()> {
         let node = self.node(id)?;
@@ -394,5 +421,24 @@ impl ProcessSystem {
 impl Drop for ProcessSystem {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// `exit code 3`, `signal 6 (SIGABRT)`: how a process ended.
+fn exit_description(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => {
+            let name = match s {
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGBUS => " (SIGBUS)",
+                _ => "",
+            };
+            format!("signal {s}{name}")
+        }
+        (None, None) => "ended".to_string(),
     }
 }
