@@ -566,3 +566,50 @@ fn the_correct_cluster_under_reassign_with_five_brokers_is_valid_and_conforms() 
         "{out}"
     );
 }
+
+/// The run's LazyFs mounts that are still mounted (their mount points under `store`).
+fn mounts_under(store: &Path) -> Vec<String> {
+    let store = store.canonicalize().unwrap();
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| Path::new(m).starts_with(&store))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_run_stopped_by_sigterm_leaves_no_mount_behind() {
+    if !lazyfs_usable() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kcheck"))
+        .args(["test", "--nemesis", "lose-unsynced", "--time-limit", "60"])
+        .arg("--store")
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: the run mounts its broker's data directory within seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while mounts_under(store.path()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no LazyFs mount in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    assert_eq!(mounts_under(store.path()), Vec::<String>::new(), "{err}");
+}

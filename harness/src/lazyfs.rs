@@ -719,6 +719,8 @@ pub struct LazyFsMount {
     state: Arc<Mutex<State>>,
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    /// Detaches the mount if the harness is stopped by a signal (Drop would not run).
+    _on_signal: crate::cleanup::Guard,
 }
 
 impl LazyFsMount {
@@ -738,10 +740,12 @@ impl LazyFsMount {
         ];
         config.acl = fuser::SessionACL::All;
         let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+        let detach = mountpoint.to_path_buf();
         Ok(LazyFsMount {
             state,
             mountpoint: mountpoint.to_path_buf(),
             session: Some(session),
+            _on_signal: crate::cleanup::on_signal(move || crate::cleanup::detach_mount(detach)),
         })
     }
 

@@ -6,6 +6,7 @@
 //! benchmarks, the HTML report (`report`), the fault-injecting TCP proxy (`proxy`) and the `kcheck analyze` command (`cli`).
 
 pub mod analyze;
+pub mod cleanup;
 pub mod cli;
 pub mod cluster_checks;
 pub mod conform;

@@ -293,35 +293,11 @@ impl NetnsNetwork {
     }
 }
 
-/// On SIGINT or SIGTERM, removes `names` and exits (130): Drop does not run when the
-/// process is killed by a signal, and a run must leave no namespace behind. (Its node
-/// processes die with it: they are started with PR_SET_PDEATHSIG.)
+/// On SIGINT or SIGTERM, removes `names` ([`crate::cleanup`]): Drop does not run when the
+/// process is killed by a signal, and a run must leave no namespace behind. Kept for the
+/// process's life (one run a process); removing names already gone is harmless.
 pub fn remove_on_signal(names: NetnsNames) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        let caught = rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return false;
-            };
-            tokio::select! {
-                _ = term.recv() => true,
-                _ = int.recv() => true,
-            }
-        });
-        if caught {
-            names.remove();
-            std::process::exit(130);
-        }
-    });
+    std::mem::forget(crate::cleanup::on_signal(move || names.remove()));
 }
 
 impl Drop for NetnsNetwork {
