@@ -735,7 +735,7 @@ async fn run_kraft_roles(
             ),
             None => None,
         };
-        let image = client.image();
+        let image = caught_up_image(client.image(), client.session());
         let channel: Arc<dyn crate::replication::ControllerChannel> =
             Arc::new(crate::replication::ClientChannel(client.clone()));
         // SIGTERM is a controlled shutdown: the controller fences this broker and moves its
@@ -776,6 +776,40 @@ async fn run_kraft_roles(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// The metadata image the data plane sees: empty until this incarnation is first unfenced,
+/// the controller's image from then on. The controller unfences a broker once it has replayed
+/// its own registration, and that registration already moved the leaderships of a broker that
+/// restarted away from it (and out of the ISR after an unclean shutdown, KIP-966); before it,
+/// the replayed image still names this broker leader of logs it may have lost in the crash,
+/// and acting on it elects an empty log with the old leader epoch. Kafka's broker likewise
+/// publishes metadata only after its initial catch-up.
+fn caught_up_image(
+    image: tokio::sync::watch::Receiver<Arc<crate::metadata::MetadataImage>>,
+    mut session: tokio::sync::watch::Receiver<crate::controller_client::BrokerSession>,
+) -> tokio::sync::watch::Receiver<Arc<crate::metadata::MetadataImage>> {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(crate::metadata::MetadataImage::default()));
+    let mut image = image;
+    tokio::spawn(async move {
+        loop {
+            let s = *session.borrow_and_update();
+            if s.broker_epoch.is_some() && !s.fenced {
+                break;
+            }
+            if session.changed().await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let current = image.borrow_and_update().clone();
+            tx.send_replace(current);
+            if image.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 pub fn bench_broker_command() -> Command {
