@@ -1667,7 +1667,8 @@ struct Fault {
     value: serde_json::Value,
     /// The nemesis tick at which it is healed.
     until_tick: u64,
-    /// For a partition aimed at a partition leader: that leader.
+    /// For a partition aimed at a partition leader: that leader. For a delay: the follower
+    /// crashed behind it, once one was.
     aim: Option<NodeId>,
     /// ZooKeeper servers (myids) a ZooKeeper-side fault holds.
     servers: Vec<u32>,
@@ -2058,7 +2059,12 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             continue;
         }
         let partitioned = in_force.iter().any(|f| f.kind == NemesisKind::Partition);
-        let slowed = in_force.iter().any(|f| f.kind == NemesisKind::Delay);
+        // A delay that has not had its follower crash yet: one per delay, so the old
+        // incarnation's held-back Fetch meets a running new one (another crash would fence it
+        // again, and the controller refuses a fenced replica whatever its epoch).
+        let slowed = in_force
+            .iter()
+            .any(|f| f.kind == NemesisKind::Delay && f.aim.is_none());
         let kind = choose_kind(&mut rng, &config.nemeses, partitioned || slowed);
         if kind.shapes_links() {
             // One fault of each kind at a time.
@@ -2071,8 +2077,14 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 .as_ref()
                 .map(|p| p.links())
                 .unwrap_or_default();
-            let (value, shaped) =
-                link_shaping(kind, &mut rng, &links, &system.broker_ids(), &leaders);
+            let (value, shaped) = link_shaping(
+                kind,
+                &mut rng,
+                &links,
+                &system.broker_ids(),
+                &leaders,
+                config.nemesis_interval,
+            );
             let summary = format!(
                 "{} {} ({} links){}",
                 kind.name(),
@@ -2097,7 +2109,8 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
                 kind,
                 nodes: Vec::new(),
                 value,
-                until_tick: tick + 1 + rng.below(3),
+                // Three to five ticks: a crash behind it restarts while it still holds.
+                until_tick: tick + 3 + rng.below(3),
                 aim: None,
                 servers: Vec::new(),
             });
@@ -2211,7 +2224,10 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
             choose_target(&mut rng, cluster, partitioned, slowed)
         };
         // A partition in force aimed at a leader (bridge-leader, isolate-follower) names it.
-        let aim = in_force.iter().find_map(|f| f.aim);
+        let aim = in_force
+            .iter()
+            .filter(|f| f.kind == NemesisKind::Partition)
+            .find_map(|f| f.aim);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin, aim);
         // The partitions the chain's first leader leads, whose next leaders it fails next.
         let led: Vec<i32> = match target {
@@ -2251,7 +2267,23 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         if nodes.is_empty() {
             continue;
         }
-        let started = start_fault(kind, &nodes, &mut rng, system);
+        let mut started = start_fault(kind, &nodes, &mut rng, system);
+        if target == Target::Follower
+            && started.is_ok()
+            && matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
+        {
+            // A crash-restart: the follower comes back at once (its stop only records the
+            // end), so its new incarnation registers while its old incarnation's last Fetch
+            // is still held back by the delay.
+            for &n in &nodes {
+                if let Err(e) = system.restart(n) {
+                    started = Err(e);
+                }
+            }
+            if let Ok(d) = &mut started {
+                d.push_str(" (restarted at once)");
+            }
+        }
         let ok = started.is_ok();
         // A session fault lasts at least twice the session timeout, so that the session
         // expires and another broker is elected controller while the old one is away.
@@ -2261,7 +2293,14 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
         } else {
             1
         };
-        let until_tick = tick + (1 + rng.below(3)).max(min_ticks);
+        let mut until_tick = tick + (1 + rng.below(3)).max(min_ticks);
+        if target == Target::Follower {
+            if let Some(d) = in_force.iter_mut().find(|f| f.kind == NemesisKind::Delay) {
+                d.aim = nodes.first().copied();
+            }
+            // The follower crashed behind a delay was restarted at once (below).
+            until_tick = tick + 1;
+        }
         let mut push = |kind: NemesisKind,
                         nodes: Vec<NodeId>,
                         started: std::io::Result<String>,
@@ -2342,11 +2381,15 @@ fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared
     lines
 }
 
-/// The delay a `delay` fault adds, in milliseconds: long enough that a follower's Fetch read
-/// just before a crash arrives after the restart (a kill ends after one to three ticks).
-const DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=4000;
+/// The delay a `delay` fault adds, in nemesis ticks (at least 1 s, at most 6 s, so that a
+/// replica fetcher's 10 s request timeout does not fire): long enough that a Fetch the
+/// proxy read just before its follower crashed (a `follower` crash restarts at once)
+/// arrives after the new incarnation registered and was unfenced, while that incarnation's
+/// own fetches are held back as long (KIP-903's window).
+const DELAY_TICKS: (f64, f64) = (3.0, 6.0);
+const DELAY_LIMITS_MS: (u64, u64) = (1000, 6000);
 
-/// The links a `delay` or `loss` fault shapes and how, seeded: two times in three the
+/// The links a `delay` or `loss` fault shapes and how, seeded: three times in four the
 /// requests on every broker's link to a partition leader (the followers' fetches; answers
 /// pass), otherwise both directions of every link (half the delay each way). Returns the
 /// history value (`target`, `links`, `delay-ms` or `loss` and `rto-ms`) and the shaping.
@@ -2356,14 +2399,20 @@ fn link_shaping(
     links: &[crate::nemesis::proxynet::Link],
     brokers: &[NodeId],
     leaders: &[NodeId],
+    interval: Duration,
 ) -> (
     serde_json::Value,
     BTreeMap<crate::nemesis::proxynet::Link, crate::proxy::LinkFaults>,
 ) {
     use crate::proxy::{Direction, LinkFaults};
-    let to_leaders = !leaders.is_empty() && rng.below(3) != 0;
-    let (lo, hi) = (*DELAY_MS.start(), *DELAY_MS.end());
-    let delay = Duration::from_millis(lo + rng.below(hi - lo + 1));
+    let to_leaders = !leaders.is_empty() && rng.below(4) != 0;
+    let tick_ms = interval.as_millis() as f64;
+    let (lo, hi) = (
+        (DELAY_TICKS.0 * tick_ms) as u64,
+        (DELAY_TICKS.1 * tick_ms) as u64,
+    );
+    let ms = (lo + rng.below(hi - lo + 1)).clamp(DELAY_LIMITS_MS.0, DELAY_LIMITS_MS.1);
+    let delay = Duration::from_millis(ms);
     let loss = 0.2 + 0.1 * rng.below(4) as f64;
     let rto = Duration::from_millis(200);
     let dir = |share: u32| match kind {
