@@ -1989,9 +1989,10 @@ fn stop_reassign(
 /// `nemesis_interval` (a *tick*) it heals the faults whose time is up, then, with fewer than
 /// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a kind
 /// ([`choose_kind`]) and, for a partition, a [`PartitionShape`] (a grudge, one at a time,
-/// lasting two or three ticks), otherwise a [`Target`] (one node, a minority, a majority, the
-/// partition leaders, a leader chain, the controller quorum leader), lasting one to three
-/// ticks. Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
+/// lasting two or three ticks), for `delay` and `loss` the shaped links ([`link_shaping`],
+/// three to five ticks), otherwise a [`Target`] (one node, a minority, a majority, the
+/// partition leaders, a follower, a leader chain, the controller quorum leader), lasting one
+/// to three ticks (a follower crashed behind a delay restarts at once). Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
 /// `start-X` / `stop-X` with its target and nodes (and a partition's grudge); returns a line
 /// per fault for the summary.
 fn nemesis_loop(config: &TestConfig, system: &mut ProcessSystem, shared: &Shared) -> Vec<String> {
