@@ -198,15 +198,23 @@ async fn connection(
         faults.clone(),
         stop.clone(),
     );
-    let bwd = pump(sr, cw, |f| f.backward, Rng::new(!seed), faults, stop);
-    // When either direction ends, the connection ends (both halves are dropped).
-    tokio::select! {
-        _ = fwd => {},
-        _ = bwd => {},
-    }
+    let bwd = tokio::spawn(pump(sr, cw, |f| f.backward, Rng::new(!seed), faults, stop));
+    // TCP half-close, as a real network carries it: when the client's side ends (it closed, or
+    // its process died), what the proxy already read from it is still delivered upstream
+    // (after its delay) and only then is the upstream's side shut down; the upstream's answer
+    // or close ends the backward direction. An ending backward direction (the upstream
+    // closed, or the dead client cannot take an answer) never cancels bytes the forward one
+    // still holds: a delayed request from a killed client reaches its server late, as it
+    // would through a slow router.
+    fwd.await;
+    let _ = tokio::time::timeout(HALF_CLOSED_LINGER, bwd).await;
 }
 
-/// Copies one direction, applying its faults, until end of stream, error, `Refuse` or stop.
+/// How long a connection whose client side ended waits for the upstream to answer or close.
+const HALF_CLOSED_LINGER: Duration = Duration::from_secs(30);
+
+/// Copies one direction, applying its faults, until end of stream (then shuts the writing side
+/// down), error, `Refuse` or stop. A chunk read before the end is written before it.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
@@ -222,7 +230,11 @@ async fn pump(
         }
         let n = tokio::select! {
             r = from.read(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    // End of stream: pass the half-close on (every byte read was written).
+                    let _ = to.shutdown().await;
+                    return;
+                }
                 Ok(n) => n,
             },
             c = faults.changed() => {

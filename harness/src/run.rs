@@ -54,6 +54,13 @@ pub enum NemesisKind {
     /// ([`REASSIGN_MIN_BROKERS`]). The reassignment model's bugs (`ControllerBug`) happen only
     /// while one is in progress.
     Reassign,
+    /// Latency on inter-node links (the proxies only, `--net proxy`): a delay per chunk on the
+    /// followers' requests to the partition leaders, or on every link. A request read before
+    /// a node dies is still delivered late, after its restart (TCP half-close).
+    Delay,
+    /// Packet loss on inter-node links as TCP shows it (the proxies only): a chunk waits a
+    /// retransmission timeout with some probability; no byte is lost.
+    Loss,
 }
 
 /// Brokers the reassign nemesis needs: the replication factor (3) plus one to move to.
@@ -88,6 +95,8 @@ impl NemesisKind {
             NemesisKind::Zombie => "zombie",
             NemesisKind::ExpireSession => "expire-session",
             NemesisKind::Reassign => "reassign",
+            NemesisKind::Delay => "delay",
+            NemesisKind::Loss => "loss",
         }
     }
 
@@ -101,7 +110,17 @@ impl NemesisKind {
         NemesisKind::ALL
             .into_iter()
             .chain(NemesisKind::ZOOKEEPER_MODE)
-            .chain([NemesisKind::Reassign])
+            .chain([NemesisKind::Reassign, NemesisKind::Delay, NemesisKind::Loss])
+    }
+
+    /// Whether the fault shapes links (only the proxies can).
+    pub fn shapes_links(self) -> bool {
+        matches!(self, NemesisKind::Delay | NemesisKind::Loss)
+    }
+
+    /// Whether the fault acts on the network between nodes.
+    pub fn network(self) -> bool {
+        self == NemesisKind::Partition || self.shapes_links()
     }
 
     /// Parses `kill,pause,...` or `all` (every fault of [`NemesisKind::ALL`]; a ZooKeeper-mode
@@ -154,6 +173,36 @@ impl Workload {
     }
 }
 
+/// How a run's network faults reach the links between nodes (`--net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Net {
+    /// One TCP proxy per directed link between nodes (`kcheck broker --peer-address`);
+    /// partitions, delay and loss; no root needed.
+    Proxy,
+    /// Every node in its own network namespace with nftables drop rules (root); partitions.
+    Netns,
+}
+
+impl Net {
+    pub fn name(self) -> &'static str {
+        match self {
+            Net::Proxy => "proxy",
+            Net::Netns => "netns",
+        }
+    }
+
+    /// The default: the namespaces where they work (as root) and the faults need nothing
+    /// else, the proxies otherwise (delay and loss are the proxies' alone).
+    pub fn default_for(nemeses: &[NemesisKind]) -> Net {
+        if nemeses.iter().any(|k| k.shapes_links()) || crate::nemesis::netns::available().is_err() {
+            Net::Proxy
+        } else {
+            Net::Netns
+        }
+    }
+}
+
 /// Where the cluster's brokers keep their metadata (`kcheck cluster up --metadata`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,6 +233,8 @@ pub struct TestConfig {
     pub zookeeper_servers: usize,
     pub workload: Workload,
     pub nemeses: Vec<NemesisKind>,
+    /// How network faults are injected.
+    pub net: Net,
     pub time_limit: Duration,
     /// Client operations per second, over all workers.
     pub rate: f64,
@@ -272,15 +323,25 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
             REASSIGN_MIN_BROKERS - 1
         ));
     }
-    if config.nemeses.contains(&NemesisKind::Partition) {
+    if let Some(k) = config.nemeses.iter().find(|k| k.network()) {
         if config.brokers + config.controllers < 2 {
-            return Err(
-                "the partition nemesis needs at least two nodes (--brokers 3 --controllers 3)"
-                    .into(),
-            );
+            return Err(format!(
+                "the {} nemesis needs at least two nodes (--brokers 3 --controllers 3)",
+                k.name()
+            ));
         }
+    }
+    if let Some(k) = config.nemeses.iter().find(|k| k.shapes_links()) {
+        if config.net != Net::Proxy {
+            return Err(format!(
+                "{}: only the proxies shape links (use --net proxy)",
+                k.name()
+            ));
+        }
+    }
+    if config.nemeses.contains(&NemesisKind::Partition) && config.net == Net::Netns {
         crate::nemesis::netns::available().map_err(|e| {
-            format!("partition: {e}: the nodes run in network namespaces with nftables drop rules (leave partition out of --nemesis to run without root)")
+            format!("partition: {e}: --net netns runs the nodes in network namespaces with nftables drop rules (--net proxy partitions without root)")
         })?;
     }
     validate_common(config)
@@ -334,10 +395,9 @@ fn validate_zookeeper(config: &TestConfig) -> Result<(), String> {
                 .into(),
         );
     }
-    if config.nemeses.contains(&NemesisKind::Partition) {
-        return Err("partition: the brokers of a ZooKeeper-mode run do not run in network namespaces; \
-             its network faults cut the ZooKeeper side through proxies (use zk-partition, expire-session)"
-            .into());
+    if let Some(k) = config.nemeses.iter().find(|k| k.network()) {
+        return Err(format!("{}: the brokers of a ZooKeeper-mode run reach each other directly; \
+             its network faults cut the ZooKeeper side through proxies (use zk-partition, expire-session)", k.name()));
     }
     validate_common(config)
 }
@@ -373,7 +433,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
 
     // Partitions need every node in its own network namespace (addresses in a private /24);
     // without them every node listens on 127.0.0.1.
-    let network = if config.nemeses.contains(&NemesisKind::Partition) {
+    let network = if config.nemeses.contains(&NemesisKind::Partition) && config.net == Net::Netns {
         let net = crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
             .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?;
         crate::nemesis::netns::remove_on_signal(net.names());
@@ -400,16 +460,30 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         ),
         Metadata::Kraft => None,
     };
-    let specs = match &zookeeper {
+    let mut specs = match &zookeeper {
         Some(zk) => zookeeper_specs(config, &dir, zk),
         None => node_specs(config, &dir, &host),
     }
     .map_err(|e| format!("harness failure: {e}"))?;
+    // `--net proxy`: the nodes reach each other through one proxy per directed link (stopped
+    // when the system is dropped, whatever ends the run).
+    let proxies = if config.net == Net::Proxy
+        && config.metadata == Metadata::Kraft
+        && config.nemeses.iter().any(|k| k.network())
+    {
+        Some(
+            link_proxies(&mut specs, config.seed)
+                .map_err(|e| format!("harness failure: starting the link proxies: {e}"))?,
+        )
+    } else {
+        None
+    };
     let lazy = config.nemeses.contains(&NemesisKind::LoseUnsynced);
     let clocks = config.nemeses.contains(&NemesisKind::Clock);
     let mut system = ProcessSystem::start(&dir, specs, lazy, clocks, network)
         .map_err(|e| format!("harness failure: starting the system: {e}"))?;
     system.zookeeper = zookeeper;
+    system.proxies = proxies;
     let bootstrap = system.bootstrap();
     let mut admin = KafkaClient::new(&bootstrap, TOPIC, config.client_timeout);
     let replication_factor = config.brokers.min(3) as i16;
@@ -514,6 +588,55 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         history_ops: history.ops.len(),
         faults,
     })
+}
+
+/// Starts a proxy for every directed link a node dials (a controller: the other controllers;
+/// a broker: every controller and the other brokers; controllers never dial brokers) and
+/// gives each node `--peer-address ID=PROXY` for each. Clients, the harness included, still
+/// reach the nodes directly: the brokers register and advertise their own listeners.
+fn link_proxies(
+    specs: &mut [NodeSpec],
+    seed: u64,
+) -> std::io::Result<crate::nemesis::proxynet::ProxyNetwork> {
+    let addr_of = |spec: &NodeSpec| -> Option<std::net::SocketAddr> {
+        let a = match &spec.client_addr {
+            Some(a) => a.clone(),
+            None => {
+                let i = spec.args.iter().position(|a| a == "--controller-listen")?;
+                spec.args.get(i + 1)?.clone()
+            }
+        };
+        a.parse().ok()
+    };
+    let mut addrs = BTreeMap::new();
+    for spec in specs.iter() {
+        let a = addr_of(spec)
+            .ok_or_else(|| std::io::Error::other(format!("node {} has no address", spec.id)))?;
+        addrs.insert(spec.id, a);
+    }
+    let controllers: Vec<NodeId> = specs
+        .iter()
+        .filter(|s| s.client_addr.is_none())
+        .map(|s| s.id)
+        .collect();
+    let mut links = Vec::new();
+    for spec in specs.iter() {
+        let broker = spec.client_addr.is_some();
+        for other in specs.iter().filter(|o| o.id != spec.id) {
+            if controllers.contains(&other.id) || broker {
+                links.push((spec.id, other.id));
+            }
+        }
+    }
+    let net = crate::nemesis::proxynet::ProxyNetwork::start(&links, &addrs, seed)?;
+    for spec in specs.iter_mut() {
+        for &(from, to) in links.iter().filter(|(f, _)| *f == spec.id) {
+            let proxy = net.addr(from, to).expect("started above");
+            spec.args.push("--peer-address".into());
+            spec.args.push(format!("{to}={proxy}"));
+        }
+    }
+    Ok(net)
 }
 
 /// How long the healed system settles before the final reads.
@@ -1192,6 +1315,10 @@ pub enum Target {
     Majority,
     /// Every broker that leads a partition of the test topic (from Metadata).
     Leaders,
+    /// One broker that leads no partition, i.e. only follows (from Metadata): under a delay,
+    /// a crash of it leaves its last Fetch on the way to its leader, to arrive after its
+    /// restart (KIP-903's stale fetch).
+    Follower,
     /// One partition leader (the one a partition in force is aimed at, if it still leads),
     /// then the new leader of a partition it led as soon as Metadata names one: two failovers
     /// in quick succession, the shape of KIP-101's data loss (a follower of the short-lived
@@ -1211,6 +1338,7 @@ impl Target {
             Target::Minority => "minority",
             Target::Majority => "majority",
             Target::Leaders => "leaders",
+            Target::Follower => "follower",
             Target::LeaderChain => "leader-chain",
             Target::ControllerLeader => "controller-leader",
             Target::Controller => "controller",
@@ -1223,6 +1351,8 @@ impl Target {
 /// crash or pause is chosen three times in four, to fail leaders behind it (see
 /// [`choose_target`]).
 fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> NemesisKind {
+    // A delay in force counts as a partition here: it holds a follower's requests back, and a
+    // crash behind it completes the fault (see `choose_target`).
     let failing = |k: &NemesisKind| {
         matches!(
             k,
@@ -1377,9 +1507,18 @@ const MAX_FAULTS_IN_FORCE: usize = 2;
 /// (mostly `leader-chain`): a partition sets up the replication bugs' first half (a follower
 /// cut off from its peers, out of the ISR or unable to refetch after truncating) and a
 /// failover of the leaders completes it.
-fn choose_target(rng: &mut Rng, cluster: bool, partitioned: bool) -> Target {
+fn choose_target(rng: &mut Rng, cluster: bool, partitioned: bool, slowed: bool) -> Target {
     if !cluster {
         return Target::One;
+    }
+    // Under a delay, crash a follower two times in three: its last Fetch, held back on the
+    // link, reaches the leader after the restart (KIP-903); otherwise the leaders.
+    if slowed {
+        match rng.below(6) {
+            0..=3 => return Target::Follower,
+            4 => return Target::LeaderChain,
+            _ => {}
+        }
     }
     if partitioned {
         match rng.below(6) {
@@ -1438,6 +1577,17 @@ fn resolve_target(
         Target::Majority => (target, pick(rng, group, n / 2 + 1)),
         Target::Leaders => match admin.partition_leaders() {
             Ok(ids) if !ids.is_empty() => (target, ids),
+            _ => (Target::One, pick(rng, &brokers, 1)),
+        },
+        Target::Follower => match admin.partition_leaders() {
+            Ok(ids) if brokers.iter().any(|b| !ids.contains(b)) => {
+                let followers: Vec<NodeId> = brokers
+                    .iter()
+                    .copied()
+                    .filter(|b| !ids.contains(b))
+                    .collect();
+                (target, pick(rng, &followers, 1))
+            }
             _ => (Target::One, pick(rng, &brokers, 1)),
         },
         Target::LeaderChain => match admin.partition_leaders() {
@@ -1539,7 +1689,8 @@ struct Fault {
     value: serde_json::Value,
     /// The nemesis tick at which it is healed.
     until_tick: u64,
-    /// For a partition aimed at a partition leader: that leader.
+    /// For a partition aimed at a partition leader: that leader. For a delay: the follower
+    /// crashed behind it, once one was.
     aim: Option<NodeId>,
     /// ZooKeeper servers (myids) a ZooKeeper-side fault holds.
     servers: Vec<u32>,
@@ -1587,7 +1738,11 @@ fn start_fault(
             NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, true),
             // ZooKeeper servers are not broker nodes: see `start_zookeeper_fault`.
             // Not a node fault: see `start_reassign`.
-            NemesisKind::ZkKill | NemesisKind::ZkPartition | NemesisKind::Reassign => {
+            NemesisKind::ZkKill
+            | NemesisKind::ZkPartition
+            | NemesisKind::Reassign
+            | NemesisKind::Delay
+            | NemesisKind::Loss => {
                 return Err(std::io::Error::other(format!(
                     "{} does not target node {node}",
                     kind.name()
@@ -1604,6 +1759,10 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
     // One grudge at a time is in force (a new partition waits for the old one's end).
     if fault.kind == NemesisKind::Partition {
         system.partition(&Grudge::default())?;
+    }
+    if fault.kind.shapes_links() {
+        system.unshape(fault.kind.name());
+        return Ok(());
     }
     let holds = |kind: NemesisKind, node: NodeId| {
         others.iter().any(|o| {
@@ -1632,7 +1791,11 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
                 system.resume(node)?;
             }
             NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, false),
-            NemesisKind::ZkKill | NemesisKind::ZkPartition | NemesisKind::Reassign => {}
+            NemesisKind::ZkKill
+            | NemesisKind::ZkPartition
+            | NemesisKind::Reassign
+            | NemesisKind::Delay
+            | NemesisKind::Loss => {}
         }
     }
     for &server in &fault.servers {
@@ -2182,9 +2345,10 @@ fn record_logged_assertions(system: &ProcessSystem, dir: &Path, shared: &Shared)
 /// `nemesis_interval` (a *tick*) it heals the faults whose time is up, then, with fewer than
 /// [`MAX_FAULTS_IN_FORCE`] in force, starts a new one three times in four: a kind
 /// ([`choose_kind`]) and, for a partition, a [`PartitionShape`] (a grudge, one at a time,
-/// lasting two or three ticks), otherwise a [`Target`] (one node, a minority, a majority, the
-/// partition leaders, a leader chain, the controller quorum leader), lasting one to three
-/// ticks. Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
+/// lasting two or three ticks), for `delay` and `loss` the shaped links ([`link_shaping`],
+/// three to five ticks), otherwise a [`Target`] (one node, a minority, a majority, the
+/// partition leaders, a follower, a leader chain, the controller quorum leader), lasting one
+/// to three ticks (a follower crashed behind a delay restarts at once). Faults may overlap, as Jepsen's combined nemesis packages do. Each is recorded as
 /// `start-X` / `stop-X` with its target and nodes (and a partition's grudge); returns a line
 /// per fault for the summary.
 fn nemesis_loop(
@@ -2293,7 +2457,63 @@ fn nemesis_loop(
             continue;
         }
         let partitioned = in_force.iter().any(|f| f.kind == NemesisKind::Partition);
-        let kind = choose_kind(&mut rng, &config.nemeses, partitioned);
+        // A delay that has not had its follower crash yet: one per delay, so the old
+        // incarnation's held-back Fetch meets a running new one (another crash would fence it
+        // again, and the controller refuses a fenced replica whatever its epoch).
+        let slowed = in_force
+            .iter()
+            .any(|f| f.kind == NemesisKind::Delay && f.aim.is_none());
+        let kind = choose_kind(&mut rng, &config.nemeses, partitioned || slowed);
+        if kind.shapes_links() {
+            // One fault of each kind at a time.
+            if in_force.iter().any(|f| f.kind == kind) {
+                continue;
+            }
+            let leaders = admin.partition_leaders().unwrap_or_default();
+            let links = system
+                .proxies
+                .as_ref()
+                .map(|p| p.links())
+                .unwrap_or_default();
+            let (value, shaped) = link_shaping(
+                kind,
+                &mut rng,
+                &links,
+                &system.broker_ids(),
+                &leaders,
+                config.nemesis_interval,
+            );
+            let summary = format!(
+                "{} {} ({} links){}",
+                kind.name(),
+                value["target"].as_str().unwrap_or(""),
+                shaped.len(),
+                match kind {
+                    NemesisKind::Delay => format!(" {} ms", value["delay-ms"]),
+                    _ => format!(" p={} rto {} ms", value["loss"], value["rto-ms"]),
+                }
+            );
+            let started = system.shape(kind.name(), shaped);
+            match &started {
+                Ok(()) => lines.push(summary),
+                Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+            }
+            record(
+                &format!("start-{}", kind.name()),
+                &value,
+                started.err().map(|e| e.to_string()),
+            );
+            in_force.push(Fault {
+                kind,
+                nodes: Vec::new(),
+                value,
+                // Three to five ticks: a crash behind it restarts while it still holds.
+                until_tick: tick + 3 + rng.below(3),
+                aim: None,
+                servers: Vec::new(),
+            });
+            continue;
+        }
         if kind == NemesisKind::Partition {
             if partitioned {
                 continue;
@@ -2400,10 +2620,13 @@ fn nemesis_loop(
         let wanted = if session_faults {
             Target::Controller
         } else {
-            choose_target(&mut rng, cluster, partitioned)
+            choose_target(&mut rng, cluster, partitioned, slowed)
         };
         // A partition in force aimed at a leader (bridge-leader, isolate-follower) names it.
-        let aim = in_force.iter().find_map(|f| f.aim);
+        let aim = in_force
+            .iter()
+            .filter(|f| f.kind == NemesisKind::Partition)
+            .find_map(|f| f.aim);
         let (target, nodes) = resolve_target(wanted, &mut rng, system, &mut admin, aim);
         // The partitions the chain's first leader leads, whose next leaders it fails next.
         let led: Vec<i32> = match target {
@@ -2445,7 +2668,23 @@ fn nemesis_loop(
         if nodes.is_empty() {
             continue;
         }
-        let started = start_fault(kind, &nodes, &mut rng, system);
+        let mut started = start_fault(kind, &nodes, &mut rng, system);
+        if target == Target::Follower
+            && started.is_ok()
+            && matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
+        {
+            // A crash-restart: the follower comes back at once (its stop only records the
+            // end), so its new incarnation registers while its old incarnation's last Fetch
+            // is still held back by the delay.
+            for &n in &nodes {
+                if let Err(e) = system.restart(n) {
+                    started = Err(e);
+                }
+            }
+            if let Ok(d) = &mut started {
+                d.push_str(" (restarted at once)");
+            }
+        }
         let ok = started.is_ok();
         // A session fault lasts at least twice the session timeout, so that the session
         // expires and another broker is elected controller while the old one is away.
@@ -2455,7 +2694,14 @@ fn nemesis_loop(
         } else {
             1
         };
-        let until_tick = tick + (1 + rng.below(3)).max(min_ticks);
+        let mut until_tick = tick + (1 + rng.below(3)).max(min_ticks);
+        if target == Target::Follower {
+            if let Some(d) = in_force.iter_mut().find(|f| f.kind == NemesisKind::Delay) {
+                d.aim = nodes.first().copied();
+            }
+            // The follower crashed behind a delay was restarted at once (below).
+            until_tick = tick + 1;
+        }
         let mut push = |kind: NemesisKind,
                         nodes: Vec<NodeId>,
                         started: std::io::Result<String>,
@@ -2543,6 +2789,86 @@ fn nemesis_loop(
         record(&f, &fault.value, healed.err().map(|e| e.to_string()));
     }
     (lines, chains)
+}
+
+/// The delay a `delay` fault adds, in nemesis ticks (at least 1 s, at most 6 s, so that a
+/// replica fetcher's 10 s request timeout does not fire): long enough that a Fetch the
+/// proxy read just before its follower crashed (a `follower` crash restarts at once)
+/// arrives after the new incarnation registered and was unfenced, while that incarnation's
+/// own fetches are held back as long (KIP-903's window).
+const DELAY_TICKS: (f64, f64) = (3.0, 6.0);
+const DELAY_LIMITS_MS: (u64, u64) = (1000, 6000);
+
+/// The links a `delay` or `loss` fault shapes and how, seeded: three times in four the
+/// requests on every broker's link to a partition leader (the followers' fetches; answers
+/// pass), otherwise both directions of every link (half the delay each way). Returns the
+/// history value (`target`, `links`, `delay-ms` or `loss` and `rto-ms`) and the shaping.
+fn link_shaping(
+    kind: NemesisKind,
+    rng: &mut Rng,
+    links: &[crate::nemesis::proxynet::Link],
+    brokers: &[NodeId],
+    leaders: &[NodeId],
+    interval: Duration,
+) -> (
+    serde_json::Value,
+    BTreeMap<crate::nemesis::proxynet::Link, crate::proxy::LinkFaults>,
+) {
+    use crate::proxy::{Direction, LinkFaults};
+    let to_leaders = !leaders.is_empty() && rng.below(4) != 0;
+    let tick_ms = interval.as_millis() as f64;
+    let (lo, hi) = (
+        (DELAY_TICKS.0 * tick_ms) as u64,
+        (DELAY_TICKS.1 * tick_ms) as u64,
+    );
+    let ms = (lo + rng.below(hi - lo + 1)).clamp(DELAY_LIMITS_MS.0, DELAY_LIMITS_MS.1);
+    let delay = Duration::from_millis(ms);
+    let loss = 0.2 + 0.1 * rng.below(4) as f64;
+    let rto = Duration::from_millis(200);
+    let dir = |share: u32| match kind {
+        NemesisKind::Delay => Direction {
+            delay: delay / share,
+            ..Direction::default()
+        },
+        _ => Direction {
+            loss,
+            rto,
+            ..Direction::default()
+        },
+    };
+    let shaped: BTreeMap<_, _> = links
+        .iter()
+        .filter(|(from, to)| !to_leaders || (brokers.contains(from) && leaders.contains(to)))
+        .map(|&l| {
+            let f = if to_leaders {
+                LinkFaults {
+                    forward: dir(1),
+                    backward: Direction::default(),
+                }
+            } else {
+                LinkFaults {
+                    forward: dir(2),
+                    backward: dir(2),
+                }
+            };
+            (l, f)
+        })
+        .collect();
+    let target = if to_leaders {
+        "to-leaders"
+    } else {
+        "all-links"
+    };
+    let listed: Vec<[NodeId; 2]> = shaped.keys().map(|&(a, b)| [a, b]).collect();
+    let mut value = serde_json::json!({ "target": target, "links": listed });
+    match kind {
+        NemesisKind::Delay => value["delay-ms"] = serde_json::json!(delay.as_millis() as u64),
+        _ => {
+            value["loss"] = serde_json::json!(loss);
+            value["rto-ms"] = serde_json::json!(rto.as_millis() as u64);
+        }
+    }
+    (value, shaped)
 }
 
 /// Nodes a process fault in force holds down or stopped (a reassign fault's stalled replica

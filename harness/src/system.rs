@@ -9,6 +9,8 @@ use crate::lazyfs::{LazyFsMount, LossReport};
 use crate::nemesis::clock::FakeClock;
 use crate::nemesis::grudge::Grudge;
 use crate::nemesis::netns::NetnsNetwork;
+use crate::nemesis::proxynet::{Link, ProxyNetwork};
+use crate::proxy::LinkFaults;
 use crate::zookeeper::metadata_ensemble::MetadataEnsemble;
 use std::collections::BTreeMap;
 use std::fs;
@@ -54,6 +56,9 @@ pub struct ProcessSystem {
     /// When the run partitions the network: one namespace per node, each node started inside
     /// its own. Declared after `nodes` so the namespaces outlive the processes on drop.
     network: Option<NetnsNetwork>,
+    /// Without namespaces: one proxy per directed link between nodes (the nodes were started
+    /// with `--peer-address` naming them), stopped when the system is dropped.
+    pub proxies: Option<ProxyNetwork>,
     /// ZooKeeper mode: the ensemble the brokers keep their metadata in (healed and stopped with
     /// the brokers, after them).
     pub zookeeper: Option<MetadataEnsemble>,
@@ -77,6 +82,7 @@ impl ProcessSystem {
         let mut system = ProcessSystem {
             nodes: BTreeMap::new(),
             network,
+            proxies: None,
             zookeeper: None,
         };
         for spec in specs {
@@ -354,9 +360,10 @@ impl ProcessSystem {
         Ok(())
     }
 
-    /// Whether nodes run in network namespaces, so [`Self::partition`] can cut links.
+    /// Whether nodes run in network namespaces or behind proxies, so [`Self::partition`] can
+    /// cut links.
     pub fn can_partition(&self) -> bool {
-        self.network.is_some()
+        self.network.is_some() || self.proxies.is_some()
     }
 
     /// The address a node listens on inside its namespace, or 127.0.0.1 without namespaces.
@@ -370,11 +377,34 @@ impl ProcessSystem {
     /// Makes `grudge` the network's partition (replacing any previous one); the harness's own
     /// connections to the nodes are never cut.
     pub fn partition(&mut self, grudge: &Grudge) -> io::Result<()> {
+        if let Some(p) = &mut self.proxies {
+            return p.apply(grudge);
+        }
         match &self.network {
             Some(n) => n.apply(grudge),
             None => Err(io::Error::other(
-                "the nodes do not run in network namespaces: cannot partition",
+                "the nodes run neither in network namespaces nor behind proxies: cannot partition",
             )),
+        }
+    }
+
+    /// Adds the link-shaping fault `kind` (delay, loss) on `links`; proxies only.
+    pub fn shape(&mut self, kind: &str, links: BTreeMap<Link, LinkFaults>) -> io::Result<()> {
+        match &mut self.proxies {
+            Some(p) => {
+                p.shape(kind, links);
+                Ok(())
+            }
+            None => Err(io::Error::other(format!(
+                "{kind} needs the nodes behind proxies (--net proxy)"
+            ))),
+        }
+    }
+
+    /// Ends the link-shaping fault `kind`.
+    pub fn unshape(&mut self, kind: &str) {
+        if let Some(p) = &mut self.proxies {
+            p.unshape(kind);
         }
     }
 
@@ -387,6 +417,9 @@ impl ProcessSystem {
     pub fn heal(&mut self) -> io::Result<()> {
         if let Some(n) = &self.network {
             n.heal()?;
+        }
+        if let Some(p) = &mut self.proxies {
+            p.heal()?;
         }
         if let Some(zk) = &mut self.zookeeper {
             zk.heal().map_err(io::Error::other)?;
@@ -414,6 +447,9 @@ impl ProcessSystem {
         }
         if let Some(zk) = &mut self.zookeeper {
             zk.shutdown();
+        }
+        if let Some(p) = &mut self.proxies {
+            p.shutdown();
         }
     }
 }

@@ -60,9 +60,20 @@ pub fn test_command() -> Command {
                 .value_name("LIST")
                 .default_value("kill")
                 .help("Faults, comma-separated: kill, pause, partition, clock, lose-unsynced, \
-                       reassign (move a partition to other brokers; needs --brokers 4), all, none; \
+                       reassign (move a partition to other brokers; needs --brokers 4), \
+                       delay, loss (inter-node links; --net proxy), all, none; \
                        all includes reassign from --brokers 4 on; \
                        --metadata zookeeper adds zk-kill, zk-partition, zombie, expire-session"),
+        )
+        .arg(
+            Arg::new("net")
+                .long("net")
+                .value_name("proxy|netns")
+                .value_parser(["proxy", "netns"])
+                .help("How network faults reach the links between nodes: proxy (one TCP proxy per \
+                       directed link, no root; partitions, delay, loss) or netns (network namespaces \
+                       and nftables, root; partitions). Default: netns as root unless delay or loss \
+                       is asked for, proxy otherwise"),
         )
         .arg(num("time-limit", "30", "Seconds of workload").value_parser(value_parser!(f64)))
         .arg(num("rate", "100", "Client operations per second, all workers").value_parser(value_parser!(f64)))
@@ -133,7 +144,8 @@ fn node_counts(m: &ArgMatches) -> (usize, usize) {
 }
 
 /// `--nemesis`: `all` is every fault this machine can inject (a notice names what it leaves
-/// out: partitions need root, lose-unsynced FUSE, clock libfaketime); a fault named
+/// out: lose-unsynced needs FUSE, clock libfaketime; partitions go through the proxies without
+/// root); a fault named
 /// explicitly is refused with the reason when it cannot run.
 fn nemeses(list: &str, metadata: Metadata, brokers: usize) -> Result<Vec<NemesisKind>, String> {
     let mut kinds = NemesisKind::parse_list(list)?;
@@ -185,6 +197,16 @@ fn metadata(m: &ArgMatches) -> Metadata {
 
 fn config(m: &ArgMatches) -> Result<TestConfig, String> {
     let (brokers, controllers) = node_counts(m);
+    let nemeses = nemeses(
+        m.get_one::<String>("nemesis").expect("defaulted"),
+        metadata(m),
+        brokers,
+    )?;
+    let net = match m.get_one::<String>("net").map(String::as_str) {
+        Some("netns") => run::Net::Netns,
+        Some(_) => run::Net::Proxy,
+        None => run::Net::default_for(&nemeses),
+    };
     Ok(TestConfig {
         brokers,
         controllers,
@@ -194,11 +216,8 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
             Some("queue") => Workload::Queue,
             _ => Workload::Log,
         },
-        nemeses: nemeses(
-            m.get_one::<String>("nemesis").expect("defaulted"),
-            metadata(m),
-            brokers,
-        )?,
+        nemeses,
+        net,
         time_limit: secs(m, "time-limit")?,
         rate: *m.get_one("rate").expect("defaulted"),
         concurrency: *m.get_one("concurrency").expect("defaulted"),
@@ -235,14 +254,16 @@ pub fn run_and_check(
     Ok((outcome, results))
 }
 
-/// The kinds of `--nemesis all` this machine can inject: partitions need root (namespaces,
-/// nftables), lose-unsynced FUSE, clock libfaketime. Returns them and why each other is out.
+/// The kinds of `--nemesis all` this machine can inject: partitions always (network namespaces
+/// as root, the link proxies otherwise), lose-unsynced needs FUSE, clock libfaketime. Returns
+/// them and why each other is out.
 pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
     let mut kinds = Vec::new();
     let mut missing = Vec::new();
     for kind in NemesisKind::ALL {
         let check = match kind {
-            NemesisKind::Partition => crate::nemesis::netns::available(),
+            // The proxies partition without root (`--net proxy`).
+            NemesisKind::Partition => Ok(()),
             NemesisKind::LoseUnsynced => crate::lazyfs::available(),
             NemesisKind::Clock => crate::nemesis::clock::available(),
             NemesisKind::Kill | NemesisKind::Pause => Ok(()),
@@ -253,6 +274,8 @@ pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
             | NemesisKind::ExpireSession => continue,
             // Not in `ALL`: `nemeses` adds it for a KRaft cluster of four brokers or more.
             NemesisKind::Reassign => continue,
+            // Not in `ALL` (it keeps the schedules of `all` runs as they were measured).
+            NemesisKind::Delay | NemesisKind::Loss => continue,
         };
         match check {
             Ok(()) => kinds.push(kind),

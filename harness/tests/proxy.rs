@@ -167,3 +167,44 @@ async fn delay_and_loss_add_latency_without_losing_bytes() {
     );
     p.shutdown();
 }
+
+/// TCP half-close: requests the proxy read before its client went away (closed, or killed
+/// with a reset while an answer was on its way back) still reach the upstream after their
+/// delay, as a slow router delivers what it queued. This is how a killed follower's last Fetch
+/// reaches its leader after the follower restarted (KIP-903's stale fetch). Before the fix,
+/// the answer to the first request failing on the reset client ended the connection and the
+/// second request, still held by the delay, was lost.
+#[tokio::test]
+async fn delayed_requests_reach_the_upstream_after_their_client_is_gone() {
+    for reset in [false, true] {
+        let (up, mut seen) = echo().await;
+        let p = Proxy::start(up, 6).await.unwrap();
+        p.set(LinkFaults {
+            forward: Direction {
+                delay: Duration::from_millis(150),
+                ..Direction::default()
+            },
+            backward: Direction::default(),
+        });
+        let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+        // The proxy reads "one" and holds it; "two" waits behind it.
+        s.write_all(b"one").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        s.write_all(b"two").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The client goes away before either arrived; "one"'s echo then meets a dead client.
+        if reset {
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(s);
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            match timeout(Duration::from_secs(2), seen.recv()).await {
+                Ok(Some(chunk)) => got.extend(chunk),
+                _ => break,
+            }
+        }
+        assert_eq!(got, b"onetwo", "reset={reset}");
+        p.shutdown();
+    }
+}

@@ -58,6 +58,10 @@ pub struct ReplicationConfig {
     pub min_insync_replicas: usize,
     pub replica_lag_time_max_ms: u64,
     pub bugs: BrokerBugs,
+    /// `--peer-address ID=HOST:PORT`: where this broker's replica fetchers reach broker `ID`
+    /// instead of the endpoint `ID` registered (a test harness's fault-injecting proxy). The
+    /// registered endpoint is still what Metadata hands to clients.
+    pub peer_addresses: std::collections::BTreeMap<i32, String>,
 }
 
 impl Default for ReplicationConfig {
@@ -66,6 +70,7 @@ impl Default for ReplicationConfig {
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 30_000,
             bugs: BrokerBugs::none(),
+            peer_addresses: Default::default(),
         }
     }
 }

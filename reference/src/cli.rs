@@ -68,6 +68,13 @@ pub fn broker_command() -> Command {
                 .help("Switch on a protocol bug flag (off by default; refused unless named here)"),
         )
         .arg(
+            Arg::new("peer-address")
+                .long("peer-address")
+                .value_name("ID=HOST:PORT")
+                .action(ArgAction::Append)
+                .help("Reach node ID at HOST:PORT for inter-node traffic (replica fetches, the controller quorum) instead of its registered or voter address; clients are still told the registered one (a test harness's per-link proxies)"),
+        )
+        .arg(
             Arg::new("min-insync-replicas")
                 .long("min-insync-replicas")
                 .default_value("1")
@@ -179,8 +186,30 @@ pub fn broker_config(m: &ArgMatches) -> Result<BrokerConfig, String> {
             .get_one::<u64>("replica-lag-time-max-ms")
             .expect("has default"),
         bugs: crate::partition::BrokerBugs::parse(&broker_bugs)?,
+        peer_addresses: peer_addresses(m)?
+            .into_iter()
+            .map(|(id, a)| (id, a.to_string()))
+            .collect(),
     };
     Ok(cfg)
+}
+
+/// `--peer-address ID=HOST:PORT`, each id at most once.
+pub fn peer_addresses(
+    m: &ArgMatches,
+) -> Result<std::collections::BTreeMap<i32, std::net::SocketAddr>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in m.get_many::<String>("peer-address").into_iter().flatten() {
+        let bad =
+            || format!("bad --peer-address {item:?}: want ID=HOST:PORT, e.g. 2=127.0.0.1:40002");
+        let (id, addr) = item.split_once('=').ok_or_else(bad)?;
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        let addr: std::net::SocketAddr = addr.trim().parse().map_err(|_| bad())?;
+        if out.insert(id, addr).is_some() {
+            return Err(format!("--peer-address names node {id} twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// The `--bug` names of the data plane and the KRaft controller (ZooKeeper-mode flags are
@@ -354,8 +383,17 @@ pub fn kraft_args(m: &ArgMatches) -> Result<Option<KraftArgs>, String> {
     }
     let voters =
         voters.ok_or("--process-roles needs --controller-quorum-voters ID@HOST:PORT,...")?;
-    let voters = crate::controller_client::parse_voters(voters)?;
+    let mut voters = crate::controller_client::parse_voters(voters)?;
     let node_id = *m.get_one::<i32>("node-id").expect("has default");
+    // This node reaches the other voters through their overrides; its own entry stays the
+    // address it listens on.
+    for (id, addr) in peer_addresses(m)? {
+        if id != node_id {
+            if let Some(v) = voters.get_mut(&id) {
+                *v = addr;
+            }
+        }
+    }
     // The controller's names are the active controller's choices or the voters' KRaft
     // mutations; the broker's KRaft names are its observer's.
     let bugs: Vec<ControllerBug> = controller_bugs
@@ -722,7 +760,7 @@ async fn run_kraft_roles(
             ),
             None => None,
         };
-        let image = client.image();
+        let image = caught_up_image(client.image(), client.session());
         let channel: Arc<dyn crate::replication::ControllerChannel> =
             Arc::new(crate::replication::ClientChannel(client.clone()));
         // SIGTERM is a controlled shutdown: the controller fences this broker and moves its
@@ -763,6 +801,40 @@ async fn run_kraft_roles(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// The metadata image the data plane sees: empty until this incarnation is first unfenced,
+/// the controller's image from then on. The controller unfences a broker once it has replayed
+/// its own registration, and that registration already moved the leaderships of a broker that
+/// restarted away from it (and out of the ISR after an unclean shutdown, KIP-966); before it,
+/// the replayed image still names this broker leader of logs it may have lost in the crash,
+/// and acting on it elects an empty log with the old leader epoch. Kafka's broker likewise
+/// publishes metadata only after its initial catch-up.
+fn caught_up_image(
+    image: tokio::sync::watch::Receiver<Arc<crate::metadata::MetadataImage>>,
+    mut session: tokio::sync::watch::Receiver<crate::controller_client::BrokerSession>,
+) -> tokio::sync::watch::Receiver<Arc<crate::metadata::MetadataImage>> {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(crate::metadata::MetadataImage::default()));
+    let mut image = image;
+    tokio::spawn(async move {
+        loop {
+            let s = *session.borrow_and_update();
+            if s.broker_epoch.is_some() && !s.fenced {
+                break;
+            }
+            if session.changed().await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let current = image.borrow_and_update().clone();
+            tx.send_replace(current);
+            if image.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 pub fn bench_broker_command() -> Command {

@@ -281,11 +281,22 @@ async fn fetcher(shared: Arc<Shared>, leader: BrokerId) {
             tracing::info!(leader, "replica fetcher stopped: nothing to follow");
             return;
         }
-        let endpoint = cluster
-            .current_image()
-            .brokers
+        // `--peer-address` (a harness's per-link proxy) before the registered endpoint, which
+        // is what clients are told.
+        let peer = shared
+            .lock()
+            .config
+            .replication
+            .peer_addresses
             .get(&leader)
-            .map(|b| b.endpoint.clone());
+            .cloned();
+        let endpoint = peer.or_else(|| {
+            cluster
+                .current_image()
+                .brokers
+                .get(&leader)
+                .map(|b| b.endpoint.clone())
+        });
         let Some(endpoint) = endpoint else {
             tokio::time::sleep(FETCH_BACKOFF).await;
             continue;

@@ -175,6 +175,7 @@ impl TestCluster {
                 min_insync_replicas: min_isr,
                 replica_lag_time_max_ms: lag_ms,
                 bugs: BrokerBugs::none(),
+                ..ReplicationConfig::default()
             };
             let ch: Arc<dyn ControllerChannel> = controller.clone();
             rt.spawn(kcheck_reference::server::serve_cluster(

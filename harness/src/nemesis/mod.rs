@@ -6,9 +6,12 @@
 //!   network namespaces ([`netns`]).
 //! - [`netns`]: real network namespaces with veth links on a bridge and nftables drop rules,
 //!   for runs as root; everything it creates is removed when it is dropped.
+//! - [`proxynet`]: one [`crate::proxy`] per directed link between nodes, for runs without root;
+//!   partitions, delay and loss.
 //! - [`clock`]: wall-clock skew, bumps and strobes of one process through libfaketime.
 //! - [`crate::lazyfs`]: crashes that lose exactly the writes a node had not fsynced.
 
 pub mod clock;
 pub mod grudge;
 pub mod netns;
+pub mod proxynet;

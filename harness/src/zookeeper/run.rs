@@ -934,6 +934,12 @@ fn start_fault(
                 "reassign needs a KRaft cluster of kcheck brokers (kcheck test --system kafka)"
             )
         }
+        k @ (NemesisKind::Delay | NemesisKind::Loss) => {
+            anyhow::bail!(
+                "{} shapes the links between kcheck brokers (kcheck test --system kafka)",
+                k.name()
+            )
+        }
     })
 }
 
