@@ -729,7 +729,13 @@ fn delay_lose_unsynced_run(bug: Option<&str>) -> (Option<i32>, String) {
 /// records the restarted follower does not hold (conformance: `advance_hw`; the history
 /// shows the loss only when that follower is elected next). The same schedule without the
 /// flag is valid and conforms.
+///
+/// Not in the default run: the flagged run finds it in about one run of two (seed 4; the
+/// timing is not seeded), so two attempts still miss about one time in four, and the control
+/// can meet the window that makes seeds 3 and 5 non-conforming without the flag
+/// (specs/harness.md). Run it with `cargo test --release --test harness_test -- --ignored`.
 #[test]
+#[ignore = "finds the flag in about half the runs; a CI gate must not flake (specs/harness.md)"]
 fn no_broker_epoch_check_is_found_by_a_delayed_fetch_after_a_crash_restart() {
     if !lazyfs_usable() {
         return;

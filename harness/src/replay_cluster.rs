@@ -91,6 +91,23 @@ pub struct StepReport {
     pub note: String,
 }
 
+impl StepReport {
+    /// Number, whether it happened, the model's description, the cluster's note.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>3}. {:<4} {}{}",
+            self.step,
+            if self.happened { "ok" } else { "--" },
+            self.model,
+            if self.note.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", self.note)
+            }
+        )
+    }
+}
+
 /// An acknowledged Produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Acknowledged {
@@ -155,19 +172,7 @@ impl ReplayReport {
                 .join(","),
             self.brokers
         );
-        for s in &self.steps {
-            out.push_str(&format!(
-                "{:>3}. {:<4} {}{}\n",
-                s.step,
-                if s.happened { "ok" } else { "--" },
-                s.model,
-                if s.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", s.note)
-                }
-            ));
-        }
+        self.push_steps(&mut out);
         let acked: Vec<String> = self
             .acknowledged
             .iter()
@@ -185,8 +190,26 @@ impl ReplayReport {
             )),
             Err(why) => out.push_str(&format!("no consumer read-back: {why}\n")),
         }
+        self.push_verdict(&mut out, "no anomaly: every acknowledged record is in the leader's log and the replicas agree below their HWs");
+        out
+    }
+}
+
+impl ReplayReport {
+    /// One line a step ([`StepReport::line`]).
+    fn push_steps(&self, out: &mut String) {
+        for s in &self.steps {
+            out.push_str(&s.line());
+            out.push('\n');
+        }
+    }
+
+    /// The violations (or `no_anomaly`), whether the trace's own property was reproduced, and
+    /// the time.
+    fn push_verdict(&self, out: &mut String, no_anomaly: &str) {
         if self.violations.is_empty() {
-            out.push_str("no anomaly: every acknowledged record is in the leader's log and the replicas agree below their HWs\n");
+            out.push_str(no_anomaly);
+            out.push('\n');
             if !self.bugs.is_empty() {
                 out.push_str(&format!(
                     "not reproduced: {} did not violate {} on the cluster\n",
@@ -206,11 +229,8 @@ impl ReplayReport {
             }
         }
         out.push_str(&format!("{:.1} s\n", self.seconds));
-        out
     }
-}
 
-impl ReplayReport {
     fn kraft_text(&self) -> String {
         let names: Vec<String> = self
             .brokers
@@ -233,43 +253,11 @@ impl ReplayReport {
             },
             names.join(", ")
         );
-        for s in &self.steps {
-            out.push_str(&format!(
-                "{:>3}. {:<4} {}{}\n",
-                s.step,
-                if s.happened { "ok" } else { "--" },
-                s.model,
-                if s.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", s.note)
-                }
-            ));
-        }
+        self.push_steps(&mut out);
         if !self.final_state.is_empty() {
             out.push_str(&format!("final state: {}\n", self.final_state.join("; ")));
         }
-        if self.violations.is_empty() {
-            out.push_str("no anomaly: one leader per epoch, the controllers' logs match and hold every committed entry, no broker applied beyond the quorum's HW\n");
-            if !self.bugs.is_empty() {
-                out.push_str(&format!(
-                    "not reproduced: {} did not violate {} on the cluster\n",
-                    self.bugs.join(", "),
-                    self.property
-                ));
-            }
-        } else {
-            for v in &self.violations {
-                out.push_str(&format!("violated {}: {}\n", v.property, v.detail));
-            }
-            if self.violations.iter().any(|v| v.property == self.property) {
-                out.push_str(&format!(
-                    "reproduced the model's {} violation on the cluster\n",
-                    self.property
-                ));
-            }
-        }
-        out.push_str(&format!("{:.1} s\n", self.seconds));
+        self.push_verdict(&mut out, "no anomaly: one leader per epoch, the controllers' logs match and hold every committed entry, no broker applied beyond the quorum's HW");
         out
     }
 }
@@ -1737,13 +1725,7 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
             note,
         };
         if opts.verbose {
-            eprintln!(
-                "{:>3}. {} {} [{}]",
-                r.step,
-                if r.happened { "ok" } else { "--" },
-                r.model,
-                r.note
-            );
+            eprintln!("{}", r.line());
         }
         reports.push(r);
     }

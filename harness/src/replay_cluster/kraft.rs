@@ -1034,13 +1034,7 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
             note,
         };
         if opts.verbose {
-            eprintln!(
-                "{:>3}. {} {} [{}]",
-                r.step,
-                if r.happened { "ok" } else { "--" },
-                r.model,
-                r.note
-            );
+            eprintln!("{}", r.line());
         }
         reports.push(r);
     }
