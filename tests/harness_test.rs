@@ -349,28 +349,41 @@ fn partitions_are_recorded_with_their_grudge_healed_and_removed() {
 /// A `kcheck test` run of the 3+3 cluster under partitions and kills (seed 3, 1.5 s ticks,
 /// 9 s), with and without a bug flag.
 fn partition_kill_run(bug: Option<&str>) -> (Option<i32>, String) {
-    let store = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcheck"));
-    cmd.args(["test", "--brokers", "3", "--controllers", "3"]);
-    if let Some(b) = bug {
-        cmd.args(["--bug", b]);
-    }
-    let o = cmd
-        .args(["--workload", "queue", "--nemesis", "partition,kill"])
-        .args([
+    cluster_run(
+        bug,
+        &["--brokers", "3", "--nemesis", "partition,kill"],
+        &[
             "--nemesis-interval",
             "1.5",
             "--time-limit",
             "9",
             "--seed",
             "3",
-        ])
+        ],
+    )
+}
+
+/// A `kcheck test --workload queue` run of a cluster with 3 controllers in a store of its
+/// own, with `bug` switched on if given: its exit code and output.
+fn cluster_run(
+    bug: Option<&str>,
+    nodes_and_faults: &[&str],
+    schedule: &[&str],
+) -> (Option<i32>, String) {
+    let store = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcheck"));
+    cmd.args(["test", "--controllers", "3", "--workload", "queue"]);
+    if let Some(b) = bug {
+        cmd.args(["--bug", b]);
+    }
+    let o = cmd
+        .args(nodes_and_faults)
+        .args(schedule)
         .arg("--store")
         .arg(store.path())
         .output()
         .expect("kcheck runs");
-    let out = output_text(&o);
-    (o.status.code(), out)
+    (o.status.code(), output_text(&o))
 }
 
 /// `kcheck test --bug truncate-to-hw` finds KIP-101's data loss. The seeded schedule (seed 3)
@@ -411,27 +424,18 @@ fn reassign_run(bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
 }
 
 fn reassign_run_on(brokers: &str, bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
-    let store = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcheck"));
-    cmd.args(["test", "--brokers", brokers, "--controllers", "3"]);
-    if let Some(b) = bug {
-        cmd.args(["--bug", b]);
-    }
-    let o = cmd
-        .args(["--workload", "queue", "--nemesis", "reassign"])
-        .args([
+    cluster_run(
+        bug,
+        &["--brokers", brokers, "--nemesis", "reassign"],
+        &[
             "--nemesis-interval",
             "2",
             "--time-limit",
             "12",
             "--seed",
             seed,
-        ])
-        .arg("--store")
-        .arg(store.path())
-        .output()
-        .expect("kcheck runs");
-    (o.status.code(), output_text(&o))
+        ],
+    )
 }
 
 /// `kcheck test --nemesis reassign --bug remove-before-caught-up` finds the loss: the
@@ -703,21 +707,25 @@ fn proxy_partitions_and_delays_are_recorded_without_namespaces() {
 /// A `kcheck test` run of the 3+3 cluster under delays and crash-restarts that lose unsynced
 /// writes (`--flush never`, 1 s ticks, 15 s, seed 4), with and without a bug flag.
 fn delay_lose_unsynced_run(bug: Option<&str>) -> (Option<i32>, String) {
-    let store = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcheck"));
-    cmd.args(["test", "--brokers", "3", "--controllers", "3"]);
-    if let Some(b) = bug {
-        cmd.args(["--bug", b]);
-    }
-    let o = cmd
-        .args(["--workload", "queue", "--nemesis", "delay,lose-unsynced"])
-        .args(["--flush", "never", "--nemesis-interval", "1"])
-        .args(["--time-limit", "15", "--seed", "4"])
-        .arg("--store")
-        .arg(store.path())
-        .output()
-        .expect("kcheck runs");
-    (o.status.code(), output_text(&o))
+    cluster_run(
+        bug,
+        &[
+            "--brokers",
+            "3",
+            "--nemesis",
+            "delay,lose-unsynced",
+            "--flush",
+            "never",
+        ],
+        &[
+            "--nemesis-interval",
+            "1",
+            "--time-limit",
+            "15",
+            "--seed",
+            "4",
+        ],
+    )
 }
 
 /// `kcheck test --bug no-broker-epoch-check` finds KIP-903's stale fetch on a real network:
