@@ -781,10 +781,13 @@ impl Drop for LazyFsMount {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
+                // Busy (a file still open): detach it instead, so no test or run leaves a
+                // dead mount behind.
                 eprintln!(
-                    "kcheck lazyfs: unmounting {} failed: {e}",
+                    "kcheck lazyfs: unmounting {} failed: {e}; detaching it",
                     self.mountpoint.display()
                 );
+                crate::cleanup::detach_mount(self.mountpoint.clone());
             }
         }
     }

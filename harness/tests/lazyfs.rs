@@ -127,7 +127,7 @@ mod model {
     //! bytes.
     use super::*;
     use proptest::prelude::*;
-    use std::sync::OnceLock;
+    use proptest::test_runner::TestRunner;
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -147,22 +147,25 @@ mod model {
         ]
     }
 
-    fn shared() -> Option<&'static (tempfile::TempDir, LazyFsMount)> {
-        static MOUNT: OnceLock<Option<(tempfile::TempDir, LazyFsMount)>> = OnceLock::new();
-        MOUNT.get_or_init(mount).as_ref()
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-        #[test]
-        fn what_survives_is_exactly_what_was_synced(
-            ops in proptest::collection::vec(op(), 1..24),
-            case in any::<u64>(),
-        ) {
-            let Some((_dir, m)) = shared() else { return Ok(()) };
+    /// One mount for every case, dropped (unmounted) when the test ends: a mount kept in a
+    /// static would outlive the process as a dead FUSE mount.
+    #[test]
+    fn what_survives_is_exactly_what_was_synced() {
+        let Some((_dir, m)) = mount() else { return };
+        let mut runner = TestRunner::new(ProptestConfig {
+            cases: 64,
+            ..ProptestConfig::default()
+        });
+        let cases = (proptest::collection::vec(op(), 1..24), any::<u64>());
+        let result = runner.run(&cases, |(ops, case)| {
             let path = m.mountpoint().join(format!("f{case}"));
-            let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true)
-                .open(&path).unwrap();
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
             let (mut current, mut durable) = (Vec::<u8>::new(), Vec::<u8>::new());
             file.sync_all().unwrap();
             for op in &ops {
@@ -179,8 +182,12 @@ mod model {
                         current.resize(*len, 0);
                     }
                     Op::Reopen => {
-                        file = OpenOptions::new().read(true).write(true).truncate(true)
-                            .open(&path).unwrap();
+                        file = OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .truncate(true)
+                            .open(&path)
+                            .unwrap();
                         current.clear();
                     }
                     Op::Sync => {
@@ -196,6 +203,10 @@ mod model {
             m.lose_unsynced().unwrap();
             prop_assert_eq!(fs::read(&path).unwrap(), durable);
             fs::remove_file(&path).unwrap();
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
         }
     }
 }
