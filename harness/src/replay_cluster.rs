@@ -1787,7 +1787,8 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
 mod tests {
     use super::*;
 
-    fn trace(name: &str) -> Trace {
+    /// A recorded trace of `specs/traces` (the kraft replay's tests read them too).
+    pub(super) fn trace(name: &str) -> Trace {
         let path = format!("{}/../specs/traces/{name}.json", env!("CARGO_MANIFEST_DIR"));
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }

@@ -37,13 +37,11 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// How long a `step` waits before answering with what completed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_LINE_BYTES: usize = 256;
 
 /// The KRaft RPCs the hold points tell apart (a pre-vote is a Vote request with `pre_vote`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -467,53 +465,17 @@ async fn answer(line: &str, node: &ControllerNode, control: &ControllerTestContr
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    node: Arc<ControllerNode>,
-    control: Arc<ControllerTestControl>,
-) {
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match (&mut rd)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let too_long = line.len() > MAX_LINE_BYTES || !line.ends_with('\n');
-        let reply = if too_long {
-            "error request line too long or unterminated".to_string()
-        } else {
-            answer(line.trim(), &node, &control).await
-        };
-        if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() || too_long {
-            return;
-        }
-    }
-}
-
 /// Serves the controller's control endpoint until the process stops.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<ControllerNode>,
     control: Arc<ControllerTestControl>,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, node.clone(), control.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "controller test control: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::test_control::serve_lines(listener, "controller test control", move |line| {
+        let (node, control) = (node.clone(), control.clone());
+        async move { answer(&line, &node, &control).await }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -296,7 +296,14 @@ async fn answer(line: &str, shared: &Shared, control: &TestControl) -> String {
     }
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>, control: Arc<TestControl>) {
+/// One connection of a line-based control endpoint: a request line in, an answer line out,
+/// until the peer closes. An over-long or unterminated line is answered with an error and the
+/// connection is closed (its rest cannot be parsed).
+async fn serve_connection<F, Fut>(stream: TcpStream, answer: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = String::new();
@@ -310,33 +317,45 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, control: Arc<TestCon
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let reply = if line.len() > MAX_LINE_BYTES || !line.ends_with('\n') {
+        let too_long = line.len() > MAX_LINE_BYTES || !line.ends_with('\n');
+        let reply = if too_long {
             "error request line too long or unterminated".to_string()
         } else {
-            answer(line.trim(), &shared, &control).await
+            answer(line.trim().to_string()).await
         };
-        if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+        if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() || too_long {
             return;
         }
-        if reply.starts_with("error request line") {
-            return;
+    }
+}
+
+/// Serves a line-based control endpoint (the broker's and the controller's) until the process
+/// stops: every connection in a task of its own, `answer` for each request line.
+pub async fn serve_lines<F, Fut>(listener: TcpListener, what: &'static str, answer: F)
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, answer.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
 
 /// Serves the control endpoint until the broker stops.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, control: Arc<TestControl>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, shared.clone(), control.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "test control: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    serve_lines(listener, "test control", move |line| {
+        let (shared, control) = (shared.clone(), control.clone());
+        async move { answer(&line, &shared, &control).await }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -352,6 +371,35 @@ mod tests {
         assert!(parse_addr("localhost")
             .unwrap_err()
             .contains("127.0.0.1:PORT"));
+    }
+
+    #[tokio::test]
+    async fn a_control_connection_answers_lines_and_closes_on_an_overlong_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_lines(listener, "test", |line| async move {
+            format!("ok {line}")
+        }));
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        let mut answer = String::new();
+        wr.write_all(b"state\n").await.unwrap();
+        rd.read_line(&mut answer).await.unwrap();
+        assert_eq!(answer, "ok state\n");
+        // Longer than MAX_LINE_BYTES: an error, then the server closes the connection.
+        let long = format!("{}\n", "x".repeat(MAX_LINE_BYTES + 10));
+        wr.write_all(long.as_bytes()).await.unwrap();
+        answer.clear();
+        rd.read_line(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("error request line too long"),
+            "{answer}"
+        );
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection is closed after the error");
+        server.abort();
     }
 
     #[tokio::test]

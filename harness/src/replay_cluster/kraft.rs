@@ -1095,11 +1095,7 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn trace(name: &str) -> Trace {
-        let path = format!("{}/../specs/traces/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
+    use crate::replay_cluster::tests::trace;
 
     #[test]
     fn the_four_traces_with_a_raft_bug_have_a_schedule() {
