@@ -96,7 +96,8 @@ pub fn test_command() -> Command {
                 .long("bug")
                 .value_name("NAME")
                 .action(ArgAction::Append)
-                .help("Switch a bug flag on in the brokers (without --brokers/--controllers: 3 brokers, 3 controllers)"),
+                .help("Switch a bug flag on in the brokers (without --brokers/--controllers: 3 controllers and 3 brokers, \
+                       or the 4 or 5 a reassignment flag needs to act)"),
         )
         .arg(
             Arg::new("store")
@@ -120,7 +121,8 @@ pub(crate) fn secs(m: &ArgMatches, name: &str) -> Result<Duration, String> {
 }
 
 /// `--brokers`/`--controllers`, or, when `--bug` names a flag of the replicated cluster and
-/// neither is given, the cluster the detection table uses: 3 brokers and 3 controllers
+/// neither is given, the cluster the detection table uses: 3 controllers and 3 brokers (4 or
+/// 5 for a reassignment flag, [`default_brokers_for`])
 /// (bug flags are refused for the standalone broker).
 fn node_counts(m: &ArgMatches) -> (usize, usize) {
     use clap::parser::ValueSource;
@@ -133,14 +135,26 @@ fn node_counts(m: &ArgMatches) -> (usize, usize) {
         };
         return (brokers, *m.get_one("controllers").expect("defaulted"));
     }
-    let bugs = m.get_many::<String>("bug").is_some();
-    if bugs && !given("brokers") && !given("controllers") {
-        return (3, 3);
+    if let Some(bugs) = m.get_many::<String>("bug") {
+        if !given("brokers") && !given("controllers") {
+            return (default_brokers_for(bugs.map(String::as_str)), 3);
+        }
     }
     (
         *m.get_one("brokers").expect("defaulted"),
         *m.get_one("controllers").expect("defaulted"),
     )
+}
+
+/// The brokers of the cluster a `--bug` run gets by default: three, or as many as the flags
+/// need to act at all (a reassignment flag needs brokers outside the replica set, see
+/// `ControllerBug::min_brokers`), so that `kcheck test --bug NAME --nemesis all` can find
+/// every flag. Unknown names are left to the validation, which names them.
+pub fn default_brokers_for<'a>(bugs: impl Iterator<Item = &'a str>) -> usize {
+    use kcheck_reference::controller::ControllerBug;
+    bugs.filter_map(|b| ControllerBug::parse(b).ok())
+        .map(ControllerBug::min_brokers)
+        .fold(3, usize::max)
 }
 
 /// `--nemesis`: `all` is every fault this machine can inject (a notice names what it leaves
@@ -400,5 +414,25 @@ fn conformance(dir: &std::path::Path, results_json: &std::path::Path) -> Verdict
         Verdict::Valid
     } else {
         Verdict::Invalid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_brokers_for;
+
+    #[test]
+    fn a_bug_run_gets_the_brokers_its_flag_needs_to_act() {
+        assert_eq!(default_brokers_for(["unclean-election"].into_iter()), 3);
+        assert_eq!(default_brokers_for(["truncate-to-hw"].into_iter()), 3);
+        assert_eq!(
+            default_brokers_for(["remove-before-caught-up"].into_iter()),
+            4
+        );
+        assert_eq!(
+            default_brokers_for(["truncate-to-hw", "cancel-keeps-adding-in-isr"].into_iter()),
+            5
+        );
+        assert_eq!(default_brokers_for(["no-such-flag"].into_iter()), 3);
     }
 }

@@ -84,6 +84,24 @@ impl ControllerBug {
             ControllerBug::ReplaceFromGrownSet => "replace-from-grown-set",
         }
     }
+    /// The fewest brokers with which the flag can act, at replication factor 3. A
+    /// reassignment needs a broker outside the replica set to move to (four); the revert that
+    /// `cancel-keeps-adding-in-isr` corrupts needs a target adding two brokers, one of which
+    /// joins the ISR while the other still lags (five): with four, the one adding replica
+    /// completes the move in the change that adds it to the ISR, so there is nothing to
+    /// cancel. The other flags act in any replicated cluster.
+    pub fn min_brokers(self) -> usize {
+        match self {
+            ControllerBug::RemoveBeforeCaughtUp
+            | ControllerBug::LeaderOutsideTarget
+            | ControllerBug::NoLeaderMove
+            | ControllerBug::ReplaceFromGrownSet => 4,
+            ControllerBug::CancelKeepsAddingInIsr => 5,
+            ControllerBug::UncleanElection
+            | ControllerBug::LastReplicaStanding
+            | ControllerBug::NoBrokerEpochCheck => 3,
+        }
+    }
     pub fn parse(name: &str) -> Result<ControllerBug, String> {
         ControllerBug::ALL
             .into_iter()
