@@ -3,7 +3,11 @@
 //! The harness puts one proxy in front of every (from, to) pair of nodes, so that network
 //! faults work without root or netem: a partition in Jepsen's shapes is a set of links set to
 //! `Drop` (packets silently dropped, like an iptables DROP rule: connections hang) or `Refuse`
-//! (connections reset, like REJECT); one-way partitions set one direction only; `delay` adds
+//! (connections reset, like REJECT); one-way partitions set one direction only. A dropped
+//! direction holds its bytes rather than discarding them, as TCP does: a segment a DROP rule
+//! swallows is retransmitted and crosses once the rule is gone, so a request sent into a
+//! partition arrives whole after the heal (or never, if its connection closes first) and a
+//! frame is never torn. `delay` adds
 //! latency per chunk; `loss` models packet loss the way an application sees it over TCP: a lost
 //! segment is retransmitted after a retransmission timeout, so it shows up as a latency spike of
 //! `rto`, never as missing bytes (dropping bytes from a TCP stream would be byte corruption,
@@ -27,7 +31,8 @@ use tokio::sync::watch;
 pub enum Mode {
     /// Forwarded (with `delay`/`loss`).
     Pass,
-    /// Silently discarded; connections stay open and hang.
+    /// Nothing crosses: connections stay open and hang, and what was sent waits to cross
+    /// at the heal (TCP retransmission).
     Drop,
     /// Connections are reset, new ones are closed at once.
     Refuse,
@@ -178,6 +183,11 @@ async fn connection(
     faults: watch::Receiver<LinkFaults>,
     stop: watch::Receiver<bool>,
 ) {
+    // A connection accepted across a dropped link reaches its upstream only at the heal, as a
+    // SYN a DROP rule swallows is retried: the upstream never sees a peer it cannot hear.
+    if !held(|f| f.forward, &mut faults.clone(), &mut stop.clone()).await {
+        return;
+    }
     let give_up = tokio::time::Instant::now() + patience;
     let server = loop {
         match TcpStream::connect(upstream).await {
@@ -213,8 +223,34 @@ async fn connection(
 /// How long a connection whose client side ended waits for the upstream to answer or close.
 const HALF_CLOSED_LINGER: Duration = Duration::from_secs(30);
 
+/// Waits while the direction `dir` is dropped. False when the link refuses or the proxy
+/// stops meanwhile (the connection ends), true once the direction passes again.
+async fn held(
+    dir: fn(&LinkFaults) -> Direction,
+    faults: &mut watch::Receiver<LinkFaults>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        match dir(&faults.borrow_and_update()).mode {
+            Mode::Pass => return true,
+            Mode::Refuse => return false,
+            Mode::Drop => {}
+        }
+        tokio::select! {
+            c = faults.changed() => if c.is_err() { return false; },
+            _ = stop.changed() => return false,
+        }
+    }
+}
+
 /// Copies one direction, applying its faults, until end of stream (then shuts the writing side
-/// down), error, `Refuse` or stop. A chunk read before the end is written before it.
+/// down), error, `Refuse` or stop. A chunk read before the end is written before it. While the
+/// direction is dropped nothing is read, so the sender's bytes wait in its socket buffer (and
+/// a full buffer blocks it, as a partition's unacknowledged window does); a chunk read just
+/// before the drop waits for the heal.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
@@ -225,7 +261,7 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        if dir(&faults.borrow()).mode == Mode::Refuse || *stop.borrow() {
+        if !held(dir, &mut faults, &mut stop).await {
             return;
         }
         let n = tokio::select! {
@@ -243,12 +279,10 @@ async fn pump(
             }
             _ = stop.changed() => return,
         };
-        let d = dir(&faults.borrow());
-        match d.mode {
-            Mode::Refuse => return,
-            Mode::Drop => continue,
-            Mode::Pass => {}
+        if !held(dir, &mut faults, &mut stop).await {
+            return;
         }
+        let d = dir(&faults.borrow());
         let mut wait = d.delay;
         if d.loss > 0.0 && rng.chance(d.loss) {
             wait += d.rto;

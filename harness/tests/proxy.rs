@@ -1,5 +1,5 @@
-//! The fault-injecting proxy, on 127.0.0.1: traffic passes when healed; `Drop` black-holes it
-//! (one way or both), `Refuse` resets connections, delay and loss add latency; healing
+//! The fault-injecting proxy, on 127.0.0.1: traffic passes when healed; `Drop` holds it
+//! until the heal (one way or both), `Refuse` resets connections, delay and loss add latency; healing
 //! restores service.
 
 use kcheck_harness::proxy::{Direction, LinkFaults, Mode, Proxy};
@@ -65,8 +65,11 @@ async fn healed_link_forwards_both_ways() {
     p.shutdown();
 }
 
+/// `Drop` is a partition as TCP meets it: nothing crosses while it holds, not even a new
+/// connection to the upstream, and at the heal what was sent into it crosses whole and in
+/// order (a DROP rule's swallowed segments are retransmitted), so no frame is torn.
 #[tokio::test]
-async fn drop_black_holes_traffic_until_healed() {
+async fn drop_holds_traffic_until_healed_then_delivers_it_whole() {
     let (up, mut seen) = echo().await;
     let p = Proxy::start(up, 2).await.unwrap();
     let mut s = TcpStream::connect(p.local_addr).await.unwrap();
@@ -74,11 +77,25 @@ async fn drop_black_holes_traffic_until_healed() {
     let _ = seen.recv().await;
     p.set(LinkFaults::both(Mode::Drop));
     assert_eq!(round_trip(&mut s, b"b", WAIT).await, None, "partitioned");
+    let mut late = TcpStream::connect(p.local_addr).await.unwrap();
+    late.write_all(b"frame-of-twelve").await.unwrap();
+    tokio::time::sleep(WAIT).await;
     assert!(seen.try_recv().is_err(), "upstream got nothing");
     p.set(LinkFaults::healed());
-    let mut s2 = TcpStream::connect(p.local_addr).await.unwrap();
+    let mut one = [0u8; 1];
+    timeout(WAIT * 10, s.read_exact(&mut one))
+        .await
+        .expect("the held byte crosses at the heal")
+        .unwrap();
+    assert_eq!(&one, b"b");
+    let mut frame = [0u8; 15];
+    timeout(WAIT * 10, late.read_exact(&mut frame))
+        .await
+        .expect("the connection opened across the partition reaches the upstream at the heal")
+        .unwrap();
+    assert_eq!(&frame, b"frame-of-twelve");
     assert_eq!(
-        round_trip(&mut s2, b"c", WAIT).await.as_deref(),
+        round_trip(&mut s, b"c", WAIT).await.as_deref(),
         Some(&b"c"[..])
     );
     p.shutdown();
