@@ -46,6 +46,12 @@ pub enum NemesisKind {
     /// ZooKeeper mode: cut the active controller from every ZooKeeper server past its session
     /// timeout while it runs on (and reaches the other brokers): its session expires.
     ExpireSession,
+    /// ZooKeeper mode: `kill -9` of a partition leader that is not the controller, SIGSTOP of
+    /// the controller before that leader's session expires (the BrokerChange waits for it),
+    /// SIGCONT once another broker is controller: a zombie with a leader's death queued,
+    /// which it handles on its new session (`crate::nemesis::zombie_failover`). The leader
+    /// restarts when the fault ends.
+    ZombieFailover,
     /// KRaft cluster: AlterPartitionReassignments (KIP-455) moving one partition of the test
     /// topic to a random other set of replicas, or replacing a move in progress, sometimes
     /// with an added replica stalled; a move still in progress when the fault ends is
@@ -76,11 +82,12 @@ impl NemesisKind {
     ];
 
     /// The faults of a ZooKeeper-mode run's metadata side (`--metadata zookeeper`).
-    pub const ZOOKEEPER_MODE: [NemesisKind; 4] = [
+    pub const ZOOKEEPER_MODE: [NemesisKind; 5] = [
         NemesisKind::ZkKill,
         NemesisKind::ZkPartition,
         NemesisKind::Zombie,
         NemesisKind::ExpireSession,
+        NemesisKind::ZombieFailover,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,10 +101,19 @@ impl NemesisKind {
             NemesisKind::ZkPartition => "zk-partition",
             NemesisKind::Zombie => "zombie",
             NemesisKind::ExpireSession => "expire-session",
+            NemesisKind::ZombieFailover => "zombie-failover",
             NemesisKind::Reassign => "reassign",
             NemesisKind::Delay => "delay",
             NemesisKind::Loss => "loss",
         }
+    }
+
+    /// Whether the fault shuts a broker down uncleanly (SIGKILL) until it ends.
+    pub fn crashes(self) -> bool {
+        matches!(
+            self,
+            NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::ZombieFailover
+        )
     }
 
     /// Whether the fault needs a ZooKeeper-mode cluster.
@@ -1654,15 +1670,14 @@ fn spare_last_broker(
     in_force: &[Fault],
     system: &ProcessSystem,
 ) -> Vec<NodeId> {
-    if !matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced) {
+    if !kind.crashes() {
         return nodes;
     }
     let crashed = |nodes: &[NodeId], n: &NodeId| {
         nodes.contains(n)
-            || in_force.iter().any(|f| {
-                matches!(f.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
-                    && f.nodes.contains(n)
-            })
+            || in_force
+                .iter()
+                .any(|f| f.kind.crashes() && f.nodes.contains(n))
     };
     let brokers = system.broker_ids();
     // One crashed broker at a time (all but one with two brokers or fewer).
@@ -1737,8 +1752,9 @@ fn start_fault(
             NemesisKind::Zombie => system.pause(node)?,
             NemesisKind::ExpireSession => zookeeper(system)?.isolate_broker(node, true),
             // ZooKeeper servers are not broker nodes: see `start_zookeeper_fault`.
-            // Not a node fault: see `start_reassign`.
-            NemesisKind::ZkKill
+            // Not a node fault: see `start_reassign`, `start_zombie_failover`.
+            NemesisKind::ZombieFailover
+            | NemesisKind::ZkKill
             | NemesisKind::ZkPartition
             | NemesisKind::Reassign
             | NemesisKind::Delay
@@ -1768,9 +1784,7 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
         others.iter().any(|o| {
             o.nodes.contains(&node)
                 && match kind {
-                    NemesisKind::Kill | NemesisKind::LoseUnsynced => {
-                        matches!(o.kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
-                    }
+                    k if k.crashes() => o.kind.crashes(),
                     k => o.kind == k,
                 }
         })
@@ -1780,7 +1794,9 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
             continue;
         }
         match fault.kind {
-            NemesisKind::Kill | NemesisKind::LoseUnsynced => system.restart(node)?,
+            NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::ZombieFailover => {
+                system.restart(node)?
+            }
             NemesisKind::Pause => system.resume(node)?,
             NemesisKind::Clock => system.clock(node).map_or(Ok(()), |c| c.reset())?,
             NemesisKind::Partition => {}
@@ -1852,6 +1868,226 @@ fn start_zookeeper_fault(
         }
     };
     Some((server, target, started))
+}
+
+/// Starts a `zombie-failover` ([`crate::nemesis::zombie_failover`]): `kill -9` of a partition
+/// leader that is not the controller (of a follower when the controller leads everything),
+/// SIGSTOP of the controller [`pause_delay`] later (before the killed broker's session
+/// expires, so the BrokerChange waits in its socket), SIGCONT once another broker holds
+/// `/controller` with a higher controller epoch (bounded) and [`RESUME_AFTER_ELECTION`] has
+/// passed; then watches the leaders closely ([`watch_leaders`]) while the zombie acts. Each
+/// step is recorded (`start-zombie-failover`, `zombie-failover-pause` with whether the killed
+/// broker was still registered, `controller`, `zombie-failover-resume`, `leaders`).
+/// Returns the start's value, the killed broker (down until the fault ends) and the summary
+/// line; `None` when no controller or no broker to kill is known, or a broker is not
+/// registered.
+///
+/// [`pause_delay`]: crate::nemesis::zombie_failover::pause_delay
+/// [`RESUME_AFTER_ELECTION`]: crate::nemesis::zombie_failover::RESUME_AFTER_ELECTION
+fn start_zombie_failover(
+    partitions: i32,
+    rng: &mut Rng,
+    system: &mut ProcessSystem,
+    admin: &mut KafkaClient,
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+) -> Option<(serde_json::Value, NodeId, String)> {
+    use crate::nemesis::zombie_failover as zf;
+    let (controller, epoch) = system.zookeeper.as_ref()?.controller()?;
+    let leaders = admin.leader_map().ok()?;
+    let replicas: BTreeMap<i32, Vec<NodeId>> = leaders
+        .keys()
+        .filter_map(|&p| admin.replicas(p).ok().map(|r| (p, r)))
+        .collect();
+    let brokers = system.broker_ids();
+    // Every broker registered: a broker killed before it registered again (after a restart)
+    // has no session left to expire while the controller is stopped.
+    let registered = zookeeper(system).ok()?.registered_brokers()?;
+    if brokers.iter().any(|b| !registered.contains(b)) {
+        return None;
+    }
+    let (leader, leads) = zf::choose_victim(rng, &leaders, &replicas, &brokers, controller)?;
+    if !system.is_running(leader) || !system.is_running(controller) {
+        return None;
+    }
+    let role = if leads { "leader" } else { "follower" };
+    let value = serde_json::json!({
+        "target": format!("{role}-then-controller"),
+        "nodes": [leader],
+        role: leader,
+        "controller": controller,
+        "controller-epoch": epoch,
+    });
+    let killed_at = Instant::now();
+    let killed = system.kill(leader);
+    record(
+        "start-zombie-failover",
+        &value,
+        killed.as_ref().err().map(|e| e.to_string()),
+    );
+    let mut summary = format!(
+        "zombie-failover: kill -9 of {role} n{leader}, controller n{controller} (epoch {epoch})"
+    );
+    if let Err(e) = killed {
+        summary.push_str(&format!(" FAILED: {e}"));
+        return Some((value, leader, summary));
+    }
+    std::thread::sleep(
+        zf::pause_delay(ZOOKEEPER_SESSION_TIMEOUT).saturating_sub(killed_at.elapsed()),
+    );
+    let paused = system.pause(controller);
+    let paused_ms = killed_at.elapsed().as_millis() as u64;
+    // Read after the pause: still registered means its expiry, and the controller's watch
+    // notification, come while the controller is stopped.
+    let registered = zookeeper(system)
+        .ok()
+        .and_then(|zk| zk.registered_brokers())
+        .map(|ids| ids.contains(&leader));
+    record(
+        "zombie-failover-pause",
+        &serde_json::json!({
+            "nodes": [controller],
+            "after-kill-ms": paused_ms,
+            "leader-registered": registered,
+        }),
+        paused.as_ref().err().map(|e| e.to_string()),
+    );
+    summary.push_str(&format!(
+        "; SIGSTOP of n{controller} {paused_ms} ms later (n{leader} {})",
+        match registered {
+            Some(true) => "still registered",
+            Some(false) => "already expired: window missed",
+            None => "registration unknown",
+        }
+    ));
+    if let Err(e) = paused {
+        summary.push_str(&format!(" FAILED: {e}"));
+        return Some((value, leader, summary));
+    }
+    let deadline = Instant::now() + ZOOKEEPER_SESSION_TIMEOUT * zf::NEW_CONTROLLER_WAIT_SESSIONS;
+    let mut successor = None;
+    while Instant::now() < deadline {
+        match zookeeper(system).ok().and_then(|zk| zk.controller()) {
+            Some((id, e)) if id != controller && e > epoch => {
+                successor = Some((id, e));
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    match successor {
+        Some((id, e)) => {
+            record(
+                "controller",
+                &serde_json::json!({ "controller": id, "controller-epoch": e }),
+                None,
+            );
+            summary.push_str(&format!(
+                "; n{id} controller (epoch {e}) {} ms after the kill",
+                killed_at.elapsed().as_millis()
+            ));
+            std::thread::sleep(zf::RESUME_AFTER_ELECTION);
+        }
+        None => summary.push_str("; no new controller in time"),
+    }
+    let resumed = system.resume(controller);
+    let resumed_ms = killed_at.elapsed().as_millis() as u64;
+    record(
+        "zombie-failover-resume",
+        &serde_json::json!({ "nodes": [controller], "after-kill-ms": resumed_ms }),
+        resumed.as_ref().err().map(|e| e.to_string()),
+    );
+    summary.push_str(&format!("; SIGCONT of n{controller} at {resumed_ms} ms"));
+    if let Err(e) = resumed {
+        summary.push_str(&format!(" FAILED: {e}"));
+        return Some((value, leader, summary));
+    }
+    let changes = watch_leaders(system, partitions, zf::WATCH_AFTER_RESUME, record);
+    summary.push_str(&format!(
+        "; leaders watched {} ms ({changes} changes)",
+        zf::WATCH_AFTER_RESUME.as_millis()
+    ));
+    Some((value, leader, summary))
+}
+
+/// Asks every running broker which partitions it leads, every [`zf::WATCH_PERIOD`] for `span`,
+/// recording a `leaders` op whenever the answers change (the run's probe asks every
+/// [`crate::leaders::PROBE_INTERVAL`] and waits on stopped brokers: a zombie's leadership can
+/// last less than that before the new controller's LeaderAndIsr replaces it). Returns how many
+/// changes it recorded.
+///
+/// [`zf::WATCH_PERIOD`]: crate::nemesis::zombie_failover::WATCH_PERIOD
+fn watch_leaders(
+    system: &ProcessSystem,
+    partitions: i32,
+    span: Duration,
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+) -> usize {
+    let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = system
+        .broker_ids()
+        .into_iter()
+        .zip(system.bootstrap().split(',').map(str::to_string))
+        .filter(|(id, _)| system.is_running(*id))
+        .map(|(id, addr)| {
+            let probe = crate::kafka::LeaderProbe::new(&addr, TOPIC, Duration::from_millis(300));
+            (id, probe)
+        })
+        .collect();
+    let end = Instant::now() + span;
+    let mut last: Option<Vec<crate::leaders::Leadership>> = None;
+    let mut changes = 0;
+    while Instant::now() < end {
+        let mut seen = Vec::new();
+        for (id, probe) in probes.iter_mut() {
+            if let Ok(led) = probe.led(partitions) {
+                seen.extend(led.into_iter().map(|(p, e)| (*id, p as u64, e)));
+            }
+        }
+        if last.as_ref() != Some(&seen) {
+            record(
+                crate::leaders::F_LEADERS,
+                &crate::leaders::leaders_value(&seen),
+                None,
+            );
+            changes += 1;
+            last = Some(seen);
+        }
+        std::thread::sleep(crate::nemesis::zombie_failover::WATCH_PERIOD);
+    }
+    changes
+}
+
+/// For the summary, as a `zombie-failover` ends: whether its controller finished events as a
+/// zombie (the line `kcheck broker` prints then, in its `node.log`). Only a diagnostic of the
+/// timing: the checkers judge the history alone.
+fn zombie_outcome(system: &ProcessSystem, value: &serde_json::Value) -> String {
+    let (Some(c), Some(epoch)) = (
+        value["controller"].as_i64(),
+        value["controller-epoch"].as_i64(),
+    ) else {
+        return "zombie-failover ends".into();
+    };
+    // The controller's tracing line as it takes its unfinished events to its new session.
+    let epoch_field = format!("controller_epoch={epoch} ");
+    let log = system
+        .logs()
+        .into_iter()
+        .find(|(id, _)| i64::from(*id) == c)
+        .and_then(|(_, path)| std::fs::read_to_string(path).ok());
+    match log {
+        Some(text) => match text
+            .lines()
+            .find(|l| l.contains("controller events unfinished") && l.contains(&epoch_field))
+        {
+            Some(line) => format!(
+                "zombie-failover ends: n{c} finished {} as a zombie",
+                line.split_once("events=").map_or("its events", |(_, e)| e)
+            ),
+            None => format!(
+                "zombie-failover ends: n{c} resigned with nothing to finish (no zombie window)"
+            ),
+        },
+        None => format!("zombie-failover ends: n{c}'s log unreadable"),
+    }
 }
 
 /// The reassign nemesis's target for a partition now on `current`: `rf` brokers in a seeded
@@ -2403,7 +2639,10 @@ fn nemesis_loop(
         in_force = kept;
         for fault in &due {
             // Before a session fault ends: who is controller now, in which epoch.
-            if matches!(fault.kind, NemesisKind::Zombie | NemesisKind::ExpireSession) {
+            if matches!(
+                fault.kind,
+                NemesisKind::Zombie | NemesisKind::ExpireSession | NemesisKind::ZombieFailover
+            ) {
                 if let Some(v) = controller_value(system) {
                     record("controller", &v, None);
                 }
@@ -2448,6 +2687,9 @@ fn nemesis_loop(
                     });
                 }
                 continue;
+            }
+            if fault.kind == NemesisKind::ZombieFailover {
+                lines.push(zombie_outcome(system, &fault.value));
             }
             let healed = stop_fault(fault, &in_force, system);
             let f = format!("stop-{}", fault.kind.name());
@@ -2616,6 +2858,34 @@ fn nemesis_loop(
             });
             continue;
         }
+        if kind == NemesisKind::ZombieFailover {
+            // It needs every broker up and running: the leader it kills, the controller it
+            // pauses and a third broker to become controller.
+            if !busy_nodes(&in_force).is_empty()
+                || in_force
+                    .iter()
+                    .any(|f| f.kind == NemesisKind::ZombieFailover)
+            {
+                continue;
+            }
+            let Some((value, leader, summary)) =
+                start_zombie_failover(config.partitions, &mut rng, system, &mut admin, &record)
+            else {
+                continue;
+            };
+            lines.push(summary);
+            in_force.push(Fault {
+                kind,
+                nodes: vec![leader],
+                value,
+                // The leader stays down at least one more tick: the zombie reads the live
+                // brokers on its new session soon after its SIGCONT, and must find it dead.
+                until_tick: tick + 1 + rng.below(2),
+                aim: None,
+                servers: Vec::new(),
+            });
+            continue;
+        }
         let session_faults = matches!(kind, NemesisKind::Zombie | NemesisKind::ExpireSession);
         let wanted = if session_faults {
             Target::Controller
@@ -2650,6 +2920,7 @@ fn nemesis_loop(
                     | NemesisKind::Pause
                     | NemesisKind::Zombie
                     | NemesisKind::ExpireSession
+                    | NemesisKind::ZombieFailover
             )
         };
         // The session faults are aimed at the controller: nothing else will do.
@@ -2783,6 +3054,9 @@ fn nemesis_loop(
             ));
             record("stop-reassign", &value, error);
             continue;
+        }
+        if fault.kind == NemesisKind::ZombieFailover {
+            lines.push(zombie_outcome(system, &fault.value));
         }
         let healed = stop_fault(&fault, &in_force, system);
         let f = format!("stop-{}", fault.kind.name());

@@ -63,7 +63,7 @@ pub fn test_command() -> Command {
                        reassign (move a partition to other brokers; needs --brokers 4), \
                        delay, loss (inter-node links; --net proxy), all, none; \
                        all includes reassign from --brokers 4 on; \
-                       --metadata zookeeper adds zk-kill, zk-partition, zombie, expire-session"),
+                       --metadata zookeeper adds zk-kill, zk-partition, zombie, expire-session, zombie-failover"),
         )
         .arg(
             Arg::new("net")
@@ -285,7 +285,8 @@ pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
             NemesisKind::ZkKill
             | NemesisKind::ZkPartition
             | NemesisKind::Zombie
-            | NemesisKind::ExpireSession => continue,
+            | NemesisKind::ExpireSession
+            | NemesisKind::ZombieFailover => continue,
             // Not in `ALL`: `nemeses` adds it for a KRaft cluster of four brokers or more.
             NemesisKind::Reassign => continue,
             // Not in `ALL` (it keeps the schedules of `all` runs as they were measured).

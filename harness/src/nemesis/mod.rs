@@ -10,8 +10,11 @@
 //!   partitions, delay and loss.
 //! - [`clock`]: wall-clock skew, bumps and strobes of one process through libfaketime.
 //! - [`crate::lazyfs`]: crashes that lose exactly the writes a node had not fsynced.
+//! - [`zombie_failover`]: ZooKeeper mode's composite fault, a leader's death left queued for
+//!   a controller paused past its session (the zombie window), timed with signals only.
 
 pub mod clock;
 pub mod grudge;
 pub mod netns;
 pub mod proxynet;
+pub mod zombie_failover;

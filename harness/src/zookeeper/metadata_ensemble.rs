@@ -14,7 +14,7 @@
 
 use crate::proxy::{LinkFaults, Mode, Proxy};
 use crate::system::NodeId;
-use kcheck_reference::zk_controller::{ControllerZnode, CONTROLLER, CONTROLLER_EPOCH};
+use kcheck_reference::zk_controller::{ControllerZnode, BROKER_IDS, CONTROLLER, CONTROLLER_EPOCH};
 use kcheck_reference::zk_ensemble::{ZkEnsemble, ZkEnsembleSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,26 +90,48 @@ impl MetadataEnsemble {
     /// `/controller`'s broker and `/controller_epoch`, read over a short session of the
     /// harness's own (direct, never cut); `None` when there is no controller or no answer in 3 s.
     pub fn controller(&self) -> Option<(NodeId, i32)> {
+        self.read(|c| async move {
+            let (data, _) = c.get_data(CONTROLLER).await.ok()?;
+            let id = serde_json::from_slice::<ControllerZnode>(&data)
+                .ok()?
+                .brokerid;
+            let epoch = match c.get_data(CONTROLLER_EPOCH).await {
+                Ok((d, _)) => String::from_utf8_lossy(&d).trim().parse().unwrap_or(0),
+                Err(_) => 0,
+            };
+            Some((id, epoch))
+        })
+    }
+
+    /// The brokers registered under `/brokers/ids` (their sessions live), read as
+    /// [`Self::controller`] reads; `None` when there is no answer in 3 s.
+    pub fn registered_brokers(&self) -> Option<Vec<NodeId>> {
+        self.read(|c| async move {
+            let ids = c.list_children(BROKER_IDS).await.ok()?;
+            let mut ids: Vec<NodeId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+            ids.sort();
+            Some(ids)
+        })
+    }
+
+    /// Runs `read` on a short session of the harness's own, straight to the servers (never
+    /// through the brokers' proxies, so never cut); `None` past 3 s.
+    fn read<T, F: std::future::Future<Output = Option<T>>>(
+        &self,
+        read: impl FnOnce(zookeeper_client::Client) -> F,
+    ) -> Option<T> {
         let connect = self.ensemble.connect_string();
         self.rt.block_on(async {
-            let read = async {
+            let session = async {
                 let c = zookeeper_client::Client::connector()
                     .with_session_timeout(Duration::from_secs(4))
                     .with_connection_timeout(Duration::from_secs(1))
                     .connect(&connect)
                     .await
                     .ok()?;
-                let (data, _) = c.get_data(CONTROLLER).await.ok()?;
-                let id = serde_json::from_slice::<ControllerZnode>(&data)
-                    .ok()?
-                    .brokerid;
-                let epoch = match c.get_data(CONTROLLER_EPOCH).await {
-                    Ok((d, _)) => String::from_utf8_lossy(&d).trim().parse().unwrap_or(0),
-                    Err(_) => 0,
-                };
-                Some((id, epoch))
+                read(c).await
             };
-            tokio::time::timeout(Duration::from_secs(3), read)
+            tokio::time::timeout(Duration::from_secs(3), session)
                 .await
                 .ok()
                 .flatten()

@@ -926,7 +926,8 @@ fn start_fault(
         k @ (NemesisKind::ZkKill
         | NemesisKind::ZkPartition
         | NemesisKind::Zombie
-        | NemesisKind::ExpireSession) => {
+        | NemesisKind::ExpireSession
+        | NemesisKind::ZombieFailover) => {
             anyhow::bail!("{} belongs to --metadata zookeeper runs", k.name())
         }
         NemesisKind::Reassign => {
