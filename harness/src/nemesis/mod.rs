@@ -10,8 +10,12 @@
 //!   partitions, delay and loss.
 //! - [`clock`]: wall-clock skew, bumps and strobes of one process through libfaketime.
 //! - [`crate::lazyfs`]: crashes that lose exactly the writes a node had not fsynced.
+//! - [`successor`]: the plan of the `lagging-successor` composite fault (a partition, a
+//!   leader failure and a pause lined up for KIP-279's divergence), a pure function of
+//!   Metadata.
 
 pub mod clock;
 pub mod grudge;
 pub mod netns;
 pub mod proxynet;
+pub mod successor;
