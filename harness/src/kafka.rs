@@ -287,6 +287,43 @@ impl KafkaClient {
         ))
     }
 
+    /// Every partition of the topic (leader, replicas in assignment order, ISR) after a fresh
+    /// Metadata request: what the `lagging-successor` fault plans from.
+    pub fn partition_views(
+        &mut self,
+    ) -> Result<Vec<crate::nemesis::successor::PartitionView>, Outcome> {
+        self.refresh_metadata()?;
+        Ok(self
+            .replicas
+            .iter()
+            .map(|(&p, replicas)| crate::nemesis::successor::PartitionView {
+                partition: p,
+                leader: self.leaders.get(&p).copied(),
+                replicas: replicas.clone(),
+                isr: self.isrs.get(&p).cloned().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Sends a request to `partition`'s leader. A transport failure (connection refused,
+    /// reset, timed out) forgets that leader, so the next request asks Metadata again, as
+    /// Kafka's clients request a metadata update when a connection to a leader fails; until
+    /// then a worker would keep dialling a killed leader and never write to its successor.
+    fn call_leader<R: kcheck_reference::kafka_protocol::protocol::Request>(
+        &mut self,
+        partition: i32,
+        version: i16,
+        req: &R,
+        what: &str,
+    ) -> Result<R::Response, Outcome> {
+        let addr = self.leader_addr(partition)?;
+        let result = self.call(&addr, version, req, what);
+        if result.is_err() {
+            self.leaders.remove(&partition);
+        }
+        result
+    }
+
     fn leader_addr(&mut self, partition: i32) -> Result<String, Outcome> {
         if !self.leaders.contains_key(&partition) {
             self.refresh_metadata()?;
@@ -348,7 +385,6 @@ impl KafkaClient {
         value: u64,
         acks: i16,
     ) -> Result<u64, Outcome> {
-        let addr = self.leader_addr(partition)?;
         let req = ProduceRequest::default()
             .with_acks(acks)
             .with_timeout_ms(self.timeout.as_millis() as i32)
@@ -357,7 +393,7 @@ impl KafkaClient {
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
                     .with_records(Some(encode_value(value)))])]);
-        let resp = self.call(&addr, 9, &req, "produce")?;
+        let resp = self.call_leader(partition, 9, &req, "produce")?;
         let p = resp
             .responses
             .first()
@@ -372,7 +408,6 @@ impl KafkaClient {
 
     /// Reads from `offset` on the leader, up to its HW (what a consumer may see).
     pub fn fetch(&mut self, partition: i32, offset: u64) -> Result<Fetched, Outcome> {
-        let addr = self.leader_addr(partition)?;
         let req = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(0)
@@ -385,7 +420,7 @@ impl KafkaClient {
                     .with_partition(partition)
                     .with_fetch_offset(offset as i64)
                     .with_partition_max_bytes(1 << 20)])]);
-        let resp = self.call(&addr, 11, &req, "fetch")?;
+        let resp = self.call_leader(partition, 11, &req, "fetch")?;
         let p = resp
             .responses
             .first()
@@ -427,7 +462,6 @@ impl KafkaClient {
     /// The partition's HW on its leader (ListOffsets latest, as a read_uncommitted consumer
     /// sees it: Kafka answers with the HW for consumers).
     pub fn high_watermark(&mut self, partition: i32) -> Result<u64, Outcome> {
-        let addr = self.leader_addr(partition)?;
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
@@ -435,7 +469,7 @@ impl KafkaClient {
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(partition)
                     .with_timestamp(-1)])]);
-        let resp = self.call(&addr, 7, &req, "list offsets")?;
+        let resp = self.call_leader(partition, 7, &req, "list offsets")?;
         let p = resp
             .topics
             .first()

@@ -2593,6 +2593,8 @@ fn nemesis_loop(
     shared: &Shared,
 ) -> (Vec<String>, BTreeMap<i32, Chain>) {
     let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
+    // The `lagging-successor` composite's own stream (see `lagging_successor_plan`).
+    let mut successor_rng = Rng::new(config.seed ^ 0x7375_6363_6573_736f);
     let end = shared.start + config.time_limit;
     let mut lines = Vec::new();
     let sleep_until = |t: Instant| {
@@ -2758,6 +2760,31 @@ fn nemesis_loop(
         }
         if kind == NemesisKind::Partition {
             if partitioned {
+                continue;
+            }
+            if let Some((plan, leader_fault)) =
+                lagging_successor_plan(config, &mut successor_rng, &in_force, system, &mut admin)
+            {
+                let faults = lagging_successor(
+                    plan,
+                    leader_fault,
+                    system,
+                    &mut admin,
+                    &mut successor_rng,
+                    &record,
+                    &mut lines,
+                );
+                for (kind, nodes, value) in faults {
+                    in_force.push(Fault {
+                        kind,
+                        nodes,
+                        value,
+                        // The successor resumes (and the leader restarts) at the next tick.
+                        until_tick: tick + 1,
+                        aim: None,
+                        servers: Vec::new(),
+                    });
+                }
                 continue;
             }
             let wanted = PartitionShape::choose(&mut rng);
@@ -3143,6 +3170,209 @@ fn link_shaping(
         }
     }
     (value, shaped)
+}
+
+/// How long `lagging-successor` cuts the successor's data plane before it fails the leader:
+/// time for the other follower to copy records the successor lacks (the workers' acks=all
+/// produces are appended and wait on the successor), and well under replica.lag.time.max.ms
+/// (3 s), so the leader has not shrunk the successor out of the ISR when it dies.
+const SUCCESSOR_CUT_LEAD: Duration = Duration::from_millis(1000);
+
+/// How long the elected successor takes writes before it is paused: the workers find it (their
+/// requests to the failed leader fail and they ask Metadata again) and it appends records its
+/// cut-off follower cannot fetch. Well under the lag time, so it never shrinks that follower
+/// out of the ISR, which is what lets the controller elect that follower next.
+const SUCCESSOR_WRITES: Duration = Duration::from_millis(800);
+
+/// How long `lagging-successor` waits for each election: the failed broker's session lapses
+/// after [`BROKER_SESSION_TIMEOUT`], then the controller elects and Metadata shows it.
+fn election_wait() -> Duration {
+    2 * BROKER_SESSION_TIMEOUT + Duration::from_secs(1)
+}
+
+/// Polls Metadata (every 20 ms, until `deadline`) until `partition` has a leader outside
+/// `gone`; that leader, or `None` if no election happened in time.
+fn await_leader(
+    admin: &mut KafkaClient,
+    partition: i32,
+    gone: &[NodeId],
+    deadline: Instant,
+) -> Option<NodeId> {
+    while Instant::now() < deadline {
+        if let Ok(map) = admin.leader_map() {
+            if let Some(&l) = map.get(&partition).filter(|l| !gone.contains(l)) {
+                return Some(l);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Whether this partition fault is the `lagging-successor` composite, and its plan. Only on a
+/// KRaft cluster of three brokers or more whose nemeses fail processes (the leader is killed,
+/// or paused if kills are not asked for), and only while no process fault holds a broker (the
+/// composite crashes one broker and pauses another: see [`spare_last_broker`]). The odds (one
+/// in three of the partition faults that may take it; the other shapes keep the rest) and the choice of
+/// partition come from their own seeded stream, so the other faults' draws are as they were
+/// until the first composite; the partition is a seeded pick among those whose leader has two
+/// ISR followers (Metadata).
+fn lagging_successor_plan(
+    config: &TestConfig,
+    successor_rng: &mut Rng,
+    in_force: &[Fault],
+    system: &ProcessSystem,
+    admin: &mut KafkaClient,
+) -> Option<(crate::nemesis::successor::SuccessorPlan, NemesisKind)> {
+    let brokers = system.broker_ids();
+    let leader_fault = [NemesisKind::Kill, NemesisKind::Pause]
+        .into_iter()
+        .find(|k| config.nemeses.contains(k))?;
+    let held = busy_nodes(in_force).iter().any(|n| brokers.contains(n));
+    if config.metadata != Metadata::Kraft || config.controllers == 0 || brokers.len() < 3 || held {
+        return None;
+    }
+    // Both draws are made whatever Metadata says, so the stream stays seeded.
+    let chosen = successor_rng.below(3) == 0;
+    let pick = successor_rng.below(1 << 16) as usize;
+    if !chosen {
+        return None;
+    }
+    let plans = crate::nemesis::successor::plans(&admin.partition_views().ok()?);
+    (!plans.is_empty()).then(|| (plans[pick % plans.len()], leader_fault))
+}
+
+/// Starts one step of the `lagging-successor` composite on `node`: the nemesis op (`start-X`,
+/// target `lagging-successor`) and the summary line. Whether it started, and its value.
+fn composite_fault(
+    kind: NemesisKind,
+    node: NodeId,
+    note: &str,
+    rng: &mut Rng,
+    system: &mut ProcessSystem,
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+    lines: &mut Vec<String>,
+) -> (bool, serde_json::Value) {
+    let started = start_fault(kind, &[node], rng, system);
+    let value = serde_json::json!({ "target": "lagging-successor", "nodes": [node] });
+    let summary = format!("{} node {node} (lagging-successor){note}", kind.name());
+    let ok = started.is_ok();
+    match &started {
+        Ok(detail) => lines.push(format!("{summary}{detail}")),
+        Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+    }
+    record(
+        &format!("start-{}", kind.name()),
+        &value,
+        started.err().map(|e| e.to_string()),
+    );
+    (ok, value)
+}
+
+/// The `lagging-successor` composite fault (see [`crate::nemesis::successor`]), step by step:
+/// cut the successor's data plane from the other brokers (not the controllers: it stays
+/// registered and in the ISR), fail the leader [`SUCCESSOR_CUT_LEAD`] later, wait for
+/// Metadata to name the successor leader, let it take writes for [`SUCCESSOR_WRITES`], pause
+/// it, wait for the next follower's election, and heal the cut. Each step is a nemesis op
+/// (`start-partition`/`stop-partition` with target `lagging-successor`, `start-kill` or
+/// `start-pause` of the leader, `start-pause` of the successor) and a summary line. Returns
+/// the leader's and the successor's faults, which stay in force until the next tick: the
+/// successor then resumes and fetches from the new leader, asking for the epoch it led.
+fn lagging_successor(
+    plan: crate::nemesis::successor::SuccessorPlan,
+    leader_fault: NemesisKind,
+    system: &mut ProcessSystem,
+    admin: &mut KafkaClient,
+    rng: &mut Rng,
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+    lines: &mut Vec<String>,
+) -> Vec<(NemesisKind, Vec<NodeId>, serde_json::Value)> {
+    const TARGET: &str = "lagging-successor";
+    let p = plan.partition;
+    let grudge = crate::nemesis::grudge::isolate(&system.broker_ids(), plan.successor);
+    let nodes: Vec<NodeId> = grudge
+        .0
+        .iter()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(n, _)| *n)
+        .collect();
+    let mut value = serde_json::json!({
+        "target": TARGET,
+        "nodes": nodes,
+        "grudge": grudge,
+        "partition": p,
+        "leader": plan.leader,
+        "successor": plan.successor,
+        "next": plan.next,
+    });
+    let cut = system.partition(&grudge);
+    let summary = format!(
+        "partition {TARGET} {} (partition {p}: leader {}, successor {}, next {})",
+        grudge.describe(),
+        plan.leader,
+        plan.successor,
+        plan.next
+    );
+    let mut faults = Vec::new();
+    let failed = cut.is_err();
+    match &cut {
+        Ok(()) => lines.push(summary),
+        Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+    }
+    record("start-partition", &value, cut.err().map(|e| e.to_string()));
+    let mut elected = Vec::new();
+    if !failed {
+        std::thread::sleep(SUCCESSOR_CUT_LEAD);
+        let began = Instant::now();
+        let mut fault = |kind: NemesisKind, node: NodeId, note: String, lines: &mut Vec<String>| {
+            let (ok, value) = composite_fault(kind, node, &note, rng, system, record, lines);
+            faults.push((kind, vec![node], value));
+            ok
+        };
+        let note = format!(" (leader of partition {p})");
+        if fault(leader_fault, plan.leader, note, lines) {
+            let first = await_leader(admin, p, &[plan.leader], Instant::now() + election_wait());
+            elected.extend(first);
+            if first == Some(plan.successor) {
+                lines.push(format!(
+                    "{TARGET}: n{} leads partition {p} {} ms after the leader failed",
+                    plan.successor,
+                    began.elapsed().as_millis()
+                ));
+                std::thread::sleep(SUCCESSOR_WRITES);
+                let note = format!(" (successor, leader of partition {p})");
+                let paused = fault(NemesisKind::Pause, plan.successor, note, lines);
+                if paused {
+                    let began = Instant::now();
+                    let gone = [plan.leader, plan.successor];
+                    let second = await_leader(admin, p, &gone, Instant::now() + election_wait());
+                    elected.extend(second);
+                    lines.push(match second {
+                        Some(l) => format!(
+                            "{TARGET}: n{l} leads partition {p} {} ms after the successor paused",
+                            began.elapsed().as_millis()
+                        ),
+                        None => format!("{TARGET}: no new leader of partition {p} in time"),
+                    });
+                }
+            } else {
+                lines.push(format!(
+                    "{TARGET}: partition {p} led by {:?}, not the successor n{}: not paused",
+                    first, plan.successor
+                ));
+            }
+        }
+    }
+    // The cut ends once the next leader is in place (the successor is paused by then), so the
+    // successor meets it as soon as it resumes.
+    value["elected"] = serde_json::json!(elected);
+    let healed = system.partition(&Grudge::default());
+    record(
+        "stop-partition",
+        &value,
+        healed.err().map(|e| e.to_string()),
+    );
+    faults
 }
 
 /// Nodes a process fault in force holds down or stopped (a reassign fault's stalled replica

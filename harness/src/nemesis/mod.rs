@@ -12,9 +12,13 @@
 //! - [`crate::lazyfs`]: crashes that lose exactly the writes a node had not fsynced.
 //! - [`zombie_failover`]: ZooKeeper mode's composite fault, a leader's death left queued for
 //!   a controller paused past its session (the zombie window), timed with signals only.
+//! - [`successor`]: the plan of the `lagging-successor` composite fault (a partition, a
+//!   leader failure and a pause lined up for KIP-279's divergence), a pure function of
+//!   Metadata.
 
 pub mod clock;
 pub mod grudge;
 pub mod netns;
 pub mod proxynet;
+pub mod successor;
 pub mod zombie_failover;
