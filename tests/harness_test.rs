@@ -457,6 +457,11 @@ fn unclean_election_is_found_by_a_default_run_of_every_fault() {
     );
     let (code, out) = control.join().unwrap();
     assert_eq!(code, Some(0), "without the flag the run is valid: {out}");
+    assert!(
+        out.contains("every event is a model action and every invariant holds"),
+        "{out}"
+    );
+}
 
 /// The partition-and-kill schedule of [`partition_kill_run`] (1.5 s ticks, 9 s) with `seed`.
 fn partition_kill_seed_run(bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
