@@ -349,18 +349,7 @@ fn partitions_are_recorded_with_their_grudge_healed_and_removed() {
 /// A `kcheck test` run of the 3+3 cluster under partitions and kills (seed 3, 1.5 s ticks,
 /// 9 s), with and without a bug flag.
 fn partition_kill_run(bug: Option<&str>) -> (Option<i32>, String) {
-    cluster_run(
-        bug,
-        &["--brokers", "3", "--nemesis", "partition,kill"],
-        &[
-            "--nemesis-interval",
-            "1.5",
-            "--time-limit",
-            "9",
-            "--seed",
-            "3",
-        ],
-    )
+    partition_kill_seed_run(bug, "3")
 }
 
 /// A `kcheck test --workload queue` run of a cluster with 3 controllers in a store of its
