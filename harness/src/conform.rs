@@ -596,6 +596,23 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
         "partition.append" => {
             let batches = e.tuples::<3>("batches").map_err(Err)?;
             let leader = e.b("leader");
+            // A fetch extends a prefix of the leader's log: the fetch validation (KIP-320's
+            // last fetched epoch) and the truncation before it (KIP-279, down to the first
+            // offset where the logs diverge) leave the follower nothing the leader holds
+            // differently, in the model and in Kafka. A follower that kept a diverging record
+            // (a truncation that stopped above the divergence) and fetches on is caught here, at
+            // its first fetch, however the faults go on. Only the offsets both traces show are
+            // compared: a new leader's trace may not yet show records it fetched just before
+            // it switched (see `partition.hw`).
+            if !leader {
+                if let (Some(l), Role::Follower(lid)) = (p.leader_of(b), r.role) {
+                    if let Some(x) = r.log.iter().zip(&l.log).position(|(f, l)| f != l) {
+                        violation!(M, "Fetch", before!(),
+                            "follower b{b} fetched on from its leader b{lid} while it holds m{x}@e{} where the leader holds m{x}@e{}: its truncation stopped above the divergence (the KIP-279 truncation offset is {x})",
+                            r.log[x], l.log[x]);
+                    }
+                }
+            }
             let mut appended: Vec<i32> = Vec::new();
             for [base, last, epoch] in batches {
                 let epoch = epoch as i32;
@@ -1303,6 +1320,33 @@ mod tests {
         let (name, msg) = caught(&failover(1));
         assert_eq!(name, "BecomeFollower");
         assert!(msg.contains("truncation offset (KIP-279) is 2"), "{msg}");
+    }
+
+    /// b1 led epoch 1 and wrote m2@e1 alone; b2 leads epoch 2 and writes m2@e2 and m3@e2;
+    /// b1 follows b2 and truncates to `to`, then fetches from there.
+    fn diverged_then_fetched(to: i64) -> Vec<(i32, &'static str, Value)> {
+        let mut t = replicated();
+        t.push((1, "partition.append", append(true, &[[2, 2, 1]])));
+        t.push((2, "partition.leader", lead(2, &[2, 1], 1)));
+        t.push((2, "partition.append", append(true, &[[2, 3, 2]])));
+        t.push((1, "partition.follower", follow(2, 2, &[2, 1])));
+        t.push((1, "partition.truncate", truncate(to)));
+        t.push((1, "partition.append", append(false, &[[to, 3, 2]])));
+        t
+    }
+
+    #[test]
+    fn fetching_on_over_a_diverging_record_is_caught() {
+        let r = check(&diverged_then_fetched(2));
+        assert!(r.conforms(), "truncated to the divergence: {}", r.text());
+        // KIP-101's single lookup: the truncation keeps m2@e1 where the leader holds m2@e2.
+        let (name, msg) = caught(&diverged_then_fetched(3));
+        assert_eq!(name, "Fetch");
+        assert!(
+            msg.contains("holds m2@e1 where the leader holds m2@e2"),
+            "{msg}"
+        );
+        assert!(msg.contains("truncation offset is 2"), "{msg}");
     }
 
     #[test]
