@@ -307,12 +307,19 @@ struct ReplicaView {
     matched: BTreeMap<i32, usize>,
     /// How far below its HW this replica's log is known to agree with the consumed log.
     verified: usize,
-    /// `matched` of the incarnation before the last restart, as it was when that incarnation
-    /// died (nothing clamped). See [`ReplicaView::countable`].
-    previous: BTreeMap<i32, usize>,
-    /// Leaders that have applied, since this replica's last restart, a registration whose
-    /// ISR leaves this replica out: they have learnt of the restart (see `countable`).
-    learnt_restart: BTreeSet<i32>,
+    /// The incarnations before the last restart that some leader may not know ended yet,
+    /// oldest first. See [`ReplicaView::countable`].
+    dead: Vec<DeadIncarnation>,
+}
+
+/// A replica's incarnation that a crash ended, as the leaders may still see it.
+#[derive(Debug, Clone, Default)]
+struct DeadIncarnation {
+    /// Its `matched` when it died (nothing clamped to what the next incarnation recovered).
+    matched: BTreeMap<i32, usize>,
+    /// Leaders that have applied, since it died, a registration whose ISR leaves the replica
+    /// out: they know it ended, and its fetches no longer count for them.
+    learnt: BTreeSet<i32>,
 }
 
 impl ReplicaView {
@@ -327,14 +334,14 @@ impl ReplicaView {
             min_isr: 1,
             matched: BTreeMap::new(),
             verified: 0,
-            previous: BTreeMap::new(),
-            learnt_restart: BTreeSet::new(),
+            dead: Vec::new(),
         }
     }
 
     /// How many records the leader `leader` may count for this replica in `leader_epoch` when
     /// it advances its HW: what this incarnation holds as the leader does, or, until that
-    /// leader has learnt of the restart, what the previous incarnation held.
+    /// leader has learnt of the restart, what a previous incarnation held (several, when the
+    /// replica restarted again before the leader learnt of the first restart).
     ///
     /// Why the previous incarnation may count: the model's `Crash` fences a replica at once
     /// (its `follower_leo` drops to 0 atomically), but a real leader learns of a crash only
@@ -354,10 +361,17 @@ impl ReplicaView {
     /// replica counts only what its new incarnation holds.
     fn countable(&self, leader: i32, leader_epoch: i32) -> usize {
         let now = self.matched.get(&leader_epoch).copied().unwrap_or(0);
-        if self.learnt_restart.contains(&leader) {
-            return now;
-        }
-        now.max(self.previous.get(&leader_epoch).copied().unwrap_or(0))
+        now.max(self.dead_held(leader_epoch, |d| !d.learnt.contains(&leader)))
+    }
+
+    /// The most records an incarnation `which` picks held as the leader of `leader_epoch` did.
+    fn dead_held(&self, leader_epoch: i32, which: impl Fn(&DeadIncarnation) -> bool) -> usize {
+        self.dead
+            .iter()
+            .filter(|d| which(d))
+            .filter_map(|d| d.matched.get(&leader_epoch).copied())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -429,7 +443,9 @@ impl PartitionView {
     fn learn_restarts(&mut self, leader: i32, isr: &[i32]) {
         for (&m, v) in self.replicas.iter_mut() {
             if m != leader && !isr.contains(&m) {
-                v.learnt_restart.insert(leader);
+                for d in &mut v.dead {
+                    d.learnt.insert(leader);
+                }
             }
         }
     }
@@ -540,8 +556,13 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                 .iter()
                 .map(|(&ep, &m)| (ep, m.min(leo as usize)))
                 .collect();
-            // A leader that has not learnt of this restart may still count the rest.
-            n.previous = r.matched.clone();
+            // A leader that has not learnt of this restart may still count the rest; nor of an
+            // earlier one, if the replica died again before every leader had.
+            n.dead = r.dead.clone();
+            n.dead.push(DeadIncarnation {
+                matched: r.matched.clone(),
+                learnt: BTreeSet::new(),
+            });
             n.hw = e.i("hw").map_err(Err)?.min(leo);
             n.log = log;
             p.replicas.insert(b, n);
@@ -815,8 +836,8 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                         // Say when a previous incarnation held more: the leader had learnt
                         // that it was gone, so its offset no longer counts.
                         let earlier = f
-                            .and_then(|f| f.previous.get(&r.leader_epoch))
-                            .filter(|&&n| n > matched)
+                            .map(|f| f.dead_held(r.leader_epoch, |_| true))
+                            .filter(|&n| n > matched)
                             .map_or(String::new(), |n| format!(
                                 " (its previous incarnation held {n}, but b{b} had applied an ISR without b{m} since b{m} restarted)"));
                         violation!(M, "advance_hw", before!(),
@@ -1399,6 +1420,12 @@ mod tests {
         // The stale fetch lands before b1 applied the re-registration's ISR change: b1 still
         // has b2 in its ISR and counts offset 3, which the previous b2 held.
         let mut t = restarted_after_fetching();
+        t.push((1, "partition.hw", hw(3, true)));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        // Also when b2 restarted twice before b1 learnt of either restart.
+        let mut t = restarted_after_fetching();
+        let again = t.last().expect("the restart").clone();
+        t.push(again);
         t.push((1, "partition.hw", hw(3, true)));
         assert!(check(&t).conforms(), "{}", check(&t).text());
         // b1 applied the ISR without b2 (KIP-966's removal at the re-registration), then b2 was
