@@ -15,7 +15,8 @@
 //!   is unfenced.
 //! - CreateTopics: replicas placed round-robin over the unfenced brokers.
 //! - AlterPartition: leader epoch, partition epoch (INVALID_UPDATE_VERSION, KIP-497) and broker
-//!   epochs of the ISR members (INELIGIBLE_REPLICA, KIP-903) are checked.
+//!   epochs of the ISR members (INELIGIBLE_REPLICA, KIP-903) are checked; each decision is a
+//!   `controller.alter_partition` trace event for `kcheck conform`.
 //! - AlterPartitionReassignments / ListPartitionReassignments (KIP-455): grow to
 //!   origin ∪ target, wait until the adding replicas are in the ISR, move the leader if it is
 //!   not a target, shrink to target.
