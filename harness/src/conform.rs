@@ -307,6 +307,19 @@ struct ReplicaView {
     matched: BTreeMap<i32, usize>,
     /// How far below its HW this replica's log is known to agree with the consumed log.
     verified: usize,
+    /// The incarnations before the last restart that some leader may not know ended yet,
+    /// oldest first. See [`ReplicaView::countable`].
+    dead: Vec<DeadIncarnation>,
+}
+
+/// A replica's incarnation that a crash ended, as the leaders may still see it.
+#[derive(Debug, Clone, Default)]
+struct DeadIncarnation {
+    /// Its `matched` when it died (nothing clamped to what the next incarnation recovered).
+    matched: BTreeMap<i32, usize>,
+    /// Leaders that have applied, since it died, a registration whose ISR leaves the replica
+    /// out: they know it ended, and its fetches no longer count for them.
+    learnt: BTreeSet<i32>,
 }
 
 impl ReplicaView {
@@ -321,7 +334,44 @@ impl ReplicaView {
             min_isr: 1,
             matched: BTreeMap::new(),
             verified: 0,
+            dead: Vec::new(),
         }
+    }
+
+    /// How many records the leader `leader` may count for this replica in `leader_epoch` when
+    /// it advances its HW: what this incarnation holds as the leader does, or, until that
+    /// leader has learnt of the restart, what a previous incarnation held (several, when the
+    /// replica restarted again before the leader learnt of the first restart).
+    ///
+    /// Why the previous incarnation may count: the model's `Crash` fences a replica at once
+    /// (its `follower_leo` drops to 0 atomically), but a real leader learns of a crash only
+    /// from the metadata log. A Fetch the previous incarnation sent before it died (held on a
+    /// slow link) can reach the leader after the restart, and until the leader has applied the
+    /// metadata that reflects the re-registration it still has the replica in its ISR and
+    /// counts that fetch's offset, which was true of the incarnation that sent it. Kafka's
+    /// leader has the same window, and it is safe: the controller took the replica out of its
+    /// ISR at the re-registration (KIP-966: an unclean shutdown), so it cannot be elected.
+    ///
+    /// Why nothing more: the window closes, per leader, at the first registration that leader
+    /// applies after the restart whose ISR leaves the replica out (the ISR change the
+    /// controller makes at the re-registration, or any later one). From then on the leader
+    /// knows the replica's incarnation ended; putting it back in the ISR takes an
+    /// AlterPartition, and a fetch from the old incarnation must not carry it (KIP-903, the
+    /// `controller.alter_partition` rule). An HW the leader advances over a re-added
+    /// replica counts only what its new incarnation holds.
+    fn countable(&self, leader: i32, leader_epoch: i32) -> usize {
+        let now = self.matched.get(&leader_epoch).copied().unwrap_or(0);
+        now.max(self.dead_held(leader_epoch, |d| !d.learnt.contains(&leader)))
+    }
+
+    /// The most records an incarnation `which` picks held as the leader of `leader_epoch` did.
+    fn dead_held(&self, leader_epoch: i32, which: impl Fn(&DeadIncarnation) -> bool) -> usize {
+        self.dead
+            .iter()
+            .filter(|d| which(d))
+            .filter_map(|d| d.matched.get(&leader_epoch).copied())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -387,6 +437,19 @@ impl PartitionView {
         }
     }
 
+    /// The leader `leader` applied a registration with `isr`: every replica it leaves out has
+    /// ended, for this leader, the window in which its previous incarnation's fetches count
+    /// (see [`ReplicaView::countable`]).
+    fn learn_restarts(&mut self, leader: i32, isr: &[i32]) {
+        for (&m, v) in self.replicas.iter_mut() {
+            if m != leader && !isr.contains(&m) {
+                for d in &mut v.dead {
+                    d.learnt.insert(leader);
+                }
+            }
+        }
+    }
+
     /// Recomputes how far `b` matches its leader's log (only grows within a leader epoch).
     fn update_matched(&mut self, b: i32) {
         let Some(r) = self.replicas.get(&b) else {
@@ -423,6 +486,14 @@ impl Checker {
         };
         if e.event.starts_with("raft.") {
             return self.kraft.step(e).map_err(|f| f.unwrap_or_else(|m| bad(m)));
+        }
+        if e.event == "controller.alter_partition" {
+            let key = format!("{}-{}", e.s("topic"), e.i("partition").map_err(bad)?);
+            let state = self
+                .partitions
+                .get(&key)
+                .map_or_else(Vec::new, |p| p.describe(&key));
+            return alter_partition_step(e, &state).map_err(|f| f.unwrap_or_else(&bad));
         }
         if !(e.event.starts_with("partition.") || e.event == "replica.open") {
             return Ok(());
@@ -485,6 +556,13 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                 .iter()
                 .map(|(&ep, &m)| (ep, m.min(leo as usize)))
                 .collect();
+            // A leader that has not learnt of this restart may still count the rest; nor of an
+            // earlier one, if the replica died again before every leader had.
+            n.dead = r.dead.clone();
+            n.dead.push(DeadIncarnation {
+                matched: r.matched.clone(),
+                learnt: BTreeSet::new(),
+            });
             n.hw = e.i("hw").map_err(Err)?.min(leo);
             n.log = log;
             p.replicas.insert(b, n);
@@ -526,6 +604,8 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                     log_text(&r.log), log_text(&p.committed));
             }
             p.leaders.insert(epoch, b);
+            let isr32: Vec<i32> = isr.iter().map(|&m| m as i32).collect();
+            p.learn_restarts(b, &isr32);
             let v = p.replicas.get_mut(&b).expect("inserted");
             v.role = Role::Leader;
             v.leader_epoch = epoch;
@@ -581,6 +661,9 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                 (r.role == Role::None && !e.b("leader") && epoch >= r.leader_epoch)
                     .then(|| p.leaders.get(&epoch).copied())
                     .flatten();
+            if r.role == Role::Leader {
+                p.learn_restarts(b, &isr);
+            }
             let v = p.replicas.get_mut(&b).expect("inserted");
             v.partition_epoch = pe;
             v.isr = isr;
@@ -764,14 +847,18 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
                         "leader b{b} advanced its HW to {hw} with ISR {:?} below min.insync.replicas {} (KIP-966)", r.isr, r.min_isr);
                 }
                 for &m in r.isr.iter().filter(|&&m| m != b) {
-                    let matched = p
-                        .replicas
-                        .get(&m)
-                        .and_then(|f| f.matched.get(&r.leader_epoch).copied())
-                        .unwrap_or(0);
+                    let f = p.replicas.get(&m);
+                    let matched = f.map_or(0, |f| f.countable(b, r.leader_epoch));
                     if (matched as i64) < hw {
+                        // Say when a previous incarnation held more: the leader had learnt
+                        // that it was gone, so its offset no longer counts.
+                        let earlier = f
+                            .map(|f| f.dead_held(r.leader_epoch, |_| true))
+                            .filter(|&n| n > matched)
+                            .map_or(String::new(), |n| format!(
+                                " (its previous incarnation held {n}, but b{b} had applied an ISR without b{m} since b{m} restarted)"));
                         violation!(M, "advance_hw", before!(),
-                            "leader b{b} advanced its HW to {hw} but ISR member b{m} holds only {matched} records as the leader does in leader epoch {}: the HW is the smallest LEO of the ISR",
+                            "leader b{b} advanced its HW to {hw} but ISR member b{m} holds only {matched} records as the leader does in leader epoch {}{earlier}: the HW is the smallest LEO of the ISR",
                             r.leader_epoch);
                     }
                 }
@@ -834,6 +921,38 @@ fn replication_step(p: &mut PartitionView, key: &str, e: &TraceEvent) -> StepRes
             v.verified = to;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// The active controller's AlterPartition decision (`controller.alter_partition`): the
+/// replication model's `HandleAlterPartition` accepts a request only if no broker it adds to
+/// the ISR restarted after the leader saw the fetch it proposes it on (the model's
+/// `stale_broker_epoch` guard, KIP-903). On the wire that is the proposed broker epoch of each
+/// member: the controller must answer INELIGIBLE_REPLICA when it is not the epoch its image
+/// registers for the broker. Members already in the ISR are not re-checked (neither the model
+/// nor the controller does), and a member proposed with epoch -1 (unknown to the leader: it
+/// never saw a fetch from it) carries nothing to check. Checked on the event alone: both
+/// epochs are the controller's own view when it decided, so no clock-order merging is involved.
+fn alter_partition_step(e: &TraceEvent, state: &[String]) -> StepResult {
+    if !e.b("accepted") {
+        return Ok(());
+    }
+    let current = e.ints("current_isr").map_err(Err)?;
+    for [b, proposed, registered] in e.tuples::<3>("isr").map_err(Err)? {
+        if current.contains(&b) || proposed < 0 || proposed == registered {
+            continue;
+        }
+        let key = format!("{}-{}", e.s("topic"), e.i("partition").map_err(Err)?);
+        let registered = if registered < 0 {
+            "is not registered".to_string()
+        } else {
+            format!("is registered with broker epoch {registered}")
+        };
+        violation!("replication", "HandleAlterPartition", state.to_vec(),
+            "controller node {} accepted leader b{}'s AlterPartition of {key} (leader epoch {}, partition epoch {}) adding b{b} to ISR {current:?} with broker epoch {proposed}, but b{b} {registered}: a fetch from a previous incarnation put it back (KIP-903: INELIGIBLE_REPLICA)",
+            e.node, e.i("leader").map_err(Err)?, e.i("leader_epoch").map_err(Err)?,
+            e.i("partition_epoch").map_err(Err)?);
     }
     Ok(())
 }
@@ -1281,9 +1400,130 @@ mod tests {
         let mut t = replicated();
         t.insert(4, (2, "replica.open", open(2)));
         assert!(check(&t).conforms(), "{}", check(&t).text());
+        // After one that lost m1, b1 may still count the fetch b2 sent before it died until
+        // b1 learns of the restart (see the next test); once it has, it may not.
         let mut t = replicated();
         t.insert(4, (2, "replica.open", open(1)));
+        t.pop(); // b2's HW 2 from before it restarted
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        t.insert(5, (1, "partition.update", leader_update(2, &[1])));
+        t.insert(6, (1, "partition.update", leader_update(3, &[1, 2])));
         assert_eq!(caught(&t).0, "advance_hw");
+    }
+
+    /// The leader b1's registration update of leader epoch 1 with partition epoch `pe`.
+    fn leader_update(pe: i64, isr: &[i64]) -> Value {
+        p(
+            json!({"leader_epoch": 1, "partition_epoch": pe, "isr": isr, "replicas": [1, 2, 3], "leader": true}),
+        )
+    }
+
+    /// `replicated` plus m2@e1 on both, then b2 crashes losing m2 (it restarts with 2
+    /// records) while its fetch at offset 3 is still on its way to b1.
+    fn restarted_after_fetching() -> Vec<(i32, &'static str, Value)> {
+        let mut t = replicated();
+        t.push((1, "partition.append", append(true, &[[2, 2, 1]])));
+        t.push((2, "partition.append", append(false, &[[2, 2, 1]])));
+        t.push((
+            2,
+            "replica.open",
+            p(json!({"leo": 2, "log_start": 0, "hw": 2, "epochs": [[1, 0]]})),
+        ));
+        t
+    }
+
+    #[test]
+    fn a_dead_incarnations_fetch_counts_only_until_the_leader_learns_of_the_restart() {
+        // The stale fetch lands before b1 applied the re-registration's ISR change: b1 still
+        // has b2 in its ISR and counts offset 3, which the previous b2 held.
+        let mut t = restarted_after_fetching();
+        t.push((1, "partition.hw", hw(3, true)));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        // Also when b2 restarted twice before b1 learnt of either restart.
+        let mut t = restarted_after_fetching();
+        let again = t.last().expect("the restart").clone();
+        t.push(again);
+        t.push((1, "partition.hw", hw(3, true)));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        // b1 applied the ISR without b2 (KIP-966's removal at the re-registration), then b2 was
+        // put back (a controller that accepted the old incarnation): its offset 3 no longer
+        // counts, and the report says why.
+        let mut t = restarted_after_fetching();
+        t.push((1, "partition.update", leader_update(2, &[1])));
+        t.push((1, "partition.update", leader_update(3, &[1, 2])));
+        t.push((1, "partition.hw", hw(3, true)));
+        let (name, msg) = caught(&t);
+        assert_eq!(name, "advance_hw");
+        assert!(msg.contains("ISR member b2 holds only 2"), "{msg}");
+        assert!(msg.contains("previous incarnation held 3"), "{msg}");
+        // The window is per leader: b3 applying an ISR without b2 does not close it for b1.
+        let mut t = restarted_after_fetching();
+        t.push((3, "partition.update", update_not_leader(1, &[1])));
+        t.push((1, "partition.hw", hw(3, true)));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+        // What b2's new incarnation holds counts as before.
+        let mut t = restarted_after_fetching();
+        t.push((1, "partition.update", leader_update(2, &[1])));
+        t.push((2, "partition.follower", follow(1, 1, &[1])));
+        t.push((2, "partition.append", append(false, &[[2, 2, 1]])));
+        t.push((1, "partition.update", leader_update(3, &[1, 2])));
+        t.push((1, "partition.hw", hw(3, true)));
+        assert!(check(&t).conforms(), "{}", check(&t).text());
+    }
+
+    /// The active controller (node 9) decides an AlterPartition of t-0 from leader b1 that
+    /// adds b2: each member is [broker, proposed broker epoch, registered broker epoch].
+    fn alter(accepted: bool, current: &[i64], isr: &[[i64; 3]]) -> Value {
+        p(
+            json!({"leader": 1, "leader_epoch": 1, "partition_epoch": 4, "current_isr": current,
+            "isr": isr, "accepted": accepted, "error": if accepted { 0 } else { 107 }}),
+        )
+    }
+
+    #[test]
+    fn a_controller_accepting_a_stale_broker_epoch_is_caught() {
+        let ok = |a: Value| {
+            let mut t = replicated();
+            t.push((9, "controller.alter_partition", a));
+            let r = check(&t);
+            assert!(r.conforms(), "{}", r.text());
+        };
+        // The current incarnation; a stale one refused; a member already in the ISR; an
+        // epoch the leader never learnt (-1).
+        ok(alter(true, &[1], &[[1, 3, 3], [2, 12, 12]]));
+        ok(alter(false, &[1], &[[1, 3, 3], [2, 5, 12]]));
+        ok(alter(true, &[1, 2], &[[1, 3, 3], [2, 5, 12]]));
+        ok(alter(true, &[1], &[[1, -1, 3], [2, -1, 12]]));
+        let mut t = replicated();
+        t.push((
+            9,
+            "controller.alter_partition",
+            alter(true, &[1], &[[1, 3, 3], [2, 5, 12]]),
+        ));
+        let r = check(&t);
+        let v = r.violation.expect("a stale incarnation accepted");
+        assert_eq!((v.model, v.check), ("replication", "HandleAlterPartition"));
+        for part in [
+            "b2",
+            "broker epoch 5",
+            "broker epoch 12",
+            "t-0",
+            "INELIGIBLE_REPLICA",
+        ] {
+            assert!(v.message.contains(part), "{part}: {}", v.message);
+        }
+        assert!(
+            !v.state_before.is_empty(),
+            "the partition's state is printed"
+        );
+        // A broker the controller does not know is no better.
+        let mut t = replicated();
+        t.push((
+            9,
+            "controller.alter_partition",
+            alter(true, &[1], &[[1, 3, 3], [2, 5, -1]]),
+        ));
+        assert!(caught(&t).1.contains("b2 is not registered"));
     }
 
     #[test]

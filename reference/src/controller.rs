@@ -15,7 +15,8 @@
 //!   is unfenced.
 //! - CreateTopics: replicas placed round-robin over the unfenced brokers.
 //! - AlterPartition: leader epoch, partition epoch (INVALID_UPDATE_VERSION, KIP-497) and broker
-//!   epochs of the ISR members (INELIGIBLE_REPLICA, KIP-903) are checked.
+//!   epochs of the ISR members (INELIGIBLE_REPLICA, KIP-903) are checked; each decision is a
+//!   `controller.alter_partition` trace event for `kcheck conform`.
 //! - AlterPartitionReassignments / ListPartitionReassignments (KIP-455): grow to
 //!   origin ∪ target, wait until the adding replicas are in the ISR, move the leader if it is
 //!   not a target, shrink to target.
@@ -646,7 +647,45 @@ impl Controller {
 
     /// One partition of an AlterPartition from the leader `broker_id`. On success returns the
     /// registration after the change (what the response carries).
+    ///
+    /// The decision is a protocol transition event (`controller.alter_partition`, see
+    /// [`crate::proto_trace`]): the proposed ISR with each member's proposed broker epoch next
+    /// to the epoch this controller's image registers for it *when it decides*, so
+    /// `kcheck conform` can tell a controller that accepted a stale incarnation (KIP-903)
+    /// from a leader that merely proposed one. Only the active controller has a `Controller`,
+    /// so only its decisions are traced.
     pub fn alter_partition(
+        &mut self,
+        broker_id: BrokerId,
+        broker_epoch: BrokerEpoch,
+        req: &AlterPartitionRequest,
+        out: &mut Vec<MetadataRecord>,
+    ) -> Result<PartitionRegistration, ControllerError> {
+        // Read before deciding: an accepted change rewrites the partition's ISR.
+        let topic = self.image.topics.get(&req.topic_id);
+        let topic_name = topic.map_or(String::new(), |t| t.name.clone());
+        let current_isr: Vec<BrokerId> = topic
+            .and_then(|t| t.partitions.get(&req.partition_id))
+            .map_or(Vec::new(), |p| p.isr.clone());
+        let isr: Vec<[i64; 3]> = req
+            .new_isr
+            .iter()
+            .map(|&(b, proposed)| {
+                let registered = self.image.brokers.get(&b).map_or(-1, |r| r.broker_epoch);
+                [i64::from(b), proposed, registered]
+            })
+            .collect();
+        let result = self.decide_alter_partition(broker_id, broker_epoch, req, out);
+        let error = result.as_ref().err().map_or(0, |e| e.code());
+        tracing::info!(target: crate::proto_trace::TARGET, topic = topic_name.as_str(),
+            partition = req.partition_id, leader = broker_id, leader_epoch = req.leader_epoch,
+            partition_epoch = req.partition_epoch, current_isr = ?current_isr, isr = ?isr,
+            accepted = result.is_ok(), error, "controller.alter_partition");
+        result
+    }
+
+    /// [`Controller::alter_partition`]'s checks and change, in Kafka's order.
+    fn decide_alter_partition(
         &mut self,
         broker_id: BrokerId,
         broker_epoch: BrokerEpoch,
@@ -1103,6 +1142,85 @@ mod tests {
             } else {
                 assert_eq!(r.unwrap_err(), ControllerError::IneligibleReplica);
             }
+        }
+    }
+
+    /// Runs `f` with the protocol trace going to a file; returns its `controller.*` events.
+    fn traced(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        use tracing_subscriber::layer::SubscriberExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.jsonl");
+        let layer = crate::proto_trace::JsonLinesLayer::open(&path, 9).unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), f);
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| {
+                v["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("controller."))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn alter_partition_decisions_carry_proposed_and_registered_broker_epochs() {
+        for bugs in [vec![], vec![ControllerBug::NoBrokerEpochCheck]] {
+            let lax = !bugs.is_empty();
+            let (mut c, epochs) = cluster(bugs);
+            let (id, _) = c.create_topic("t", 1, 3).unwrap();
+            let p = c.image().topics[&id].partitions[&0].clone();
+            let (l, f) = (p.leader, p.replicas[1]);
+            let (le, f_old) = (epochs[l as usize - 1], epochs[f as usize - 1]);
+            let mut out = Vec::new();
+            let shrink = AlterPartitionRequest {
+                topic_id: id,
+                partition_id: 0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                new_isr: vec![(l, le)],
+            };
+            let events = traced(|| {
+                c.alter_partition(l, le, &shrink, &mut out).unwrap();
+            });
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert_eq!(
+                (events[0]["accepted"].as_bool(), events[0]["error"].as_i64()),
+                (Some(true), Some(0))
+            );
+            // The follower restarts; the leader proposes it back with the old incarnation's.
+            let (f_new, _) = c.register_broker(1, f, Uuid::new_v4(), "h:f".into(), -1);
+            c.heartbeat(1, f, f_new, f_new, false, false).unwrap();
+            let stale = AlterPartitionRequest {
+                partition_epoch: c.image().topics[&id].partitions[&0].partition_epoch,
+                new_isr: vec![(l, le), (f, f_old)],
+                ..shrink
+            };
+            let events = traced(|| {
+                let _ = c.alter_partition(l, le, &stale, &mut out);
+            });
+            assert_eq!(events.len(), 1, "{events:?}");
+            let e = &events[0];
+            assert_eq!(e["event"], "controller.alter_partition");
+            assert_eq!(
+                (e["topic"].as_str(), e["partition"].as_i64()),
+                (Some("t"), Some(0))
+            );
+            assert_eq!(e["leader"], l);
+            assert_eq!(e["current_isr"], serde_json::json!([l]));
+            assert_eq!(
+                e["isr"],
+                serde_json::json!([[l, le, le], [f, f_old, f_new]]),
+                "each member: [broker, proposed epoch, registered epoch]"
+            );
+            assert_eq!(e["accepted"], lax);
+            let code = if lax {
+                0
+            } else {
+                ControllerError::IneligibleReplica.code()
+            };
+            assert_eq!(e["error"], code);
         }
     }
 

@@ -703,8 +703,12 @@ impl PartitionState {
         Some(self.propose_isr(isr))
     }
 
+    /// The request names each member with the broker epoch of the incarnation whose fetch the
+    /// leader counted, also with `no-broker-epoch-check`: the flag's controller half is what
+    /// ignores them (KAFKA-14139's controller could not check them), and the controller's
+    /// `controller.alter_partition` trace event needs them to show *which* incarnation it let
+    /// into the ISR, so that `kcheck conform` can attribute the acceptance.
     fn propose_isr(&mut self, isr: Vec<BrokerId>) -> AlterPartitionRequest {
-        let no_epochs = self.bugs.has(ReplicationBug::NoBrokerEpochCheck);
         let new_isr_with_epochs = isr
             .iter()
             .map(|&b| {
@@ -713,7 +717,7 @@ impl PartitionState {
                     .iter()
                     .find(|r| r.broker_id == b)
                     .map_or(-1, |r| r.broker_epoch);
-                (b, if no_epochs { -1 } else { epoch })
+                (b, epoch)
             })
             .collect();
         let req = AlterPartitionRequest {
@@ -1108,15 +1112,18 @@ mod tests {
     }
 
     #[test]
-    fn no_broker_epoch_check_sends_no_broker_epochs() {
-        let mut p = leader_with(0);
-        p.bugs = BrokerBugs::of(&[ReplicationBug::NoBrokerEpochCheck]);
-        p.apply_registration(&reg(0, &[0, 1], 1, 1), 0);
-        let out = p.on_follower_fetch(&follower_fetch(2, 0), &cache(&[(1, 0)]), 0);
-        let FollowerFetchOutcome::Read { alter: Some(a), .. } = out else {
-            panic!("{out:?}")
-        };
-        assert!(a.new_isr_with_epochs.iter().all(|&(_, e)| e == -1));
+    fn the_proposal_names_the_fetching_incarnation_with_or_without_the_flag() {
+        for bugs in [vec![], vec![ReplicationBug::NoBrokerEpochCheck]] {
+            let mut p = leader_with(0);
+            p.bugs = BrokerBugs::of(&bugs);
+            p.apply_registration(&reg(0, &[0, 1], 1, 1), 0);
+            let out = p.on_follower_fetch(&follower_fetch(2, 0), &cache(&[(1, 0)]), 0);
+            let FollowerFetchOutcome::Read { alter: Some(a), .. } = out else {
+                panic!("{out:?}")
+            };
+            // b2's fetch carried broker epoch 1; b1 never fetched in this leader epoch.
+            assert_eq!(a.new_isr_with_epochs, vec![(0, -1), (1, -1), (2, 1)]);
+        }
     }
 
     #[test]
