@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster_checks;
 pub mod conform;
 pub mod edn;
+pub mod evidence;
 pub mod history;
 pub mod kafka;
 pub mod lazyfs;

@@ -277,6 +277,9 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     pub history_ops: usize,
     pub faults: Vec<String>,
+    /// The host's monotonic clock (the one trace events carry) when the workload started,
+    /// the history's time zero: places a conformance violation on the history's clock.
+    pub start_mono_ns: u64,
 }
 
 const TOPIC: &str = "kcheck-log";
@@ -515,6 +518,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         start: Instant::now(),
         recorder: Mutex::new(Recorder::default()),
     });
+    let start_mono_ns = kcheck_reference::proto_trace::monotonic_ns();
     let stop = Arc::new(AtomicBool::new(false));
     // ZooKeeper mode: ask every broker what it leads, all through the run (see `leaders`).
     let probe_stop = Arc::new(AtomicBool::new(false));
@@ -603,6 +607,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         dir,
         history_ops: history.ops.len(),
         faults,
+        start_mono_ns,
     })
 }
 

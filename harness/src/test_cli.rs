@@ -372,6 +372,15 @@ pub fn run_test(m: &ArgMatches) -> u8 {
     } else {
         Verdict::Valid
     };
+    let verdict = Verdict::combine([results.verdict, conformance]);
+    if verdict != Verdict::Valid {
+        if let Some(e) = record_first_evidence(&file, &out, outcome.start_mono_ns) {
+            println!(
+                "first evidence: {:.1} s into the workload ({})",
+                e.seconds, e.what
+            );
+        }
+    }
     let line = match results.verdict {
         Verdict::Valid => "VALID: no anomaly found",
         Verdict::Invalid => "INVALID: an anomaly was found",
@@ -381,7 +390,26 @@ pub fn run_test(m: &ArgMatches) -> u8 {
     if conformance == Verdict::Invalid {
         println!("kcheck test: NON-CONFORMING: a node took a step no model action explains");
     }
-    Verdict::combine([results.verdict, conformance]).exit_code()
+    verdict.exit_code()
+}
+
+/// The run's earliest evidence ([`crate::evidence`]), also written to `results.json` under
+/// `first_evidence`. `None` when nothing names an operation or an event, or a file is
+/// unreadable (the verdict stands either way).
+fn record_first_evidence(
+    history: &std::path::Path,
+    results_json: &std::path::Path,
+    start_mono_ns: u64,
+) -> Option<crate::evidence::Evidence> {
+    let h = crate::history::History::read_path(history).ok()?;
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results_json).ok()?).ok()?;
+    let e = crate::evidence::first_evidence(&r, &h, Some(start_mono_ns))?;
+    r.as_object_mut()?
+        .insert("first_evidence".into(), serde_json::to_value(&e).ok()?);
+    let text = serde_json::to_string_pretty(&r).ok()?;
+    let _ = std::fs::write(results_json, format!("{text}\n"));
+    Some(e)
 }
 
 /// Trace validation of a cluster run (`kcheck conform`): prints the report, adds it to
