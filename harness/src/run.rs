@@ -146,7 +146,8 @@ impl NemesisKind {
 
     /// Whether the fault acts on the network between nodes.
     pub fn network(self) -> bool {
-        self == NemesisKind::Partition || self.shapes_links()
+        // A quorum fault cuts controllers off each other (two of its three shapes).
+        matches!(self, NemesisKind::Partition | NemesisKind::Quorum) || self.shapes_links()
     }
 
     /// Parses `kill,pause,...` or `all` (every fault of [`NemesisKind::ALL`]; a ZooKeeper-mode
@@ -372,7 +373,7 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
             ));
         }
     }
-    if config.nemeses.contains(&NemesisKind::Partition) && config.net == Net::Netns {
+    if config.nemeses.iter().any(|k| k.network()) && config.net == Net::Netns {
         crate::nemesis::netns::available().map_err(|e| {
             format!("partition: {e}: --net netns runs the nodes in network namespaces with nftables drop rules (--net proxy partitions without root)")
         })?;
@@ -466,7 +467,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
 
     // Partitions need every node in its own network namespace (addresses in a private /24);
     // without them every node listens on 127.0.0.1.
-    let network = if config.nemeses.contains(&NemesisKind::Partition) && config.net == Net::Netns {
+    let network = if config.nemeses.iter().any(|k| k.network()) && config.net == Net::Netns {
         let net = crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
             .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?;
         crate::nemesis::netns::remove_on_signal(net.names());
