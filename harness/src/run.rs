@@ -429,6 +429,9 @@ fn validate_zookeeper(config: &TestConfig) -> Result<(), String> {
                 .into(),
         );
     }
+    if config.nemeses.contains(&NemesisKind::Quorum) {
+        return Err("quorum: a ZooKeeper-mode cluster has no KRaft controller quorum".into());
+    }
     if let Some(k) = config.nemeses.iter().find(|k| k.network()) {
         return Err(format!("{}: the brokers of a ZooKeeper-mode run reach each other directly; \
              its network faults cut the ZooKeeper side through proxies (use zk-partition, expire-session)", k.name()));
