@@ -67,6 +67,10 @@ pub enum NemesisKind {
     /// Packet loss on inter-node links as TCP shows it (the proxies only): a chunk waits a
     /// retransmission timeout with some probability; no byte is lost.
     Loss,
+    /// KRaft cluster of three controllers or more: a fault lined up around the controller
+    /// quorum's leader (`crate::nemesis::quorum`: the leader cut from the other controllers
+    /// only, a lagging follower that outlives the leader, the leader crash-restarted).
+    Quorum,
 }
 
 /// Brokers the reassign nemesis needs: the replication factor (3) plus one to move to.
@@ -105,6 +109,7 @@ impl NemesisKind {
             NemesisKind::Reassign => "reassign",
             NemesisKind::Delay => "delay",
             NemesisKind::Loss => "loss",
+            NemesisKind::Quorum => "quorum",
         }
     }
 
@@ -126,7 +131,12 @@ impl NemesisKind {
         NemesisKind::ALL
             .into_iter()
             .chain(NemesisKind::ZOOKEEPER_MODE)
-            .chain([NemesisKind::Reassign, NemesisKind::Delay, NemesisKind::Loss])
+            .chain([
+                NemesisKind::Reassign,
+                NemesisKind::Delay,
+                NemesisKind::Loss,
+                NemesisKind::Quorum,
+            ])
     }
 
     /// Whether the fault shapes links (only the proxies can).
@@ -136,7 +146,8 @@ impl NemesisKind {
 
     /// Whether the fault acts on the network between nodes.
     pub fn network(self) -> bool {
-        self == NemesisKind::Partition || self.shapes_links()
+        // A quorum fault cuts controllers off each other (two of its three shapes).
+        matches!(self, NemesisKind::Partition | NemesisKind::Quorum) || self.shapes_links()
     }
 
     /// Parses `kill,pause,...` or `all` (every fault of [`NemesisKind::ALL`]; a ZooKeeper-mode
@@ -342,6 +353,13 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
             REASSIGN_MIN_BROKERS - 1
         ));
     }
+    if config.nemeses.contains(&NemesisKind::Quorum) && config.controllers < 3 {
+        return Err(format!(
+            "quorum faults are aimed at a KRaft controller quorum that can lose a voter: \
+             add --controllers 3 (this run has {})",
+            config.controllers
+        ));
+    }
     if let Some(k) = config.nemeses.iter().find(|k| k.network()) {
         if config.brokers + config.controllers < 2 {
             return Err(format!(
@@ -358,7 +376,7 @@ pub fn validate(config: &TestConfig) -> Result<(), String> {
             ));
         }
     }
-    if config.nemeses.contains(&NemesisKind::Partition) && config.net == Net::Netns {
+    if config.nemeses.iter().any(|k| k.network()) && config.net == Net::Netns {
         crate::nemesis::netns::available().map_err(|e| {
             format!("partition: {e}: --net netns runs the nodes in network namespaces with nftables drop rules (--net proxy partitions without root)")
         })?;
@@ -414,6 +432,9 @@ fn validate_zookeeper(config: &TestConfig) -> Result<(), String> {
                 .into(),
         );
     }
+    if config.nemeses.contains(&NemesisKind::Quorum) {
+        return Err("quorum: a ZooKeeper-mode cluster has no KRaft controller quorum".into());
+    }
     if let Some(k) = config.nemeses.iter().find(|k| k.network()) {
         return Err(format!("{}: the brokers of a ZooKeeper-mode run reach each other directly; \
              its network faults cut the ZooKeeper side through proxies (use zk-partition, expire-session)", k.name()));
@@ -452,7 +473,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
 
     // Partitions need every node in its own network namespace (addresses in a private /24);
     // without them every node listens on 127.0.0.1.
-    let network = if config.nemeses.contains(&NemesisKind::Partition) && config.net == Net::Netns {
+    let network = if config.nemeses.iter().any(|k| k.network()) && config.net == Net::Netns {
         let net = crate::nemesis::netns::NetnsNetwork::create(&node_ids(config))
             .map_err(|e| format!("harness failure: creating network namespaces: {e}"))?;
         crate::nemesis::netns::remove_on_signal(net.names());
@@ -1389,11 +1410,13 @@ fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> Nemes
         .flat_map(|&k| {
             // A partition and a reassignment count twice: the first sets up replication
             // bugs' first half, the second is one of six kinds under `--nemesis all` and
-            // runs only when no other reassign fault is in force.
-            let n = if matches!(k, NemesisKind::Partition | NemesisKind::Reassign) {
-                2
-            } else {
-                1
+            // runs only when no other reassign fault is in force. A quorum fault counts
+            // three times: one kind stands for the three shapes (five variants) the seven
+            // Raft bugs need, and it cannot start while another grudge holds.
+            let n = match k {
+                NemesisKind::Partition | NemesisKind::Reassign => 2,
+                NemesisKind::Quorum => 3,
+                _ => 1,
             };
             std::iter::repeat_n(k, n)
         })
@@ -1763,7 +1786,8 @@ fn start_fault(
             | NemesisKind::ZkPartition
             | NemesisKind::Reassign
             | NemesisKind::Delay
-            | NemesisKind::Loss => {
+            | NemesisKind::Loss
+            | NemesisKind::Quorum => {
                 return Err(std::io::Error::other(format!(
                     "{} does not target node {node}",
                     kind.name()
@@ -1777,6 +1801,9 @@ fn start_fault(
 /// Heals a fault's nodes, except those another fault still in force holds the same way (a
 /// node killed twice restarts when the last kill ends).
 fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> std::io::Result<()> {
+    if fault.kind == NemesisKind::Quorum {
+        return crate::nemesis::quorum::stop(&fault.value, system);
+    }
     // One grudge at a time is in force (a new partition waits for the old one's end).
     if fault.kind == NemesisKind::Partition {
         system.partition(&Grudge::default())?;
@@ -1816,7 +1843,8 @@ fn stop_fault(fault: &Fault, others: &[Fault], system: &mut ProcessSystem) -> st
             | NemesisKind::ZkPartition
             | NemesisKind::Reassign
             | NemesisKind::Delay
-            | NemesisKind::Loss => {}
+            | NemesisKind::Loss
+            | NemesisKind::Quorum => {}
         }
     }
     for &server in &fault.servers {
@@ -2764,7 +2792,7 @@ fn nemesis_loop(
             continue;
         }
         if kind == NemesisKind::Partition {
-            if partitioned {
+            if partitioned || quorum_cut(&in_force) {
                 continue;
             }
             if let Some((plan, leader_fault)) =
@@ -2918,6 +2946,20 @@ fn nemesis_loop(
             });
             continue;
         }
+        if kind == NemesisKind::Quorum {
+            let can_cut = system.can_partition() && !partitioned && !quorum_cut(&in_force);
+            if let Some(f) = start_quorum_fault(
+                &mut rng,
+                system,
+                &in_force,
+                (can_cut, end, tick),
+                &record,
+                &mut lines,
+            ) {
+                in_force.push(f);
+            }
+            continue;
+        }
         let session_faults = matches!(kind, NemesisKind::Zombie | NemesisKind::ExpireSession);
         let wanted = if session_faults {
             Target::Controller
@@ -2953,6 +2995,7 @@ fn nemesis_loop(
                     | NemesisKind::Zombie
                     | NemesisKind::ExpireSession
                     | NemesisKind::ZombieFailover
+                    | NemesisKind::Quorum
             )
         };
         // The session faults are aimed at the controller: nothing else will do.
@@ -3382,6 +3425,47 @@ fn lagging_successor(
 
 /// Nodes a process fault in force holds down or stopped (a reassign fault's stalled replica
 /// among them): they would not answer a request.
+/// Whether a quorum fault holds a cut (one grudge at a time: a partition waits for its end).
+fn quorum_cut(in_force: &[Fault]) -> bool {
+    in_force.iter().any(|f| {
+        f.kind == NemesisKind::Quorum
+            && f.value["grudge"].as_object().is_some_and(|g| !g.is_empty())
+    })
+}
+
+/// Starts a quorum fault (`crate::nemesis::quorum`) of a seeded shape, recording each of its
+/// steps (`quorum-step`) and then `start-quorum`; `None` when it could not be lined up (a
+/// controller down or held, no quorum leader, no free broker), which costs the tick nothing.
+/// `(can_cut, end, tick)`: whether it may partition, the run's end, the current tick.
+fn start_quorum_fault(
+    rng: &mut Rng,
+    system: &mut ProcessSystem,
+    in_force: &[Fault],
+    (can_cut, end, tick): (bool, Instant, u64),
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+    lines: &mut Vec<String>,
+) -> Option<Fault> {
+    use crate::nemesis::quorum;
+    let shape = quorum::QuorumShape::choose(rng, can_cut);
+    let busy = busy_nodes(in_force);
+    let started = quorum::start(shape, rng, system, &busy, end, &mut |step| {
+        match &step.error {
+            None => lines.push(step.summary),
+            Some(e) => lines.push(format!("{} FAILED: {e}", step.summary)),
+        }
+        record("quorum-step", &step.value, step.error);
+    })?;
+    record("start-quorum", &started.value, None);
+    Some(Fault {
+        kind: NemesisKind::Quorum,
+        nodes: started.nodes,
+        value: started.value,
+        until_tick: tick + started.shape.ticks(),
+        aim: None,
+        servers: Vec::new(),
+    })
+}
+
 fn busy_nodes(in_force: &[Fault]) -> Vec<NodeId> {
     in_force
         .iter()

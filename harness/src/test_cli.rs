@@ -61,8 +61,9 @@ pub fn test_command() -> Command {
                 .default_value("kill")
                 .help("Faults, comma-separated: kill, pause, partition, clock, lose-unsynced, \
                        reassign (move a partition to other brokers; needs --brokers 4), \
+                       quorum (aimed at the KRaft controller quorum's leader; needs --controllers 3), \
                        delay, loss (inter-node links; --net proxy), all, none; \
-                       all includes reassign from --brokers 4 on; \
+                       all includes reassign from --brokers 4 on and quorum from --controllers 3 on; \
                        --metadata zookeeper adds zk-kill, zk-partition, zombie, expire-session, zombie-failover"),
         )
         .arg(
@@ -161,7 +162,12 @@ pub fn default_brokers_for<'a>(bugs: impl Iterator<Item = &'a str>) -> usize {
 /// out: lose-unsynced needs FUSE, clock libfaketime; partitions go through the proxies without
 /// root); a fault named
 /// explicitly is refused with the reason when it cannot run.
-fn nemeses(list: &str, metadata: Metadata, brokers: usize) -> Result<Vec<NemesisKind>, String> {
+fn nemeses(
+    list: &str,
+    metadata: Metadata,
+    brokers: usize,
+    controllers: usize,
+) -> Result<Vec<NemesisKind>, String> {
     let mut kinds = NemesisKind::parse_list(list)?;
     if !list.split(',').any(|p| p.trim() == "all") {
         return Ok(kinds);
@@ -181,6 +187,16 @@ fn nemeses(list: &str, metadata: Metadata, brokers: usize) -> Result<Vec<Nemesis
         }
     }
     if metadata == Metadata::Kraft {
+        if controllers >= 3 {
+            if !kinds.contains(&NemesisKind::Quorum) {
+                kinds.push(NemesisKind::Quorum);
+            }
+            available.push(NemesisKind::Quorum);
+        } else if controllers > 0 {
+            missing.push(
+                "quorum: it needs a controller quorum of three (--controllers 3)".to_string(),
+            );
+        }
         if brokers >= run::REASSIGN_MIN_BROKERS {
             if !kinds.contains(&NemesisKind::Reassign) {
                 kinds.push(NemesisKind::Reassign);
@@ -215,6 +231,7 @@ fn config(m: &ArgMatches) -> Result<TestConfig, String> {
         m.get_one::<String>("nemesis").expect("defaulted"),
         metadata(m),
         brokers,
+        controllers,
     )?;
     let net = match m.get_one::<String>("net").map(String::as_str) {
         Some("netns") => run::Net::Netns,
@@ -291,6 +308,8 @@ pub fn available_nemeses() -> (Vec<NemesisKind>, Vec<String>) {
             NemesisKind::Reassign => continue,
             // Not in `ALL` (it keeps the schedules of `all` runs as they were measured).
             NemesisKind::Delay | NemesisKind::Loss => continue,
+            // Not in `ALL`: `nemeses` adds it for a KRaft cluster of three controllers or more.
+            NemesisKind::Quorum => continue,
         };
         match check {
             Ok(()) => kinds.push(kind),

@@ -10,6 +10,8 @@
 //!   partitions, delay and loss.
 //! - [`clock`]: wall-clock skew, bumps and strobes of one process through libfaketime.
 //! - [`crate::lazyfs`]: crashes that lose exactly the writes a node had not fsynced.
+//! - [`quorum`]: faults lined up around the KRaft controller quorum's leader (cut it from the
+//!   other controllers only, outlive it with a lagging follower, crash-restart it).
 //! - [`zombie_failover`]: ZooKeeper mode's composite fault, a leader's death left queued for
 //!   a controller paused past its session (the zombie window), timed with signals only.
 //! - [`successor`]: the plan of the `lagging-successor` composite fault (a partition, a
@@ -20,5 +22,6 @@ pub mod clock;
 pub mod grudge;
 pub mod netns;
 pub mod proxynet;
+pub mod quorum;
 pub mod successor;
 pub mod zombie_failover;

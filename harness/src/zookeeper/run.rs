@@ -941,6 +941,11 @@ fn start_fault(
                 k.name()
             )
         }
+        NemesisKind::Quorum => {
+            anyhow::bail!(
+                "quorum is aimed at a KRaft controller quorum of kcheck brokers (kcheck test --system kafka)"
+            )
+        }
     })
 }
 
