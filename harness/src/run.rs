@@ -3423,8 +3423,8 @@ const STALE_FETCH_MAX_CUT: Duration = Duration::from_millis(1300);
 const STALE_FETCH_HOLD_OTHERS: Duration = Duration::from_millis(2000);
 
 /// Whether this crash is the `stale-fetch` composite, and its plan. Only on a KRaft cluster of
-/// three brokers or more whose nemeses partition (the links are cut by nftables, in network
-/// namespaces) and crash, when `kind` is a crash (`kill` or `lose-unsynced`, which it then
+/// three brokers or more whose nemeses partition in network namespaces (the links are cut by
+/// nftables drops, which TCP retransmits through) and crash, when `kind` is a crash (`kill` or `lose-unsynced`, which it then
 /// carries out on the follower), no partition or link shaping is in force and no process
 /// fault holds a broker (see [`spare_last_broker`]). The odds (one in two of the crashes that
 /// may take it) and the pick come from their own seeded stream, drawn whatever Metadata says,
@@ -3443,7 +3443,9 @@ fn stale_fetch_plan(
         && config.controllers > 0
         && brokers.len() >= 3
         && config.nemeses.contains(&NemesisKind::Partition)
+        // Namespaces, not the proxies: the kernel's retransmission is what holds the Fetch.
         && system.can_partition()
+        && system.proxies.is_none()
         && matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
         && !shaped;
     if !eligible || busy_nodes(in_force).iter().any(|n| brokers.contains(n)) {
