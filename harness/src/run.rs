@@ -2711,7 +2711,7 @@ fn nemesis_loop(
             .any(|f| f.kind == NemesisKind::Delay && f.aim.is_none());
         let kind = choose_kind(&mut rng, &config.nemeses, partitioned || slowed);
         let shaped = partitioned || in_force.iter().any(|f| f.kind.shapes_links());
-        if let Some(plan) = stale_fetch_plan(
+        if let Some((plan, crash)) = stale_fetch_plan(
             config,
             &mut stale_rng,
             kind,
@@ -2721,7 +2721,7 @@ fn nemesis_loop(
             &mut admin,
         ) {
             if let Some((kind, nodes, value)) =
-                stale_fetch(&plan, kind, system, &mut stale_rng, &record, &mut lines)
+                stale_fetch(&plan, crash, system, &mut stale_rng, &record, &mut lines)
             {
                 in_force.push(Fault {
                     kind,
@@ -3424,8 +3424,9 @@ const STALE_FETCH_HOLD_OTHERS: Duration = Duration::from_millis(2000);
 
 /// Whether this crash is the `stale-fetch` composite, and its plan. Only on a KRaft cluster of
 /// three brokers or more whose nemeses partition in network namespaces (the links are cut by
-/// nftables drops, which TCP retransmits through) and crash, when `kind` is a crash (`kill` or `lose-unsynced`, which it then
-/// carries out on the follower), no partition or link shaping is in force and no process
+/// nftables drops, which TCP retransmits through) and crash, when `kind` is a crash or a pause
+/// (the follower is crashed with `kind`, or for a pause with `lose-unsynced` if asked for,
+/// else `kill`), no partition or link shaping is in force and no process
 /// fault holds a broker (see [`spare_last_broker`]). The odds (one in two of the crashes that
 /// may take it) and the pick come from their own seeded stream, drawn whatever Metadata says,
 /// so that the other faults' draws are as they were until the first composite.
@@ -3437,7 +3438,7 @@ fn stale_fetch_plan(
     in_force: &[Fault],
     system: &ProcessSystem,
     admin: &mut KafkaClient,
-) -> Option<crate::nemesis::stale_fetch::StaleFetchPlan> {
+) -> Option<(crate::nemesis::stale_fetch::StaleFetchPlan, NemesisKind)> {
     let brokers = system.broker_ids();
     let eligible = config.metadata == Metadata::Kraft
         && config.controllers > 0
@@ -3446,18 +3447,25 @@ fn stale_fetch_plan(
         // Namespaces, not the proxies: the kernel's retransmission is what holds the Fetch.
         && system.can_partition()
         && system.proxies.is_none()
-        && matches!(kind, NemesisKind::Kill | NemesisKind::LoseUnsynced)
+        && matches!(
+            kind,
+            NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+        )
         && !shaped;
     if !eligible || busy_nodes(in_force).iter().any(|n| brokers.contains(n)) {
         return None;
     }
+    // A pause that becomes the composite crashes the follower all the same.
+    let crash = [kind, NemesisKind::LoseUnsynced, NemesisKind::Kill]
+        .into_iter()
+        .find(|k| k.crashes() && config.nemeses.contains(k))?;
     let chosen = stale_rng.below(2) == 0;
     let pick = stale_rng.below(1 << 16) as usize;
     if !chosen {
         return None;
     }
     let plans = crate::nemesis::stale_fetch::plans(&admin.partition_views().ok()?);
-    (!plans.is_empty()).then(|| plans[pick % plans.len()].clone())
+    (!plans.is_empty()).then(|| (plans[pick % plans.len()].clone(), crash))
 }
 
 /// How many times `log` says its broker was unfenced (`broker session ... fenced=false`).
