@@ -3427,8 +3427,8 @@ const STALE_FETCH_HOLD_OTHERS: Duration = Duration::from_millis(2000);
 /// nftables drops, which TCP retransmits through) and crash, when `kind` is a crash or a pause
 /// (the follower is crashed with `kind`, or for a pause with `lose-unsynced` if asked for,
 /// else `kill`), no partition or link shaping is in force and no process
-/// fault holds a broker (see [`spare_last_broker`]). The odds (one in two of the crashes that
-/// may take it) and the pick come from their own seeded stream, drawn whatever Metadata says,
+/// fault holds a broker (see [`spare_last_broker`]). The odds (one in two of the crashes and
+/// pauses that may take it) and the pick come from their own seeded stream, drawn whatever Metadata says,
 /// so that the other faults' draws are as they were until the first composite.
 fn stale_fetch_plan(
     config: &TestConfig,

@@ -30,7 +30,7 @@
 //! Pausing the leader instead (SIGSTOP across the crash-restart, no network fault) was tried
 //! first and does not do it: on SIGCONT the leader handles the buffered Fetch before the
 //! metadata that took `follower` out of the ISR, so it finds it still a member and proposes
-//! nothing (0 of 2 runs; the new incarnation's own fetches then rejoined it legitimately).
+//! nothing (the flagged run of seed 1: the new incarnation's own fetches then rejoined it).
 //!
 //! The run loop carries it out (`run::stale_fetch`); this module only chooses, so the choice
 //! is a pure function of what Metadata said.
