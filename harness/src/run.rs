@@ -2628,6 +2628,8 @@ fn nemesis_loop(
     let mut rng = Rng::new(config.seed ^ 0x6e65_6d65_7369_73);
     // The `lagging-successor` composite's own stream (see `lagging_successor_plan`).
     let mut successor_rng = Rng::new(config.seed ^ 0x7375_6363_6573_736f);
+    // The `stale-fetch` composite's own stream (see `stale_fetch_plan`).
+    let mut stale_rng = Rng::new(config.seed ^ 0x7374_616c_6566_6574);
     let end = shared.start + config.time_limit;
     let mut lines = Vec::new();
     let sleep_until = |t: Instant| {
@@ -2741,6 +2743,31 @@ fn nemesis_loop(
             .iter()
             .any(|f| f.kind == NemesisKind::Delay && f.aim.is_none());
         let kind = choose_kind(&mut rng, &config.nemeses, partitioned || slowed);
+        let shaped = partitioned || in_force.iter().any(|f| f.kind.shapes_links());
+        if let Some((plan, crash)) = stale_fetch_plan(
+            config,
+            &mut stale_rng,
+            kind,
+            shaped,
+            &in_force,
+            system,
+            &mut admin,
+        ) {
+            if let Some((kind, nodes, value)) =
+                stale_fetch(&plan, crash, system, &mut stale_rng, &record, &mut lines)
+            {
+                in_force.push(Fault {
+                    kind,
+                    nodes,
+                    value,
+                    // Restarted at once; the stop at the next tick records the end.
+                    until_tick: tick + 1,
+                    aim: None,
+                    servers: Vec::new(),
+                });
+            }
+            continue;
+        }
         if kind.shapes_links() {
             // One fault of each kind at a time.
             if in_force.iter().any(|f| f.kind == kind) {
@@ -3421,6 +3448,226 @@ fn lagging_successor(
         healed.err().map(|e| e.to_string()),
     );
     faults
+}
+
+/// How long `stale-fetch` holds the brokers' packets to the leader before it crashes the
+/// follower: the leader answers a parked Fetch within the replica fetchers' max wait (200 ms),
+/// and the follower's next Fetch is then on the cut link, retransmitted by its kernel.
+const STALE_FETCH_SEND_WAIT: Duration = Duration::from_millis(300);
+
+/// The latest `stale-fetch` lets the crashed follower's packets through to the leader again,
+/// from the start of the cut. A restarted broker registers about 60 ms after its process
+/// starts and is unfenced one heartbeat later (0.6 s in all, measured in the node logs), and
+/// the link is healed as soon as the follower's log says so. The dead incarnation's Fetch is
+/// then delivered by its kernel's next retransmission (200 ms, doubling: 0.2, 0.6, 1.4, 3 s
+/// after it was sent), so healing by this keeps it at 1.4 s after its send.
+const STALE_FETCH_MAX_CUT: Duration = Duration::from_millis(1300);
+
+/// When `stale-fetch` lets the other followers' packets through to the leader, from the start
+/// of the cut: after the stale Fetch arrived (1.6 s at the latest, above), and well before the
+/// leader shrinks them out of the ISR (replica.lag.time.max.ms, 3 s). Until then the leader's
+/// HW stays at what they had fetched before the cut, at or below the stale Fetch's offset, so
+/// that Fetch still qualifies its follower for the ISR.
+const STALE_FETCH_HOLD_OTHERS: Duration = Duration::from_millis(2000);
+
+/// Whether this crash is the `stale-fetch` composite, and its plan. Only on a KRaft cluster of
+/// three brokers or more whose nemeses partition in network namespaces (the links are cut by
+/// nftables drops, which TCP retransmits through) and crash, when `kind` is a crash or a pause
+/// (the follower is crashed with `kind`, or for a pause with `lose-unsynced` if asked for,
+/// else `kill`), no partition or link shaping is in force and no process
+/// fault holds a broker (see [`spare_last_broker`]). The odds (one in two of the crashes and
+/// pauses that may take it) and the pick come from their own seeded stream, drawn whatever Metadata says,
+/// so that the other faults' draws are as they were until the first composite.
+fn stale_fetch_plan(
+    config: &TestConfig,
+    stale_rng: &mut Rng,
+    kind: NemesisKind,
+    shaped: bool,
+    in_force: &[Fault],
+    system: &ProcessSystem,
+    admin: &mut KafkaClient,
+) -> Option<(crate::nemesis::stale_fetch::StaleFetchPlan, NemesisKind)> {
+    let brokers = system.broker_ids();
+    let eligible = config.metadata == Metadata::Kraft
+        && config.controllers > 0
+        && brokers.len() >= 3
+        && config.nemeses.contains(&NemesisKind::Partition)
+        // Namespaces, not the proxies: the kernel's retransmission is what holds the Fetch.
+        && system.can_partition()
+        && system.proxies.is_none()
+        && matches!(
+            kind,
+            NemesisKind::Kill | NemesisKind::LoseUnsynced | NemesisKind::Pause
+        )
+        && !shaped;
+    if !eligible || busy_nodes(in_force).iter().any(|n| brokers.contains(n)) {
+        return None;
+    }
+    // A pause that becomes the composite crashes the follower all the same.
+    let crash = [kind, NemesisKind::LoseUnsynced, NemesisKind::Kill]
+        .into_iter()
+        .find(|k| k.crashes() && config.nemeses.contains(k))?;
+    let chosen = stale_rng.below(2) == 0;
+    let pick = stale_rng.below(1 << 16) as usize;
+    if !chosen {
+        return None;
+    }
+    let plans = crate::nemesis::stale_fetch::plans(&admin.partition_views().ok()?);
+    (!plans.is_empty()).then(|| (plans[pick % plans.len()].clone(), crash))
+}
+
+/// How many times `log` says its broker was unfenced (`broker session ... fenced=false`).
+fn unfenced_count(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|s| s.matches("fenced=false").count())
+        .unwrap_or(0)
+}
+
+/// Sets `grudge` (empty: heals) and records it as a `stale-fetch` partition op.
+fn stale_fetch_cut(
+    f: &str,
+    grudge: &Grudge,
+    value: &serde_json::Value,
+    system: &mut ProcessSystem,
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+) -> bool {
+    let mut value = value.clone();
+    value["grudge"] = serde_json::json!(grudge);
+    let done = system.partition(grudge);
+    let ok = done.is_ok();
+    record(f, &value, done.err().map(|e| e.to_string()));
+    ok
+}
+
+/// The `stale-fetch` composite fault (see [`crate::nemesis::stale_fetch`]), step by step: the
+/// leader stops hearing the brokers (one way: its answers, its heartbeats and the metadata it
+/// fetches still flow); [`STALE_FETCH_SEND_WAIT`] later the follower is crashed with `crash`
+/// (losing its unsynced writes for `lose-unsynced`) and restarted at once; once its node log
+/// says the new incarnation is unfenced (at most [`STALE_FETCH_MAX_CUT`] into the cut) the
+/// leader hears the follower again, and at [`STALE_FETCH_HOLD_OTHERS`] the other brokers.
+/// Each step is a nemesis op with target `stale-fetch` (`start-partition`, then the narrowing
+/// as `stop-partition` + `start-partition`, `stop-partition`; `start-X` of the follower) and a
+/// summary line. Returns the follower's crash fault (already restarted: its stop at the next
+/// tick only records the end) when the crash started.
+fn stale_fetch(
+    plan: &crate::nemesis::stale_fetch::StaleFetchPlan,
+    crash: NemesisKind,
+    system: &mut ProcessSystem,
+    rng: &mut Rng,
+    record: &dyn Fn(&str, &serde_json::Value, Option<String>),
+    lines: &mut Vec<String>,
+) -> Option<(NemesisKind, Vec<NodeId>, serde_json::Value)> {
+    const TARGET: &str = "stale-fetch";
+    let (leader, follower) = (plan.leader, plan.follower);
+    let others: Vec<NodeId> = system
+        .broker_ids()
+        .into_iter()
+        .filter(|b| *b != leader && *b != follower)
+        .collect();
+    let all: Vec<NodeId> = others.iter().copied().chain([follower]).collect();
+    let value = |nodes: &[NodeId]| {
+        serde_json::json!({
+            "target": TARGET,
+            "nodes": nodes,
+            "leader": leader,
+            "follower": follower,
+            "partitions": plan.partitions,
+        })
+    };
+    let cut = crate::nemesis::grudge::one_way(&all, &[leader]);
+    let cut_at = Instant::now();
+    let summary = format!(
+        "partition {TARGET} {} (n{leader} leads partitions {:?}; follower n{follower})",
+        cut.describe(),
+        plan.partitions
+    );
+    let mut cut_nodes = all.clone();
+    cut_nodes.push(leader);
+    cut_nodes.sort();
+    if !stale_fetch_cut("start-partition", &cut, &value(&cut_nodes), system, record) {
+        lines.push(format!("{summary} FAILED"));
+        return None;
+    }
+    lines.push(summary);
+    std::thread::sleep(STALE_FETCH_SEND_WAIT);
+    let log = system
+        .logs()
+        .into_iter()
+        .find(|(id, _)| *id == follower)
+        .map(|(_, l)| l);
+    let unfenced_before = log.as_deref().map_or(0, unfenced_count);
+    let crashed_at = Instant::now();
+    let mut started = start_fault(crash, &[follower], rng, system);
+    if started.is_ok() {
+        match system.restart(follower) {
+            Ok(()) => {
+                if let Ok(d) = &mut started {
+                    d.push_str(" (restarted at once)");
+                }
+            }
+            Err(e) => started = Err(e),
+        }
+    }
+    let summary = format!(
+        "{} node {follower} ({TARGET}) (follower of n{leader})",
+        crash.name()
+    );
+    let crashed = started.is_ok();
+    match &started {
+        Ok(detail) => lines.push(format!("{summary}{detail}")),
+        Err(e) => lines.push(format!("{summary} FAILED: {e}")),
+    }
+    record(
+        &format!("start-{}", crash.name()),
+        &value(&[follower]),
+        started.err().map(|e| e.to_string()),
+    );
+    // Bounded by the cut's budget: the stale Fetch must arrive before the others' lag.
+    let mut unfenced = None;
+    if crashed {
+        while cut_at.elapsed() < STALE_FETCH_MAX_CUT {
+            if log.as_deref().map_or(0, unfenced_count) > unfenced_before {
+                unfenced = Some(crashed_at.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The follower's packets pass again: the dead incarnation's Fetch goes out at its next
+    // retransmission; the others' stay held, so the HW does not pass that Fetch's offset.
+    stale_fetch_cut("stop-partition", &cut, &value(&cut_nodes), system, record);
+    let held = crate::nemesis::grudge::one_way(&others, &[leader]);
+    let mut held_nodes = others.clone();
+    held_nodes.push(leader);
+    held_nodes.sort();
+    stale_fetch_cut(
+        "start-partition",
+        &held,
+        &value(&held_nodes),
+        system,
+        record,
+    );
+    let follower_heard = cut_at.elapsed();
+    while cut_at.elapsed() < STALE_FETCH_HOLD_OTHERS {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stale_fetch_cut(
+        "stop-partition",
+        &Grudge::default(),
+        &value(&held_nodes),
+        system,
+        record,
+    );
+    let unfenced = match unfenced {
+        Some(t) => format!("unfenced {} ms after its crash", t.as_millis()),
+        None => "not unfenced in time".to_string(),
+    };
+    lines.push(format!(
+        "{TARGET}: n{follower} {unfenced}; n{leader} hears it again {} ms into the cut, the others {} ms",
+        follower_heard.as_millis(),
+        cut_at.elapsed().as_millis()
+    ));
+    crashed.then(|| (crash, vec![follower], value(&[follower])))
 }
 
 /// Nodes a process fault in force holds down or stopped (a reassign fault's stalled replica

@@ -17,11 +17,14 @@
 //! - [`successor`]: the plan of the `lagging-successor` composite fault (a partition, a
 //!   leader failure and a pause lined up for KIP-279's divergence), a pure function of
 //!   Metadata.
+//! - [`stale_fetch`]: the plan of the `stale-fetch` composite fault (a leader paused across
+//!   its follower's crash-restart, so it handles the dead incarnation's Fetch late: KIP-903).
 
 pub mod clock;
 pub mod grudge;
 pub mod netns;
 pub mod proxynet;
 pub mod quorum;
+pub mod stale_fetch;
 pub mod successor;
 pub mod zombie_failover;
