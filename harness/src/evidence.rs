@@ -72,7 +72,9 @@ fn collect_anomalies(v: &Value, time_of: &HashMap<u64, u64>, out: &mut Vec<(u64,
                 if k == "anomalies" {
                     if let Some(kinds) = child.as_object() {
                         for (name, a) in kinds {
-                            let ops = a
+                            // Queue anomalies: `{count, examples: [{ops: [..]}]}`; cluster
+                            // checks: `[{index, what}]`.
+                            let examples = a
                                 .get("examples")
                                 .and_then(Value::as_array)
                                 .into_iter()
@@ -80,7 +82,12 @@ fn collect_anomalies(v: &Value, time_of: &HashMap<u64, u64>, out: &mut Vec<(u64,
                                 .filter_map(|e| e.get("ops").and_then(Value::as_array))
                                 .flatten()
                                 .filter_map(Value::as_u64);
-                            for i in ops {
+                            let listed = a
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|e| e.get("index").and_then(Value::as_u64));
+                            for i in examples.chain(listed) {
                                 if let Some(t) = time_of.get(&i) {
                                     out.push((*t, name.clone()));
                                 }
@@ -135,6 +142,10 @@ mod tests {
         });
         let e = first_evidence(&r, &h, None).unwrap();
         assert_eq!((e.seconds, e.what.as_str()), (2.5, "inconsistent-offsets"));
+        let cluster =
+            json!({"cluster": {"anomalies": {"node-crashed": [{"index": 1, "what": "n3"}]}}});
+        let e = first_evidence(&cluster, &h, None).unwrap();
+        assert_eq!((e.seconds, e.what.as_str()), (1.0, "node-crashed"));
         let mut r2 = r.clone();
         r2["conformance"] =
             json!({"violation": {"check": "advance_hw", "event": {"mono_ns": 5_000_000_000u64}}});
