@@ -448,17 +448,18 @@ fn default_all_run(bug: Option<&str>, seed: &str) -> (Option<i32>, String) {
 /// `kcheck test --bug unclean-election --nemesis all` at its defaults finds the loss: a
 /// follower falls out of the ISR (a pause, or an `isolate-follower` partition) while the ISR's
 /// members fail; the flagged controller elects the live out-of-sync replica and acknowledged
-/// records are replaced at their offsets. Seeds 2-4 found it (`inconsistent-offsets`, and
-/// conformance's `no-committed-data-loss` at the election), seed 1 did not; the test tries
-/// seed 2, then seed 3. The same seed-2 schedule on the correct cluster, run alongside, is
-/// valid and conforms (seeds 2 and 3 were).
+/// records are replaced at their offsets or lost. With every fault of this session's `all`
+/// (the quorum and stale-fetch faults included), seeds 3 and 4 of 1-6 found it
+/// (`inconsistent-offsets`/`unseen`, and conformance at the election); the test tries seed 3,
+/// then seed 4. The same seed-3 schedule on the correct cluster, run alongside, is valid and
+/// conforms.
 #[test]
 fn unclean_election_is_found_by_a_default_run_of_every_fault() {
     if !netns_usable() {
         return;
     }
-    let control = std::thread::spawn(|| default_all_run(None, "2"));
-    let (code, out) = run_until_found(&["2", "3"], |s| {
+    let control = std::thread::spawn(|| default_all_run(None, "3"));
+    let (code, out) = run_until_found(&["3", "4"], |s| {
         default_all_run(Some("unclean-election"), s)
     });
     assert_eq!(code, Some(1), "{out}");
