@@ -210,6 +210,7 @@ fn handle_alter_partition(
     current: &PartitionRegistration,
     req: &AlterPartitionRequest,
     registered_broker_epochs: &[i64; 3],
+    check_broker_epochs: bool,
 ) -> Result<PartitionRegistration, &'static str> {
     if req.leader_epoch != current.leader_epoch {
         return Err("FENCED_LEADER_EPOCH");
@@ -218,7 +219,11 @@ fn handle_alter_partition(
         return Err("INVALID_UPDATE_VERSION");
     }
     for &(b, e) in &req.new_isr_with_epochs {
-        if e != -1 && b != req.leader_id && e != registered_broker_epochs[b as usize] {
+        if check_broker_epochs
+            && e != -1
+            && b != req.leader_id
+            && e != registered_broker_epochs[b as usize]
+        {
             return Err("STALE_BROKER_EPOCH");
         }
     }
@@ -444,7 +449,10 @@ fn no_broker_epoch_check_scenario(bugs: BrokerBugs) -> Vec<Record> {
         .pop()
         .expect("the leader proposes b1 back into the ISR");
     let mut current = r.clone();
-    if let Ok(next) = handle_alter_partition(&r, &alter, &broker_epochs) {
+    // The flag has a controller half too (pre-KIP-903 controllers checked no broker epochs):
+    // the leader names the stale incarnation's epoch and the flagged controller takes it.
+    let check = !bugs.has(ReplicationBug::NoBrokerEpochCheck);
+    if let Ok(next) = handle_alter_partition(&r, &alter, &broker_epochs, check) {
         ns[0].state.on_alter_partition_response(Ok(&next), 0);
         current = next;
     } else {
@@ -525,7 +533,7 @@ fn a_follower_that_led_an_empty_epoch_catches_up_and_the_hw_reaches_the_acked_re
         .pop()
         .expect("b1 caught up: the leader proposes it back");
     assert_eq!(alter.new_isr(), vec![2, 1]);
-    r = handle_alter_partition(&r, &alter, &[100, 101, 102]).unwrap();
+    r = handle_alter_partition(&r, &alter, &[100, 101, 102], true).unwrap();
     ns[2].apply(&r);
     ns[1].apply(&r);
     let (f, l) = pair(&mut ns, 1, 2);
