@@ -1739,6 +1739,25 @@ struct Fault {
     servers: Vec<u32>,
 }
 
+impl Fault {
+    /// A step of a composite fault, healed (resumed, or its end recorded) at the next tick.
+    fn until_next_tick(
+        kind: NemesisKind,
+        nodes: Vec<NodeId>,
+        value: serde_json::Value,
+        tick: u64,
+    ) -> Fault {
+        Fault {
+            kind,
+            nodes,
+            value,
+            until_tick: tick + 1,
+            aim: None,
+            servers: Vec::new(),
+        }
+    }
+}
+
 fn node_list(nodes: &[NodeId]) -> String {
     nodes
         .iter()
@@ -2756,15 +2775,8 @@ fn nemesis_loop(
             if let Some((kind, nodes, value)) =
                 stale_fetch(&plan, crash, system, &mut stale_rng, &record, &mut lines)
             {
-                in_force.push(Fault {
-                    kind,
-                    nodes,
-                    value,
-                    // Restarted at once; the stop at the next tick records the end.
-                    until_tick: tick + 1,
-                    aim: None,
-                    servers: Vec::new(),
-                });
+                // Restarted at once; the stop at the next tick records the end.
+                in_force.push(Fault::until_next_tick(kind, nodes, value, tick));
             }
             continue;
         }
@@ -2834,16 +2846,9 @@ fn nemesis_loop(
                     &record,
                     &mut lines,
                 );
+                // The successor resumes (and the leader restarts) at the next tick.
                 for (kind, nodes, value) in faults {
-                    in_force.push(Fault {
-                        kind,
-                        nodes,
-                        value,
-                        // The successor resumes (and the leader restarts) at the next tick.
-                        until_tick: tick + 1,
-                        aim: None,
-                        servers: Vec::new(),
-                    });
+                    in_force.push(Fault::until_next_tick(kind, nodes, value, tick));
                 }
                 continue;
             }
