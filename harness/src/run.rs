@@ -513,6 +513,13 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         replication_factor,
     )
     .map_err(|e| format!("harness failure: the system did not come up: {e}"))?;
+    let ballast = ballast_partitions(config);
+    if ballast > 0 {
+        let topic = crate::nemesis::zombie_failover::BALLAST_TOPIC;
+        let mut client = KafkaClient::new(&bootstrap, topic, config.client_timeout);
+        wait_ready(&mut client, config.brokers, ballast, replication_factor)
+            .map_err(|e| format!("harness failure: the ballast topic {topic}: {e}"))?;
+    }
 
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -529,7 +536,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
             .zip(system.bootstrap().split(',').map(str::to_string))
             .collect();
         let (shared, stop, partitions) = (shared.clone(), probe_stop.clone(), config.partitions);
-        std::thread::spawn(move || leader_probe(&brokers, partitions, &shared, &stop))
+        std::thread::spawn(move || leader_probe(&brokers, (partitions, ballast), &shared, &stop))
     });
     let workers: Vec<_> = (0..config.concurrency)
         .map(|w| {
@@ -820,31 +827,79 @@ fn zookeeper_specs(
     Ok(specs)
 }
 
-/// The leader probe of a ZooKeeper-mode run: every [`crate::leaders::PROBE_INTERVAL`] it asks
-/// each broker which partitions it leads, in which leader epoch, and records a `leaders` op
-/// whenever the answers change, until `stop`.
-fn leader_probe(brokers: &[(NodeId, String)], partitions: i32, shared: &Shared, stop: &AtomicBool) {
-    let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = brokers
+/// The ballast topic's partition count in this run: [`zombie_failover::BALLAST_PARTITIONS`]
+/// in ZooKeeper mode with `zombie-failover` (the controller must have many partitions to fail
+/// over for the fault to pause it in the middle), else 0 (no ballast topic).
+///
+/// [`zombie_failover::BALLAST_PARTITIONS`]: crate::nemesis::zombie_failover::BALLAST_PARTITIONS
+fn ballast_partitions(config: &TestConfig) -> i32 {
+    if config.metadata == Metadata::Zookeeper
+        && config.nemeses.contains(&NemesisKind::ZombieFailover)
+    {
+        crate::nemesis::zombie_failover::BALLAST_PARTITIONS
+    } else {
+        0
+    }
+}
+
+/// Leader probes of `brokers`, one connection each.
+fn leader_probes(brokers: &[(NodeId, String)]) -> Vec<(NodeId, crate::kafka::LeaderProbe)> {
+    brokers
         .iter()
         .map(|(id, addr)| {
             let probe = crate::kafka::LeaderProbe::new(addr, TOPIC, Duration::from_millis(300));
             (*id, probe)
         })
-        .collect();
-    let mut last: Option<Vec<crate::leaders::Leadership>> = None;
-    while !stop.load(Ordering::SeqCst) {
-        let mut seen = Vec::new();
-        for (id, probe) in probes.iter_mut() {
-            if let Ok(led) = probe.led(partitions) {
-                seen.extend(led.into_iter().map(|(p, e)| (*id, p as u64, e)));
+        .collect()
+}
+
+/// One round of the leader probes: what each broker that answers leads of the test topic's
+/// `counts.0` partitions and the ballast's `counts.1` (one ListOffsets per broker), as the
+/// value of a `leaders` op.
+fn probe_leaders(
+    probes: &mut [(NodeId, crate::kafka::LeaderProbe)],
+    (partitions, ballast): (i32, i32),
+) -> serde_json::Value {
+    let ballast_topic = crate::nemesis::zombie_failover::BALLAST_TOPIC;
+    let mut topics = vec![(TOPIC, partitions)];
+    if ballast > 0 {
+        topics.push((ballast_topic, ballast));
+    }
+    let (mut seen, mut ballast_seen) = (Vec::new(), Vec::new());
+    for (id, probe) in probes.iter_mut() {
+        if let Ok(led) = probe.led_in(&topics) {
+            for ((topic, p), e) in led {
+                let into = if topic == TOPIC {
+                    &mut seen
+                } else {
+                    &mut ballast_seen
+                };
+                into.push((*id, p as u64, e));
             }
         }
+    }
+    crate::leaders::leaders_value(&seen, &ballast_seen)
+}
+
+/// The leader probe of a ZooKeeper-mode run: every [`crate::leaders::PROBE_INTERVAL`] it asks
+/// each broker which partitions it leads (test topic and ballast, `counts`), in which leader
+/// epoch, and records a `leaders` op whenever the answers change, until `stop`.
+fn leader_probe(
+    brokers: &[(NodeId, String)],
+    counts: (i32, i32),
+    shared: &Shared,
+    stop: &AtomicBool,
+) {
+    let mut probes = leader_probes(brokers);
+    let mut last: Option<serde_json::Value> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let seen = probe_leaders(&mut probes, counts);
         if last.as_ref() != Some(&seen) {
             shared.record(
                 OpType::Info,
                 Process::Nemesis,
                 crate::leaders::F_LEADERS,
-                OpValue::Other(crate::leaders::leaders_value(&seen)),
+                OpValue::Other(seen.clone()),
             );
             last = Some(seen);
         }
@@ -1877,20 +1932,21 @@ fn start_zookeeper_fault(
 
 /// Starts a `zombie-failover` ([`crate::nemesis::zombie_failover`]): `kill -9` of a partition
 /// leader that is not the controller (of a follower when the controller leads everything),
-/// SIGSTOP of the controller [`pause_delay`] later (before the killed broker's session
-/// expires, so the BrokerChange waits in its socket), SIGCONT once another broker holds
-/// `/controller` with a higher controller epoch (bounded) and [`RESUME_AFTER_ELECTION`] has
-/// passed; then watches the leaders closely ([`watch_leaders`]) while the zombie acts. Each
-/// step is recorded (`start-zombie-failover`, `zombie-failover-pause` with whether the killed
-/// broker was still registered, `controller`, `zombie-failover-resume`, `leaders`).
-/// Returns the start's value, the killed broker (down until the fault ends) and the summary
-/// line; `None` when no controller or no broker to kill is known, or a broker is not
-/// registered.
+/// SIGSTOP of the controller [`pause_offset`] after the killed broker's znode went (the
+/// controller then has the BrokerChange in hand, failing over the test topic's and the
+/// ballast's partitions), SIGCONT once another broker holds `/controller` with a higher
+/// controller epoch (bounded) and [`RESUME_AFTER_ELECTION`] has passed; then watches the
+/// leaders closely ([`watch_leaders`]) while the zombie acts. `counts` are the test topic's and
+/// the ballast's partition counts. Each step is recorded (`start-zombie-failover`,
+/// `zombie-failover-pause` with when the killed broker's session expired, `controller`,
+/// `zombie-failover-resume`, `leaders`). Returns the start's value, the killed broker (down
+/// until the fault ends) and the summary line; `None` when no controller or no broker to kill
+/// is known, or a broker is not registered.
 ///
-/// [`pause_delay`]: crate::nemesis::zombie_failover::pause_delay
+/// [`pause_offset`]: crate::nemesis::zombie_failover::pause_offset
 /// [`RESUME_AFTER_ELECTION`]: crate::nemesis::zombie_failover::RESUME_AFTER_ELECTION
 fn start_zombie_failover(
-    partitions: i32,
+    counts: (i32, i32),
     rng: &mut Rng,
     system: &mut ProcessSystem,
     admin: &mut KafkaClient,
@@ -1898,10 +1954,18 @@ fn start_zombie_failover(
 ) -> Option<(serde_json::Value, NodeId, String)> {
     use crate::nemesis::zombie_failover as zf;
     let (controller, epoch) = system.zookeeper.as_ref()?.controller()?;
-    let leaders = admin.leader_map().ok()?;
-    let replicas: BTreeMap<i32, Vec<NodeId>> = leaders
-        .keys()
-        .filter_map(|&p| admin.replicas(p).ok().map(|r| (p, r)))
+    let mut views = admin.partition_views().ok()?;
+    if counts.1 > 0 {
+        let mut ballast = KafkaClient::new(
+            &system.bootstrap(),
+            zf::BALLAST_TOPIC,
+            Duration::from_secs(2),
+        );
+        views.extend(ballast.partition_views().ok()?);
+    }
+    let led: Vec<(NodeId, Vec<NodeId>)> = views
+        .into_iter()
+        .filter_map(|v| v.leader.map(|l| (l, v.replicas)))
         .collect();
     let brokers = system.broker_ids();
     // Every broker registered: a broker killed before it registered again (after a restart)
@@ -1910,10 +1974,11 @@ fn start_zombie_failover(
     if brokers.iter().any(|b| !registered.contains(b)) {
         return None;
     }
-    let (leader, leads) = zf::choose_victim(rng, &leaders, &replicas, &brokers, controller)?;
+    let (leader, leads) = zf::choose_victim(rng, &led, &brokers, controller)?;
     if !system.is_running(leader) || !system.is_running(controller) {
         return None;
     }
+    let offset = zf::pause_offset(rng);
     let role = if leads { "leader" } else { "follower" };
     let value = serde_json::json!({
         "target": format!("{role}-then-controller"),
@@ -1921,6 +1986,7 @@ fn start_zombie_failover(
         role: leader,
         "controller": controller,
         "controller-epoch": epoch,
+        "partitions-led": led.iter().filter(|(l, _)| *l == leader).count(),
     });
     let killed_at = Instant::now();
     let killed = system.kill(leader);
@@ -1930,39 +1996,45 @@ fn start_zombie_failover(
         killed.as_ref().err().map(|e| e.to_string()),
     );
     let mut summary = format!(
-        "zombie-failover: kill -9 of {role} n{leader}, controller n{controller} (epoch {epoch})"
+        "zombie-failover: kill -9 of {role} n{leader} ({} partitions led), controller n{controller} (epoch {epoch})",
+        value["partitions-led"]
     );
     if let Err(e) = killed {
         summary.push_str(&format!(" FAILED: {e}"));
         return Some((value, leader, summary));
     }
-    std::thread::sleep(
-        zf::pause_delay(ZOOKEEPER_SESSION_TIMEOUT).saturating_sub(killed_at.elapsed()),
-    );
+    // The controller learns of the expiry as the harness does: it is failing over `leader`'s
+    // partitions from then on.
+    let gone = zookeeper(system).ok().and_then(|zk| {
+        zk.await_unregistered(leader, ZOOKEEPER_SESSION_TIMEOUT * zf::EXPIRY_WAIT_SESSIONS)
+    });
+    let expired_ms = killed_at.elapsed().as_millis() as u64;
+    if gone != Some(true) {
+        summary.push_str(&format!(
+            "; n{leader}'s session not seen expiring ({}): no pause",
+            if gone.is_none() {
+                "no answer"
+            } else {
+                "still registered"
+            }
+        ));
+        return Some((value, leader, summary));
+    }
+    std::thread::sleep(offset);
     let paused = system.pause(controller);
     let paused_ms = killed_at.elapsed().as_millis() as u64;
-    // Read after the pause: still registered means its expiry, and the controller's watch
-    // notification, come while the controller is stopped.
-    let registered = zookeeper(system)
-        .ok()
-        .and_then(|zk| zk.registered_brokers())
-        .map(|ids| ids.contains(&leader));
     record(
         "zombie-failover-pause",
         &serde_json::json!({
             "nodes": [controller],
             "after-kill-ms": paused_ms,
-            "leader-registered": registered,
+            "leader-expired-after-kill-ms": expired_ms,
         }),
         paused.as_ref().err().map(|e| e.to_string()),
     );
     summary.push_str(&format!(
-        "; SIGSTOP of n{controller} {paused_ms} ms later (n{leader} {})",
-        match registered {
-            Some(true) => "still registered",
-            Some(false) => "already expired: window missed",
-            None => "registration unknown",
-        }
+        "; n{leader}'s session expired {expired_ms} ms after the kill, SIGSTOP of n{controller} {} ms after that",
+        paused_ms - expired_ms
     ));
     if let Err(e) = paused {
         summary.push_str(&format!(" FAILED: {e}"));
@@ -2006,7 +2078,7 @@ fn start_zombie_failover(
         summary.push_str(&format!(" FAILED: {e}"));
         return Some((value, leader, summary));
     }
-    let changes = watch_leaders(system, partitions, zf::WATCH_AFTER_RESUME, record);
+    let changes = watch_leaders(system, counts, zf::WATCH_AFTER_RESUME, record);
     summary.push_str(&format!(
         "; leaders watched {} ms ({changes} changes)",
         zf::WATCH_AFTER_RESUME.as_millis()
@@ -2023,36 +2095,24 @@ fn start_zombie_failover(
 /// [`zf::WATCH_PERIOD`]: crate::nemesis::zombie_failover::WATCH_PERIOD
 fn watch_leaders(
     system: &ProcessSystem,
-    partitions: i32,
+    counts: (i32, i32),
     span: Duration,
     record: &dyn Fn(&str, &serde_json::Value, Option<String>),
 ) -> usize {
-    let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = system
+    let running: Vec<(NodeId, String)> = system
         .broker_ids()
         .into_iter()
         .zip(system.bootstrap().split(',').map(str::to_string))
         .filter(|(id, _)| system.is_running(*id))
-        .map(|(id, addr)| {
-            let probe = crate::kafka::LeaderProbe::new(&addr, TOPIC, Duration::from_millis(300));
-            (id, probe)
-        })
         .collect();
+    let mut probes = leader_probes(&running);
     let end = Instant::now() + span;
-    let mut last: Option<Vec<crate::leaders::Leadership>> = None;
+    let mut last: Option<serde_json::Value> = None;
     let mut changes = 0;
     while Instant::now() < end {
-        let mut seen = Vec::new();
-        for (id, probe) in probes.iter_mut() {
-            if let Ok(led) = probe.led(partitions) {
-                seen.extend(led.into_iter().map(|(p, e)| (*id, p as u64, e)));
-            }
-        }
+        let seen = probe_leaders(&mut probes, counts);
         if last.as_ref() != Some(&seen) {
-            record(
-                crate::leaders::F_LEADERS,
-                &crate::leaders::leaders_value(&seen),
-                None,
-            );
+            record(crate::leaders::F_LEADERS, &seen, None);
             changes += 1;
             last = Some(seen);
         }
@@ -2900,9 +2960,13 @@ fn nemesis_loop(
             {
                 continue;
             }
-            let Some((value, leader, summary)) =
-                start_zombie_failover(config.partitions, &mut rng, system, &mut admin, &record)
-            else {
+            let Some((value, leader, summary)) = start_zombie_failover(
+                (config.partitions, ballast_partitions(config)),
+                &mut rng,
+                system,
+                &mut admin,
+                &record,
+            ) else {
                 continue;
             };
             lines.push(summary);

@@ -114,6 +114,37 @@ impl MetadataEnsemble {
         })
     }
 
+    /// Blocks until `/brokers/ids/<broker>` is gone (the broker's session expired), watching
+    /// it from a session of the harness's own: ZooKeeper notifies that session in the same
+    /// moment as the controller's `/brokers/ids` watch, so the caller learns of the expiry as
+    /// the controller does. `Some(true)` once it is gone (at once if it already was),
+    /// `Some(false)` if it is still there after `within`, `None` when ZooKeeper does not answer.
+    pub fn await_unregistered(&self, broker: NodeId, within: Duration) -> Option<bool> {
+        let connect = self.ensemble.connect_string();
+        let path = format!("{BROKER_IDS}/{broker}");
+        self.rt.block_on(async {
+            let c = tokio::time::timeout(
+                Duration::from_secs(3),
+                zookeeper_client::Client::connector()
+                    .with_session_timeout(within + Duration::from_secs(4))
+                    .with_connection_timeout(Duration::from_secs(1))
+                    .connect(&connect),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let (stat, watcher) = c.check_and_watch_stat(&path).await.ok()?;
+            if stat.is_none() {
+                return Some(true);
+            }
+            Some(
+                tokio::time::timeout(within, watcher.changed())
+                    .await
+                    .is_ok(),
+            )
+        })
+    }
+
     /// Runs `read` on a short session of the harness's own, straight to the servers (never
     /// through the brokers' proxies, so never cut); `None` past 3 s.
     fn read<T, F: std::future::Future<Output = Option<T>>>(
