@@ -1932,9 +1932,9 @@ fn start_zookeeper_fault(
 
 /// Starts a `zombie-failover` ([`crate::nemesis::zombie_failover`]): `kill -9` of a partition
 /// leader that is not the controller (of a follower when the controller leads everything),
-/// SIGSTOP of the controller [`pause_offset`] after the killed broker's znode went (the
-/// controller then has the BrokerChange in hand, failing over the test topic's and the
-/// ballast's partitions), SIGCONT once another broker holds `/controller` with a higher
+/// SIGSTOP of the controller [`pause_offset`] after its first partition-state write once the
+/// killed broker's znode went (the controller then has the BrokerChange in hand, failing over
+/// the test topic's and the ballast's partitions), SIGCONT once another broker holds `/controller` with a higher
 /// controller epoch (bounded) and [`RESUME_AFTER_ELECTION`] has passed; then watches the
 /// leaders closely ([`watch_leaders`]) while the zombie acts. `counts` are the test topic's and
 /// the ballast's partition counts. Each step is recorded (`start-zombie-failover`,
@@ -1954,18 +1954,24 @@ fn start_zombie_failover(
 ) -> Option<(serde_json::Value, NodeId, String)> {
     use crate::nemesis::zombie_failover as zf;
     let (controller, epoch) = system.zookeeper.as_ref()?.controller()?;
-    let mut views = admin.partition_views().ok()?;
+    let mut views: Vec<(&str, _)> = admin
+        .partition_views()
+        .ok()?
+        .into_iter()
+        .map(|v| (TOPIC, v))
+        .collect();
     if counts.1 > 0 {
         let mut ballast = KafkaClient::new(
             &system.bootstrap(),
             zf::BALLAST_TOPIC,
             Duration::from_secs(2),
         );
-        views.extend(ballast.partition_views().ok()?);
+        let more = ballast.partition_views().ok()?;
+        views.extend(more.into_iter().map(|v| (zf::BALLAST_TOPIC, v)));
     }
     let led: Vec<(NodeId, Vec<NodeId>)> = views
-        .into_iter()
-        .filter_map(|v| v.leader.map(|l| (l, v.replicas)))
+        .iter()
+        .filter_map(|(_, v)| v.leader.map(|l| (l, v.replicas.clone())))
         .collect();
     let brokers = system.broker_ids();
     // Every broker registered: a broker killed before it registered again (after a restart)
@@ -1979,6 +1985,13 @@ fn start_zombie_failover(
         return None;
     }
     let offset = zf::pause_offset(rng);
+    // The partition states the controller rewrites when `leader` dies: those it leads (a new
+    // leader) and those whose ISR it is in (a smaller ISR).
+    let states: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| v.leader == Some(leader) || v.isr.contains(&leader))
+        .map(|(t, v)| kcheck_reference::zk_controller::partition_state_path(t, v.partition))
+        .collect();
     let role = if leads { "leader" } else { "follower" };
     let value = serde_json::json!({
         "target": format!("{role}-then-controller"),
@@ -2003,23 +2016,32 @@ fn start_zombie_failover(
         summary.push_str(&format!(" FAILED: {e}"));
         return Some((value, leader, summary));
     }
-    // The controller learns of the expiry as the harness does: it is failing over `leader`'s
-    // partitions from then on.
-    let gone = zookeeper(system).ok().and_then(|zk| {
-        zk.await_unregistered(leader, ZOOKEEPER_SESSION_TIMEOUT * zf::EXPIRY_WAIT_SESSIONS)
+    // The controller is failing over `leader`'s partitions from its first write on.
+    let failover = zookeeper(system).ok().and_then(|zk| {
+        zk.await_failover(
+            leader,
+            &states,
+            ZOOKEEPER_SESSION_TIMEOUT * zf::EXPIRY_WAIT_SESSIONS,
+            zf::FIRST_WRITE_WAIT,
+        )
     });
-    let expired_ms = killed_at.elapsed().as_millis() as u64;
-    if gone != Some(true) {
+    let since_kill =
+        |at: Option<Instant>| at.map(|t| t.duration_since(killed_at).as_millis() as u64);
+    let (expired_ms, written_ms) = match failover {
+        Some(f) => (since_kill(f.expired), since_kill(f.written)),
+        None => (None, None),
+    };
+    let Some(expired_ms) = expired_ms else {
         summary.push_str(&format!(
             "; n{leader}'s session not seen expiring ({}): no pause",
-            if gone.is_none() {
+            if failover.is_none() {
                 "no answer"
             } else {
                 "still registered"
             }
         ));
         return Some((value, leader, summary));
-    }
+    };
     std::thread::sleep(offset);
     let paused = system.pause(controller);
     let paused_ms = killed_at.elapsed().as_millis() as u64;
@@ -2029,12 +2051,16 @@ fn start_zombie_failover(
             "nodes": [controller],
             "after-kill-ms": paused_ms,
             "leader-expired-after-kill-ms": expired_ms,
+            "first-write-after-kill-ms": written_ms,
         }),
         paused.as_ref().err().map(|e| e.to_string()),
     );
     summary.push_str(&format!(
-        "; n{leader}'s session expired {expired_ms} ms after the kill, SIGSTOP of n{controller} {} ms after that",
-        paused_ms - expired_ms
+        "; n{leader}'s session expired {expired_ms} ms after the kill, {}, SIGSTOP of n{controller} at {paused_ms} ms",
+        match written_ms {
+            Some(w) => format!("the first partition-state write of the failover at {w} ms"),
+            None => "no partition-state write of the failover seen".to_string(),
+        }
     ));
     if let Err(e) = paused {
         summary.push_str(&format!(" FAILED: {e}"));
@@ -2145,7 +2171,8 @@ fn zombie_outcome(system: &ProcessSystem, value: &serde_json::Value) -> String {
         {
             Some(line) => format!(
                 "zombie-failover ends: n{c} finished {} as a zombie",
-                line.split_once("events=").map_or("its events", |(_, e)| e)
+                line.split_once("events=")
+                    .map_or("its events".to_string(), |(_, e)| event_counts(e))
             ),
             None => format!(
                 "zombie-failover ends: n{c} resigned with nothing to finish (no zombie window)"
@@ -2153,6 +2180,33 @@ fn zombie_outcome(system: &ProcessSystem, value: &serde_json::Value) -> String {
         },
         None => format!("zombie-failover ends: n{c}'s log unreadable"),
     }
+}
+
+/// `[BrokerChange, IsrChangeNotification, IsrChangeNotification]` (a controller's event list
+/// as its log prints it) as `BrokerChange, 2 IsrChangeNotification`: a zombie may hold dozens.
+fn event_counts(list: &str) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for ev in list
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+    {
+        match counts.iter_mut().find(|(e, _)| *e == ev) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((ev, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(e, n)| {
+            if *n == 1 {
+                e.to_string()
+            } else {
+                format!("{n} {e}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The reassign nemesis's target for a partition now on `current`: `rf` brokers in a seeded
@@ -3499,6 +3553,15 @@ pub fn default_store() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombies_events_are_counted_by_kind_in_order() {
+        assert_eq!(
+            event_counts("[BrokerChange, IsrChangeNotification, IsrChangeNotification]"),
+            "BrokerChange, 2 IsrChangeNotification"
+        );
+        assert_eq!(event_counts("[BrokerChange]"), "BrokerChange");
+    }
 
     #[test]
     fn a_replacement_target_is_neither_the_running_target_nor_the_origin() {

@@ -15,12 +15,15 @@
 //!    leads the most partitions the zombie could give a second leader ([`choose_victim`]; a
 //!    follower when the controller leads every partition). Its session lives on for about one
 //!    session timeout T (the ZooKeeper server expires it then).
-//! 2. The harness watches `/brokers/ids/l` from a ZooKeeper session of its own: when the znode
-//!    goes, `c`'s `/brokers/ids` watch fires in the same moment and `c` starts the BrokerChange
-//!    (read the live brokers, then one fenced partition-state write per partition `l` led,
-//!    hundreds of milliseconds with the ballast). [`pause_offset`] later (a seeded 0 to
-//!    [`PAUSE_OFFSET_MAX`]) the harness sends `c` SIGSTOP: the event is in hand, its writes
-//!    half done. `c`'s own session expires about T later.
+//! 2. The harness watches `/brokers/ids/l` and the state znodes of the partitions `l` leads or
+//!    is in the ISR of, from a ZooKeeper session of its own: when `l`'s znode goes, `c`'s
+//!    `/brokers/ids` watch fires and `c` starts the BrokerChange (read the live brokers, then
+//!    one fenced partition-state write per partition to change, hundreds of milliseconds with
+//!    the ballast). [`pause_offset`] (a seeded 0 to [`PAUSE_OFFSET_MAX`]) after the first of
+//!    those writes the harness sends `c` SIGSTOP: the event is in hand, its writes under way.
+//!    `c`'s own session expires about T later. (Pausing at the expiry itself missed: the
+//!    harness's session may hear of it before the controller's, and a notification still in
+//!    the socket is dropped on resume when the client's read timeout fires first.)
 //! 3. Another broker `n` becomes controller (a higher controller epoch), sees neither `l` nor
 //!    `c` live and elects new leaders in the next leader epoch E.
 //! 4. [`RESUME_AFTER_ELECTION`] after `n` took `/controller`, SIGCONT of `c`: its next
@@ -51,15 +54,21 @@ pub const BALLAST_TOPIC: &str = "kcheck-ballast";
 /// before it answers).
 pub const BALLAST_PARTITIONS: i32 = 150;
 
-/// The latest the controller is paused after the killed broker's znode went, past the moment
-/// it learnt of it: well inside the ballast's failover, early enough that most of its
-/// partition-state writes are still to do.
+/// The latest the controller is paused after its first partition-state write of the
+/// failover: well inside the ballast's failover (a write takes a millisecond or more), early
+/// enough that most of its partition-state writes are still to do.
 pub const PAUSE_OFFSET_MAX: Duration = Duration::from_millis(50);
 
-/// When, after `/brokers/ids/l` went, to pause the controller: seeded in `0..=PAUSE_OFFSET_MAX`.
+/// When, after the controller's first partition-state write of the failover, to pause it:
+/// seeded in `0..=PAUSE_OFFSET_MAX`.
 pub fn pause_offset(rng: &mut Rng) -> Duration {
     Duration::from_millis(rng.below(PAUSE_OFFSET_MAX.as_millis() as u64 + 1))
 }
+
+/// How long to wait, once the killed broker's session expired, for the controller's first
+/// partition-state write of the failover: past it the controller is paused anyway (the
+/// summary says no write was seen).
+pub const FIRST_WRITE_WAIT: Duration = Duration::from_millis(1000);
 
 /// How long to wait for the killed broker's session to expire, in session timeouts (it
 /// expires within 1.15 T of the kill: an idle client pings every 3/20 T, and the server
