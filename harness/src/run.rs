@@ -1444,8 +1444,12 @@ fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> Nemes
         .flat_map(|&k| {
             // A partition and a reassignment count twice: the first sets up replication
             // bugs' first half, the second is one of six kinds under `--nemesis all` and
-            // runs only when no other reassign fault is in force.
-            let n = if matches!(k, NemesisKind::Partition | NemesisKind::Reassign) {
+            // runs only when no other reassign fault is in force. So does `zombie-failover`
+            // (one of nine in ZooKeeper mode, and it needs every broker free of faults).
+            let n = if matches!(
+                k,
+                NemesisKind::Partition | NemesisKind::Reassign | NemesisKind::ZombieFailover
+            ) {
                 2
             } else {
                 1
@@ -3553,6 +3557,12 @@ pub fn default_store() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ballast_sorts_after_the_test_topic() {
+        // The reference controller fails topics over in name order: the test topic first.
+        assert!(crate::nemesis::zombie_failover::BALLAST_TOPIC > TOPIC);
+    }
 
     #[test]
     fn a_zombies_events_are_counted_by_kind_in_order() {

@@ -45,8 +45,12 @@ use std::time::Duration;
 
 /// The ballast topic of a ZooKeeper-mode run with `zombie-failover`: partitions for the
 /// controller to fail over, so that a BrokerChange takes long enough to be paused in the
-/// middle. No client reads or writes it; the leader probe watches its leaders.
-pub const BALLAST_TOPIC: &str = "kcheck-ballast";
+/// middle. No client reads or writes it; the leader probe watches its leaders. Its name sorts
+/// after the test topic's (`kcheck-log`): the controller fails topics over in name order, so
+/// the test topic's partitions get their new leaders first and the ballast delays only
+/// itself (named before, it held the test topic's elections back by seconds on a loaded
+/// machine, and a run's final reads then met a leader whose high watermark still lagged).
+pub const BALLAST_TOPIC: &str = "kcheck-z-ballast";
 
 /// The ballast's partition count (replication factor 3, as the test topic's). A third of them
 /// are led by the broker killed (the placement spreads leaders), and the controller writes
