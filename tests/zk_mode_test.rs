@@ -192,13 +192,18 @@ fn zombie_failover_run(seed: &str, bugs: &[&str]) -> (tempfile::TempDir, Output)
     (store, out)
 }
 
+/// Seeds of the flagged run, tried in order until one finds two leaders: both found them in
+/// the runs measured (`specs/harness.md`, ZooKeeper rows), the second is there for a loaded
+/// machine's timing.
+const FLAGGED_SEEDS: [&str; 2] = ["1", "2"];
+
 /// `--nemesis zombie-failover` (`specs/cluster-zookeeper.md`): a broker killed, the controller
-/// paused before that broker's session expires and resumed once another broker is controller.
-/// On a correct cluster the run is valid and every step of each fault is in the history, in
-/// order. With both ZooKeeper-mode flags the same schedule may or may not open a zombie window
-/// (that depends on timing inside the broker's ZooKeeper client: measured in about one
-/// attempt in five), so the flagged run is held only to a decided verdict whose anomaly, if
-/// any, is two leaders in one leader epoch. Both run at once, in two threads.
+/// paused while it fails over that broker's partitions (the ballast topic makes that take
+/// hundreds of milliseconds) and resumed once another broker is controller. On a correct
+/// cluster the run is valid and every step of each fault is in the history, in order. With
+/// both ZooKeeper-mode flags the zombie finishes its failover on its new session and elects a
+/// second leader in a leader epoch the new controller used: the run exits 1 naming two
+/// leaders (one retry with a second seed). Both run at once, in two threads.
 #[test]
 fn zombie_failover_is_valid_on_a_correct_cluster_and_recorded_step_by_step() {
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,7 +211,16 @@ fn zombie_failover_is_valid_on_a_correct_cluster_and_recorded_step_by_step() {
         return;
     }
     let flagged = std::thread::spawn(|| {
-        zombie_failover_run("1", &["no-controller-epoch-check", "no-zkversion-check"])
+        let both = ["no-controller-epoch-check", "no-zkversion-check"];
+        let mut tried = Vec::new();
+        for seed in FLAGGED_SEEDS {
+            let (store, out) = zombie_failover_run(seed, &both);
+            if out.status.code() == Some(1) {
+                return (store, out);
+            }
+            tried.push(format!("seed {seed}: {}", text(&out)));
+        }
+        panic!("no flagged run found two leaders: {tried:?}");
     });
     let (store, out) = zombie_failover_run("1", &[]);
     let t = text(&out);
@@ -228,6 +242,26 @@ fn zombie_failover_is_valid_on_a_correct_cluster_and_recorded_step_by_step() {
     for (i, f) in sequence.iter().enumerate() {
         assert_eq!(*f, steps[i % steps.len()], "{sequence:?}");
     }
+    // The pause came during the controller's failover: after its first partition-state
+    // write once the killed broker's session expired.
+    let pauses: Vec<&Json> = ops
+        .iter()
+        .filter(|o| o["f"] == "zombie-failover-pause")
+        .collect();
+    assert!(
+        pauses.iter().any(|p| {
+            let v = &p["value"];
+            let (Some(expired), Some(written), Some(paused)) = (
+                v["leader-expired-after-kill-ms"].as_u64(),
+                v["first-write-after-kill-ms"].as_u64(),
+                v["after-kill-ms"].as_u64(),
+            ) else {
+                return false;
+            };
+            expired <= written && written <= paused
+        }),
+        "{pauses:?}"
+    );
     // The controller moved to a higher epoch while the old one was stopped.
     let epochs: Vec<i64> = ops
         .iter()
@@ -241,12 +275,28 @@ fn zombie_failover_is_valid_on_a_correct_cluster_and_recorded_step_by_step() {
     let results: Json =
         serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["leaders"]["verdict"], "valid", "{results}");
+    // The probe covered the ballast topic's partitions too.
+    assert!(
+        results["leaders"]["leader_epochs"].as_u64().unwrap() >= 150,
+        "{results}"
+    );
 
-    let (_flagged_store, out) = flagged.join().unwrap();
+    let (flagged_store, out) = flagged.join().unwrap();
     let t = text(&out);
-    match out.status.code() {
-        Some(0) => assert!(t.contains("kcheck test: VALID"), "{t}"),
-        Some(1) => assert!(t.contains("two leaders: partition"), "{t}"),
-        _ => panic!("undecided or failed: {t}"),
-    }
+    assert!(t.contains("kcheck test: INVALID"), "{t}");
+    assert!(t.contains("two leaders: partition"), "{t}");
+    assert!(t.contains("first evidence:"), "{t}");
+    assert!(t.contains("as a zombie"), "{t}");
+    let results: Json = serde_json::from_slice(
+        &std::fs::read(run_dir(flagged_store.path()).join("results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results["leaders"]["verdict"], "invalid", "{results}");
+    let pairs = results["leaders"]["violations"].as_array().unwrap();
+    assert!(
+        pairs
+            .iter()
+            .all(|v| v["brokers"].as_array().unwrap().len() >= 2),
+        "{pairs:?}"
+    );
 }

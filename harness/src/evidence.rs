@@ -42,6 +42,24 @@ pub fn first_evidence(
             }
         }
     }
+    // One leader per leader epoch: a pair is evidence once its second leader was seen.
+    if let Some(vs) = results
+        .pointer("/leaders/violations")
+        .and_then(Value::as_array)
+    {
+        for v in vs {
+            let second = v
+                .get("brokers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b.get(1).and_then(Value::as_u64))
+                .max();
+            if let Some(t) = second.and_then(|i| time_of.get(&i)) {
+                found.push((*t, "two leaders".into()));
+            }
+        }
+    }
     if let (Some(v), Some(start)) = (results.pointer("/conformance/violation"), start_mono_ns) {
         let at = v.pointer("/event/mono_ns").and_then(Value::as_u64);
         let check = v
@@ -158,5 +176,16 @@ mod tests {
             first_evidence(&json!({"queue": {"anomalies": {}}}), &h, Some(0)),
             None
         );
+    }
+
+    #[test]
+    fn two_leaders_are_evidence_once_the_second_one_was_seen() {
+        let h = history(&[0, 1_000_000_000, 2_500_000_000, 9_000_000_000]);
+        let r = json!({"leaders": {"violations": [
+            {"ballast": true, "partition": 4, "leader_epoch": 1, "brokers": [[2, 3], [3, 1]]},
+            {"ballast": false, "partition": 0, "leader_epoch": 1, "brokers": [[2, 2], [3, 0]]}
+        ]}});
+        let e = first_evidence(&r, &h, None).unwrap();
+        assert_eq!((e.seconds, e.what.as_str()), (2.5, "two leaders"));
     }
 }

@@ -593,23 +593,45 @@ impl LeaderProbe {
     /// partition → leader epoch of the partitions (of `0..partitions`) this broker leads; an
     /// error when it does not answer (paused, killed: it is then seen leading nothing).
     pub fn led(&mut self, partitions: i32) -> Result<BTreeMap<i32, i32>, String> {
+        let topic = self.topic.0.to_string();
+        Ok(self
+            .led_in(&[(topic.as_str(), partitions)])?
+            .into_iter()
+            .map(|((_, p), e)| (p, e))
+            .collect())
+    }
+
+    /// (topic, partition) → leader epoch of what this broker leads among `topics` (name,
+    /// partition count), asked in one ListOffsets, so that covering a second topic (the
+    /// ZooKeeper-mode ballast) costs no extra round trip.
+    pub fn led_in(
+        &mut self,
+        topics: &[(&str, i32)],
+    ) -> Result<BTreeMap<(String, i32), i32>, String> {
         if self.connection.is_none() {
             self.connection =
                 Some(connect(&self.addr, self.timeout).map_err(|e| format!("connect: {e}"))?);
         }
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(self.topic.clone())
-                .with_partitions(
-                    (0..partitions)
-                        .map(|p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(p)
-                                .with_timestamp(-1)
-                        })
-                        .collect(),
-                )]);
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|(name, partitions)| {
+                        ListOffsetsTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                            .with_partitions(
+                                (0..*partitions)
+                                    .map(|p| {
+                                        ListOffsetsPartition::default()
+                                            .with_partition_index(p)
+                                            .with_timestamp(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
         let answer = self
             .connection
             .as_mut()
@@ -622,9 +644,9 @@ impl LeaderProbe {
         Ok(resp
             .topics
             .iter()
-            .flat_map(|t| &t.partitions)
-            .filter(|p| p.error_code == code::NONE)
-            .map(|p| (p.partition_index, p.leader_epoch))
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p)))
+            .filter(|(_, p)| p.error_code == code::NONE)
+            .map(|(t, p)| ((t, p.partition_index), p.leader_epoch))
             .collect())
     }
 }

@@ -10,8 +10,10 @@
 //! ListOffsets (v4 and later carry the leader epoch) is answered only by a replica that
 //! believes it is the leader, with its leader epoch. Each time what the brokers answer changes,
 //! the run records a nemesis-process `leaders` op, value `{"leaders": [[broker, partition,
-//! leader_epoch], ...]}`. [`check`] is a pure function of the history: it flags every
-//! (partition, leader epoch) that two brokers answered as leader, whenever they did.
+//! leader_epoch], ...]}`, plus `"ballast": [...]` of the same shape for the partitions of the
+//! ZooKeeper-mode ballast topic (`crate::nemesis::zombie_failover::BALLAST_TOPIC`) when the run
+//! has one. [`check`] is a pure function of the history: it flags every (topic, partition,
+//! leader epoch) that two brokers answered as leader, whenever they did.
 
 use crate::history::{History, OpValue, Process};
 use crate::Verdict;
@@ -28,14 +30,24 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// (broker, partition, leader epoch): a broker answered as the partition's leader in that epoch.
 pub type Leadership = (i32, u64, i32);
 
-/// The value of a `leaders` op.
-pub fn leaders_value(seen: &[Leadership]) -> serde_json::Value {
-    serde_json::json!({ "leaders": seen })
+/// The key of the ballast topic's observations in a `leaders` op.
+const BALLAST: &str = "ballast";
+
+/// The value of a `leaders` op: what the brokers lead of the test topic and, when not empty,
+/// of the ballast topic.
+pub fn leaders_value(seen: &[Leadership], ballast: &[Leadership]) -> serde_json::Value {
+    if ballast.is_empty() {
+        serde_json::json!({ "leaders": seen })
+    } else {
+        serde_json::json!({ "leaders": seen, BALLAST: ballast })
+    }
 }
 
 /// Two brokers that led one partition in one leader epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TwoLeaders {
+    /// A partition of the ballast topic rather than the test topic.
+    pub ballast: bool,
     pub partition: u64,
     pub leader_epoch: i32,
     /// Every broker seen leading it in that epoch, with the history index of its first sighting.
@@ -53,10 +65,14 @@ pub struct LeaderReport {
 }
 
 impl LeaderReport {
-    /// One line per violation, for the summary.
+    /// One line per violation, for the summary, the first [`REASONS_SHOWN`] only (one
+    /// zombie election gives hundreds of ballast partitions two leaders) and a count of the
+    /// rest; `violations` in `results.json` keeps them all.
     pub fn reasons(&self) -> Vec<String> {
-        self.violations
+        let mut lines: Vec<String> = self
+            .violations
             .iter()
+            .take(REASONS_SHOWN)
             .map(|v| {
                 let who: Vec<String> = v
                     .brokers
@@ -64,15 +80,26 @@ impl LeaderReport {
                     .map(|(b, i)| format!("broker {b} (op {i})"))
                     .collect();
                 format!(
-                    "two leaders: partition {} leader epoch {} led by {}",
+                    "two leaders: partition {}{} leader epoch {} led by {}",
                     v.partition,
+                    if v.ballast { " (ballast)" } else { "" },
                     v.leader_epoch,
                     who.join(" and ")
                 )
             })
-            .collect()
+            .collect();
+        if self.violations.len() > REASONS_SHOWN {
+            lines.push(format!(
+                "two leaders in {} more (partition, leader epoch) pairs",
+                self.violations.len() - REASONS_SHOWN
+            ));
+        }
+        lines
     }
 }
+
+/// How many violations the summary names one by one.
+pub const REASONS_SHOWN: usize = 3;
 
 /// Whether the history holds leader observations at all.
 pub fn observed(history: &History) -> bool {
@@ -84,8 +111,8 @@ pub fn observed(history: &History) -> bool {
 
 /// Checks one-leader-per-leader-epoch over every `leaders` op.
 pub fn check(history: &History) -> LeaderReport {
-    // (partition, leader epoch) → broker → first index seen.
-    let mut led: BTreeMap<(u64, i32), BTreeMap<i32, u64>> = BTreeMap::new();
+    // (ballast?, partition, leader epoch) → broker → first index seen.
+    let mut led: BTreeMap<(bool, u64, i32), BTreeMap<i32, u64>> = BTreeMap::new();
     let mut observations = 0;
     for op in history
         .ops
@@ -96,21 +123,24 @@ pub fn check(history: &History) -> LeaderReport {
         let OpValue::Other(v) = &op.value else {
             continue;
         };
-        let seen: Vec<Leadership> = v
-            .get("leaders")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
-        for (broker, partition, epoch) in seen {
-            led.entry((partition, epoch))
-                .or_default()
-                .entry(broker)
-                .or_insert(op.index);
+        for (ballast, key) in [(false, "leaders"), (true, BALLAST)] {
+            let seen: Vec<Leadership> = v
+                .get(key)
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .unwrap_or_default();
+            for (broker, partition, epoch) in seen {
+                led.entry((ballast, partition, epoch))
+                    .or_default()
+                    .entry(broker)
+                    .or_insert(op.index);
+            }
         }
     }
     let violations: Vec<TwoLeaders> = led
         .iter()
         .filter(|(_, brokers)| brokers.len() > 1)
-        .map(|((partition, leader_epoch), brokers)| TwoLeaders {
+        .map(|((ballast, partition, leader_epoch), brokers)| TwoLeaders {
+            ballast: *ballast,
             partition: *partition,
             leader_epoch: *leader_epoch,
             brokers: brokers.iter().map(|(b, i)| (*b, *i)).collect(),
@@ -141,7 +171,7 @@ mod tests {
                 OpType::Info,
                 Process::Nemesis,
                 F_LEADERS,
-                OpValue::Other(leaders_value(seen)),
+                OpValue::Other(leaders_value(seen, &[])),
             );
         }
         r.finish()
@@ -169,6 +199,7 @@ mod tests {
         assert_eq!(
             r.violations,
             vec![TwoLeaders {
+                ballast: false,
                 partition: 0,
                 leader_epoch: 2,
                 brokers: vec![(1, 0), (3, 2)],
@@ -176,5 +207,33 @@ mod tests {
         );
         assert!(r.reasons()[0]
             .contains("partition 0 leader epoch 2 led by broker 1 (op 0) and broker 3 (op 2)"));
+    }
+
+    #[test]
+    fn the_ballast_topic_is_checked_apart_from_the_test_topic() {
+        let history = |ops: &[(&[Leadership], &[Leadership])]| {
+            let mut r = Recorder::default();
+            for (seen, ballast) in ops {
+                r.push(
+                    0,
+                    OpType::Info,
+                    Process::Nemesis,
+                    F_LEADERS,
+                    OpValue::Other(leaders_value(seen, ballast)),
+                );
+            }
+            r.finish()
+        };
+        // Partition 7 of each topic led in epoch 2 by a different broker: not a violation.
+        let first: (&[Leadership], &[Leadership]) = (&[(1, 7, 2)], &[(2, 7, 2)]);
+        let r1 = check(&history(&[first]));
+        assert_eq!(r1.verdict, Verdict::Valid, "{r1:?}");
+        assert_eq!(r1.leader_epochs, 2);
+        // Broker 3 leads ballast partition 7 in epoch 2 as well: flagged, as the ballast's.
+        let r2 = check(&history(&[first, (&[], &[(3, 7, 2)])]));
+        assert_eq!(r2.verdict, Verdict::Invalid);
+        assert_eq!(r2.violations.len(), 1);
+        assert!(r2.violations[0].ballast);
+        assert!(r2.reasons()[0].contains("partition 7 (ballast) leader epoch 2 led by broker 2"));
     }
 }

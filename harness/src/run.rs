@@ -534,6 +534,13 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
         replication_factor,
     )
     .map_err(|e| format!("harness failure: the system did not come up: {e}"))?;
+    let ballast = ballast_partitions(config);
+    if ballast > 0 {
+        let topic = crate::nemesis::zombie_failover::BALLAST_TOPIC;
+        let mut client = KafkaClient::new(&bootstrap, topic, config.client_timeout);
+        wait_ready(&mut client, config.brokers, ballast, replication_factor)
+            .map_err(|e| format!("harness failure: the ballast topic {topic}: {e}"))?;
+    }
 
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -550,7 +557,7 @@ pub fn run(config: &TestConfig) -> Result<RunOutcome, String> {
             .zip(system.bootstrap().split(',').map(str::to_string))
             .collect();
         let (shared, stop, partitions) = (shared.clone(), probe_stop.clone(), config.partitions);
-        std::thread::spawn(move || leader_probe(&brokers, partitions, &shared, &stop))
+        std::thread::spawn(move || leader_probe(&brokers, (partitions, ballast), &shared, &stop))
     });
     let workers: Vec<_> = (0..config.concurrency)
         .map(|w| {
@@ -841,31 +848,79 @@ fn zookeeper_specs(
     Ok(specs)
 }
 
-/// The leader probe of a ZooKeeper-mode run: every [`crate::leaders::PROBE_INTERVAL`] it asks
-/// each broker which partitions it leads, in which leader epoch, and records a `leaders` op
-/// whenever the answers change, until `stop`.
-fn leader_probe(brokers: &[(NodeId, String)], partitions: i32, shared: &Shared, stop: &AtomicBool) {
-    let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = brokers
+/// The ballast topic's partition count in this run: [`zombie_failover::BALLAST_PARTITIONS`]
+/// in ZooKeeper mode with `zombie-failover` (the controller must have many partitions to fail
+/// over for the fault to pause it in the middle), else 0 (no ballast topic).
+///
+/// [`zombie_failover::BALLAST_PARTITIONS`]: crate::nemesis::zombie_failover::BALLAST_PARTITIONS
+fn ballast_partitions(config: &TestConfig) -> i32 {
+    if config.metadata == Metadata::Zookeeper
+        && config.nemeses.contains(&NemesisKind::ZombieFailover)
+    {
+        crate::nemesis::zombie_failover::BALLAST_PARTITIONS
+    } else {
+        0
+    }
+}
+
+/// Leader probes of `brokers`, one connection each.
+fn leader_probes(brokers: &[(NodeId, String)]) -> Vec<(NodeId, crate::kafka::LeaderProbe)> {
+    brokers
         .iter()
         .map(|(id, addr)| {
             let probe = crate::kafka::LeaderProbe::new(addr, TOPIC, Duration::from_millis(300));
             (*id, probe)
         })
-        .collect();
-    let mut last: Option<Vec<crate::leaders::Leadership>> = None;
-    while !stop.load(Ordering::SeqCst) {
-        let mut seen = Vec::new();
-        for (id, probe) in probes.iter_mut() {
-            if let Ok(led) = probe.led(partitions) {
-                seen.extend(led.into_iter().map(|(p, e)| (*id, p as u64, e)));
+        .collect()
+}
+
+/// One round of the leader probes: what each broker that answers leads of the test topic's
+/// `counts.0` partitions and the ballast's `counts.1` (one ListOffsets per broker), as the
+/// value of a `leaders` op.
+fn probe_leaders(
+    probes: &mut [(NodeId, crate::kafka::LeaderProbe)],
+    (partitions, ballast): (i32, i32),
+) -> serde_json::Value {
+    let ballast_topic = crate::nemesis::zombie_failover::BALLAST_TOPIC;
+    let mut topics = vec![(TOPIC, partitions)];
+    if ballast > 0 {
+        topics.push((ballast_topic, ballast));
+    }
+    let (mut seen, mut ballast_seen) = (Vec::new(), Vec::new());
+    for (id, probe) in probes.iter_mut() {
+        if let Ok(led) = probe.led_in(&topics) {
+            for ((topic, p), e) in led {
+                let into = if topic == TOPIC {
+                    &mut seen
+                } else {
+                    &mut ballast_seen
+                };
+                into.push((*id, p as u64, e));
             }
         }
+    }
+    crate::leaders::leaders_value(&seen, &ballast_seen)
+}
+
+/// The leader probe of a ZooKeeper-mode run: every [`crate::leaders::PROBE_INTERVAL`] it asks
+/// each broker which partitions it leads (test topic and ballast, `counts`), in which leader
+/// epoch, and records a `leaders` op whenever the answers change, until `stop`.
+fn leader_probe(
+    brokers: &[(NodeId, String)],
+    counts: (i32, i32),
+    shared: &Shared,
+    stop: &AtomicBool,
+) {
+    let mut probes = leader_probes(brokers);
+    let mut last: Option<serde_json::Value> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let seen = probe_leaders(&mut probes, counts);
         if last.as_ref() != Some(&seen) {
             shared.record(
                 OpType::Info,
                 Process::Nemesis,
                 crate::leaders::F_LEADERS,
-                OpValue::Other(crate::leaders::leaders_value(&seen)),
+                OpValue::Other(seen.clone()),
             );
             last = Some(seen);
         }
@@ -1410,11 +1465,12 @@ fn choose_kind(rng: &mut Rng, kinds: &[NemesisKind], partitioned: bool) -> Nemes
         .flat_map(|&k| {
             // A partition and a reassignment count twice: the first sets up replication
             // bugs' first half, the second is one of six kinds under `--nemesis all` and
-            // runs only when no other reassign fault is in force. A quorum fault counts
-            // three times: one kind stands for the three shapes (five variants) the seven
-            // Raft bugs need, and it cannot start while another grudge holds.
+            // runs only when no other reassign fault is in force; so does `zombie-failover`
+            // (one of nine in ZooKeeper mode, and it needs every broker free of faults). A
+            // quorum fault counts three times: one kind stands for the three shapes (five
+            // variants) the seven Raft bugs need, and it cannot start while another grudge holds.
             let n = match k {
-                NemesisKind::Partition | NemesisKind::Reassign => 2,
+                NemesisKind::Partition | NemesisKind::Reassign | NemesisKind::ZombieFailover => 2,
                 NemesisKind::Quorum => 3,
                 _ => 1,
             };
@@ -1924,20 +1980,21 @@ fn start_zookeeper_fault(
 
 /// Starts a `zombie-failover` ([`crate::nemesis::zombie_failover`]): `kill -9` of a partition
 /// leader that is not the controller (of a follower when the controller leads everything),
-/// SIGSTOP of the controller [`pause_delay`] later (before the killed broker's session
-/// expires, so the BrokerChange waits in its socket), SIGCONT once another broker holds
-/// `/controller` with a higher controller epoch (bounded) and [`RESUME_AFTER_ELECTION`] has
-/// passed; then watches the leaders closely ([`watch_leaders`]) while the zombie acts. Each
-/// step is recorded (`start-zombie-failover`, `zombie-failover-pause` with whether the killed
-/// broker was still registered, `controller`, `zombie-failover-resume`, `leaders`).
-/// Returns the start's value, the killed broker (down until the fault ends) and the summary
-/// line; `None` when no controller or no broker to kill is known, or a broker is not
-/// registered.
+/// SIGSTOP of the controller [`pause_offset`] after its first partition-state write once the
+/// killed broker's znode went (the controller then has the BrokerChange in hand, failing over
+/// the test topic's and the ballast's partitions), SIGCONT once another broker holds `/controller` with a higher
+/// controller epoch (bounded) and [`RESUME_AFTER_ELECTION`] has passed; then watches the
+/// leaders closely ([`watch_leaders`]) while the zombie acts. `counts` are the test topic's and
+/// the ballast's partition counts. Each step is recorded (`start-zombie-failover`,
+/// `zombie-failover-pause` with when the killed broker's session expired, `controller`,
+/// `zombie-failover-resume`, `leaders`). Returns the start's value, the killed broker (down
+/// until the fault ends) and the summary line; `None` when no controller or no broker to kill
+/// is known, or a broker is not registered.
 ///
-/// [`pause_delay`]: crate::nemesis::zombie_failover::pause_delay
+/// [`pause_offset`]: crate::nemesis::zombie_failover::pause_offset
 /// [`RESUME_AFTER_ELECTION`]: crate::nemesis::zombie_failover::RESUME_AFTER_ELECTION
 fn start_zombie_failover(
-    partitions: i32,
+    counts: (i32, i32),
     rng: &mut Rng,
     system: &mut ProcessSystem,
     admin: &mut KafkaClient,
@@ -1945,10 +2002,24 @@ fn start_zombie_failover(
 ) -> Option<(serde_json::Value, NodeId, String)> {
     use crate::nemesis::zombie_failover as zf;
     let (controller, epoch) = system.zookeeper.as_ref()?.controller()?;
-    let leaders = admin.leader_map().ok()?;
-    let replicas: BTreeMap<i32, Vec<NodeId>> = leaders
-        .keys()
-        .filter_map(|&p| admin.replicas(p).ok().map(|r| (p, r)))
+    let mut views: Vec<(&str, _)> = admin
+        .partition_views()
+        .ok()?
+        .into_iter()
+        .map(|v| (TOPIC, v))
+        .collect();
+    if counts.1 > 0 {
+        let mut ballast = KafkaClient::new(
+            &system.bootstrap(),
+            zf::BALLAST_TOPIC,
+            Duration::from_secs(2),
+        );
+        let more = ballast.partition_views().ok()?;
+        views.extend(more.into_iter().map(|v| (zf::BALLAST_TOPIC, v)));
+    }
+    let led: Vec<(NodeId, Vec<NodeId>)> = views
+        .iter()
+        .filter_map(|(_, v)| v.leader.map(|l| (l, v.replicas.clone())))
         .collect();
     let brokers = system.broker_ids();
     // Every broker registered: a broker killed before it registered again (after a restart)
@@ -1957,10 +2028,18 @@ fn start_zombie_failover(
     if brokers.iter().any(|b| !registered.contains(b)) {
         return None;
     }
-    let (leader, leads) = zf::choose_victim(rng, &leaders, &replicas, &brokers, controller)?;
+    let (leader, leads) = zf::choose_victim(rng, &led, &brokers, controller)?;
     if !system.is_running(leader) || !system.is_running(controller) {
         return None;
     }
+    let offset = zf::pause_offset(rng);
+    // The partition states the controller rewrites when `leader` dies: those it leads (a new
+    // leader) and those whose ISR it is in (a smaller ISR).
+    let states: Vec<String> = views
+        .iter()
+        .filter(|(_, v)| v.leader == Some(leader) || v.isr.contains(&leader))
+        .map(|(t, v)| kcheck_reference::zk_controller::partition_state_path(t, v.partition))
+        .collect();
     let role = if leads { "leader" } else { "follower" };
     let value = serde_json::json!({
         "target": format!("{role}-then-controller"),
@@ -1968,6 +2047,7 @@ fn start_zombie_failover(
         role: leader,
         "controller": controller,
         "controller-epoch": epoch,
+        "partitions-led": led.iter().filter(|(l, _)| *l == leader).count(),
     });
     let killed_at = Instant::now();
     let killed = system.kill(leader);
@@ -1977,38 +2057,57 @@ fn start_zombie_failover(
         killed.as_ref().err().map(|e| e.to_string()),
     );
     let mut summary = format!(
-        "zombie-failover: kill -9 of {role} n{leader}, controller n{controller} (epoch {epoch})"
+        "zombie-failover: kill -9 of {role} n{leader} ({} partitions led), controller n{controller} (epoch {epoch})",
+        value["partitions-led"]
     );
     if let Err(e) = killed {
         summary.push_str(&format!(" FAILED: {e}"));
         return Some((value, leader, summary));
     }
-    std::thread::sleep(
-        zf::pause_delay(ZOOKEEPER_SESSION_TIMEOUT).saturating_sub(killed_at.elapsed()),
-    );
+    // The controller is failing over `leader`'s partitions from its first write on.
+    let failover = zookeeper(system).ok().and_then(|zk| {
+        zk.await_failover(
+            leader,
+            &states,
+            ZOOKEEPER_SESSION_TIMEOUT * zf::EXPIRY_WAIT_SESSIONS,
+            zf::FIRST_WRITE_WAIT,
+        )
+    });
+    let since_kill =
+        |at: Option<Instant>| at.map(|t| t.duration_since(killed_at).as_millis() as u64);
+    let (expired_ms, written_ms) = match failover {
+        Some(f) => (since_kill(f.expired), since_kill(f.written)),
+        None => (None, None),
+    };
+    let Some(expired_ms) = expired_ms else {
+        summary.push_str(&format!(
+            "; n{leader}'s session not seen expiring ({}): no pause",
+            if failover.is_none() {
+                "no answer"
+            } else {
+                "still registered"
+            }
+        ));
+        return Some((value, leader, summary));
+    };
+    std::thread::sleep(offset);
     let paused = system.pause(controller);
     let paused_ms = killed_at.elapsed().as_millis() as u64;
-    // Read after the pause: still registered means its expiry, and the controller's watch
-    // notification, come while the controller is stopped.
-    let registered = zookeeper(system)
-        .ok()
-        .and_then(|zk| zk.registered_brokers())
-        .map(|ids| ids.contains(&leader));
     record(
         "zombie-failover-pause",
         &serde_json::json!({
             "nodes": [controller],
             "after-kill-ms": paused_ms,
-            "leader-registered": registered,
+            "leader-expired-after-kill-ms": expired_ms,
+            "first-write-after-kill-ms": written_ms,
         }),
         paused.as_ref().err().map(|e| e.to_string()),
     );
     summary.push_str(&format!(
-        "; SIGSTOP of n{controller} {paused_ms} ms later (n{leader} {})",
-        match registered {
-            Some(true) => "still registered",
-            Some(false) => "already expired: window missed",
-            None => "registration unknown",
+        "; n{leader}'s session expired {expired_ms} ms after the kill, {}, SIGSTOP of n{controller} at {paused_ms} ms",
+        match written_ms {
+            Some(w) => format!("the first partition-state write of the failover at {w} ms"),
+            None => "no partition-state write of the failover seen".to_string(),
         }
     ));
     if let Err(e) = paused {
@@ -2053,7 +2152,7 @@ fn start_zombie_failover(
         summary.push_str(&format!(" FAILED: {e}"));
         return Some((value, leader, summary));
     }
-    let changes = watch_leaders(system, partitions, zf::WATCH_AFTER_RESUME, record);
+    let changes = watch_leaders(system, counts, zf::WATCH_AFTER_RESUME, record);
     summary.push_str(&format!(
         "; leaders watched {} ms ({changes} changes)",
         zf::WATCH_AFTER_RESUME.as_millis()
@@ -2070,36 +2169,24 @@ fn start_zombie_failover(
 /// [`zf::WATCH_PERIOD`]: crate::nemesis::zombie_failover::WATCH_PERIOD
 fn watch_leaders(
     system: &ProcessSystem,
-    partitions: i32,
+    counts: (i32, i32),
     span: Duration,
     record: &dyn Fn(&str, &serde_json::Value, Option<String>),
 ) -> usize {
-    let mut probes: Vec<(NodeId, crate::kafka::LeaderProbe)> = system
+    let running: Vec<(NodeId, String)> = system
         .broker_ids()
         .into_iter()
         .zip(system.bootstrap().split(',').map(str::to_string))
         .filter(|(id, _)| system.is_running(*id))
-        .map(|(id, addr)| {
-            let probe = crate::kafka::LeaderProbe::new(&addr, TOPIC, Duration::from_millis(300));
-            (id, probe)
-        })
         .collect();
+    let mut probes = leader_probes(&running);
     let end = Instant::now() + span;
-    let mut last: Option<Vec<crate::leaders::Leadership>> = None;
+    let mut last: Option<serde_json::Value> = None;
     let mut changes = 0;
     while Instant::now() < end {
-        let mut seen = Vec::new();
-        for (id, probe) in probes.iter_mut() {
-            if let Ok(led) = probe.led(partitions) {
-                seen.extend(led.into_iter().map(|(p, e)| (*id, p as u64, e)));
-            }
-        }
+        let seen = probe_leaders(&mut probes, counts);
         if last.as_ref() != Some(&seen) {
-            record(
-                crate::leaders::F_LEADERS,
-                &crate::leaders::leaders_value(&seen),
-                None,
-            );
+            record(crate::leaders::F_LEADERS, &seen, None);
             changes += 1;
             last = Some(seen);
         }
@@ -2132,7 +2219,8 @@ fn zombie_outcome(system: &ProcessSystem, value: &serde_json::Value) -> String {
         {
             Some(line) => format!(
                 "zombie-failover ends: n{c} finished {} as a zombie",
-                line.split_once("events=").map_or("its events", |(_, e)| e)
+                line.split_once("events=")
+                    .map_or("its events".to_string(), |(_, e)| event_counts(e))
             ),
             None => format!(
                 "zombie-failover ends: n{c} resigned with nothing to finish (no zombie window)"
@@ -2140,6 +2228,33 @@ fn zombie_outcome(system: &ProcessSystem, value: &serde_json::Value) -> String {
         },
         None => format!("zombie-failover ends: n{c}'s log unreadable"),
     }
+}
+
+/// `[BrokerChange, IsrChangeNotification, IsrChangeNotification]` (a controller's event list
+/// as its log prints it) as `BrokerChange, 2 IsrChangeNotification`: a zombie may hold dozens.
+fn event_counts(list: &str) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for ev in list
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+    {
+        match counts.iter_mut().find(|(e, _)| *e == ev) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((ev, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(e, n)| {
+            if *n == 1 {
+                e.to_string()
+            } else {
+                format!("{n} {e}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The reassign nemesis's target for a partition now on `current`: `rf` brokers in a seeded
@@ -2960,9 +3075,13 @@ fn nemesis_loop(
             {
                 continue;
             }
-            let Some((value, leader, summary)) =
-                start_zombie_failover(config.partitions, &mut rng, system, &mut admin, &record)
-            else {
+            let Some((value, leader, summary)) = start_zombie_failover(
+                (config.partitions, ballast_partitions(config)),
+                &mut rng,
+                system,
+                &mut admin,
+                &record,
+            ) else {
                 continue;
             };
             lines.push(summary);
@@ -3771,6 +3890,21 @@ pub fn default_store() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ballast_sorts_after_the_test_topic() {
+        // The reference controller fails topics over in name order: the test topic first.
+        assert!(crate::nemesis::zombie_failover::BALLAST_TOPIC > TOPIC);
+    }
+
+    #[test]
+    fn a_zombies_events_are_counted_by_kind_in_order() {
+        assert_eq!(
+            event_counts("[BrokerChange, IsrChangeNotification, IsrChangeNotification]"),
+            "BrokerChange, 2 IsrChangeNotification"
+        );
+        assert_eq!(event_counts("[BrokerChange]"), "BrokerChange");
+    }
 
     #[test]
     fn a_replacement_target_is_neither_the_running_target_nor_the_origin() {

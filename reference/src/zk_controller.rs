@@ -1299,6 +1299,10 @@ impl Controller {
                     Err(Resign::SessionExpired) => {
                         return c.finish_after_expiry(&mut rx, Some(ev)).await
                     }
+                    Err(Resign::Zk(e)) if c.expired_meanwhile().await => {
+                        tracing::warn!(error = %e, ?ev, "a controller call failed as the session expired: the event is in hand");
+                        return c.finish_after_expiry(&mut rx, Some(ev)).await;
+                    }
                     Err(r) => return Err(r),
                 }
             }
@@ -1326,6 +1330,29 @@ impl Controller {
             Event::IsrChangeNotification => self.on_isr_change_notification().await,
             Event::ControllerChange => self.check_still_controller().await,
         }
+    }
+
+    /// Whether a call that failed with a connection error (the client's own read timeout, a
+    /// lost connection) failed because the session was expiring: the client, now disconnected,
+    /// either reconnects (the session lives: false) or learns that the session is gone (true).
+    /// Kafka's ZooKeeper client retried such a call until connected, which after an expiry
+    /// was on the session it had re-created: the event in hand went on there (the zombie
+    /// window), so the controller treats it as interrupted by the expiry. Bounded by two
+    /// session timeouts (false past them).
+    async fn expired_meanwhile(&self) -> bool {
+        let mut states = self.client.state_watcher();
+        let settled = async {
+            loop {
+                match states.state() {
+                    s if s.is_terminated() => return true,
+                    zk::SessionState::Disconnected => {}
+                    _ => return false,
+                }
+                states.changed().await;
+            }
+        };
+        let bound = Duration::from_millis(2 * self.node.config.session_timeout_ms);
+        tokio::time::timeout(bound, settled).await.unwrap_or(false)
     }
 
     /// Test-only ([`ZkConfig::test_event_hold`]): waits while the event processing is held.

@@ -20,6 +20,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// What [`MetadataEnsemble::await_failover`] saw, when.
+#[derive(Debug, Clone, Copy)]
+pub struct Failover {
+    /// The dead broker's znode went (its session expired).
+    pub expired: Option<std::time::Instant>,
+    /// The controller's first partition-state write after that.
+    pub written: Option<std::time::Instant>,
+}
+
 /// The ensemble, its proxies and the runtime they run on.
 pub struct MetadataEnsemble {
     ensemble: ZkEnsemble,
@@ -111,6 +120,78 @@ impl MetadataEnsemble {
             let mut ids: Vec<NodeId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
             ids.sort();
             Some(ids)
+        })
+    }
+
+    /// Follows a controller's failover of a dead broker from a ZooKeeper session of the
+    /// harness's own: blocks until `/brokers/ids/<broker>` is gone (the broker's session
+    /// expired; ZooKeeper notifies the controller's `/brokers/ids` watch in the same moment),
+    /// then until one of the partition-state znodes `states` changes (the controller's first
+    /// fenced write of the failover: from then on it has the BrokerChange in hand). Each wait
+    /// is bounded (`expiry_within`, `write_within`); the watches are armed concurrently, as
+    /// they may be hundreds. `None` when ZooKeeper does not answer.
+    pub fn await_failover(
+        &self,
+        broker: NodeId,
+        states: &[String],
+        expiry_within: Duration,
+        write_within: Duration,
+    ) -> Option<Failover> {
+        let connect = self.ensemble.connect_string();
+        let path = format!("{BROKER_IDS}/{broker}");
+        let states = states.to_vec();
+        self.rt.block_on(async move {
+            let c = tokio::time::timeout(
+                Duration::from_secs(3),
+                zookeeper_client::Client::connector()
+                    .with_session_timeout(expiry_within + write_within + Duration::from_secs(4))
+                    .with_connection_timeout(Duration::from_secs(1))
+                    .connect(&connect),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            // A watch per state znode, each reporting to one channel once it fires.
+            let (tx, mut written) = tokio::sync::mpsc::unbounded_channel();
+            let mut arming = tokio::task::JoinSet::new();
+            for state in states {
+                let (c, tx) = (c.clone(), tx.clone());
+                arming.spawn(async move {
+                    if let Ok((_, w)) = c.check_and_watch_stat(&state).await {
+                        tokio::spawn(async move {
+                            w.changed().await;
+                            let _ = tx.send(std::time::Instant::now());
+                        });
+                    }
+                });
+            }
+            while arming.join_next().await.is_some() {}
+            let (stat, watcher) = c.check_and_watch_stat(&path).await.ok()?;
+            let expired = match stat {
+                None => Some(std::time::Instant::now()),
+                Some(_) => tokio::time::timeout(expiry_within, watcher.changed())
+                    .await
+                    .ok()
+                    .map(|_| std::time::Instant::now()),
+            };
+            // A write before the expiry (a leader's own ISR write) is not the failover's.
+            let first_after = |since: std::time::Instant| async move {
+                loop {
+                    match written.recv().await {
+                        Some(at) if at >= since => return Some(at),
+                        Some(_) => {}
+                        None => return None,
+                    }
+                }
+            };
+            let written = match expired {
+                Some(since) => tokio::time::timeout(write_within, first_after(since))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            Some(Failover { expired, written })
         })
     }
 
