@@ -1796,6 +1796,23 @@ struct Fault {
 }
 
 impl Fault {
+    /// A fault aimed at no leader and holding no ZooKeeper server, healed at `until_tick`.
+    fn new(
+        kind: NemesisKind,
+        nodes: Vec<NodeId>,
+        value: serde_json::Value,
+        until_tick: u64,
+    ) -> Fault {
+        Fault {
+            kind,
+            nodes,
+            value,
+            until_tick,
+            aim: None,
+            servers: Vec::new(),
+        }
+    }
+
     /// A step of a composite fault, healed (resumed, or its end recorded) at the next tick.
     fn until_next_tick(
         kind: NemesisKind,
@@ -1803,14 +1820,7 @@ impl Fault {
         value: serde_json::Value,
         tick: u64,
     ) -> Fault {
-        Fault {
-            kind,
-            nodes,
-            value,
-            until_tick: tick + 1,
-            aim: None,
-            servers: Vec::new(),
-        }
+        Fault::new(kind, nodes, value, tick + 1)
     }
 }
 
@@ -2848,14 +2858,12 @@ fn nemesis_loop(
                     );
                     lines.push(reassign_summary(&value, &error));
                     record("start-reassign", &value, error);
-                    in_force.push(Fault {
-                        kind: NemesisKind::Reassign,
-                        nodes: node_ids_of(&value["stalled"]),
+                    in_force.push(Fault::new(
+                        NemesisKind::Reassign,
+                        node_ids_of(&value["stalled"]),
                         value,
-                        until_tick: tick + 1,
-                        aim: None,
-                        servers: Vec::new(),
-                    });
+                        tick + 1,
+                    ));
                 }
                 continue;
             }
@@ -2934,15 +2942,13 @@ fn nemesis_loop(
                 &value,
                 started.err().map(|e| e.to_string()),
             );
-            in_force.push(Fault {
-                kind,
-                nodes: Vec::new(),
-                value,
+            in_force.push(Fault::new(
                 // Three to five ticks: a crash behind it restarts while it still holds.
-                until_tick: tick + 3 + rng.below(3),
-                aim: None,
-                servers: Vec::new(),
-            });
+                kind,
+                Vec::new(),
+                value,
+                tick + 3 + rng.below(3),
+            ));
             continue;
         }
         if kind == NemesisKind::Partition {
@@ -3026,16 +3032,14 @@ fn nemesis_loop(
             );
             lines.push(reassign_summary(&value, &error));
             record("start-reassign", &value, error);
-            in_force.push(Fault {
-                kind,
-                nodes: node_ids_of(&value["stalled"]),
-                value,
+            in_force.push(Fault::new(
                 // One tick: a reassignment completes in well under one (or never, under a
                 // bug), and the next tick may start the next one.
-                until_tick: tick + 1,
-                aim: None,
-                servers: Vec::new(),
-            });
+                kind,
+                node_ids_of(&value["stalled"]),
+                value,
+                tick + 1,
+            ));
             continue;
         }
         if matches!(kind, NemesisKind::ZkKill | NemesisKind::ZkPartition) {
@@ -3085,16 +3089,14 @@ fn nemesis_loop(
                 continue;
             };
             lines.push(summary);
-            in_force.push(Fault {
-                kind,
-                nodes: vec![leader],
-                value,
+            in_force.push(Fault::new(
                 // The leader stays down at least one more tick: the zombie reads the live
                 // brokers on its new session soon after its SIGCONT, and must find it dead.
-                until_tick: tick + 1 + rng.below(2),
-                aim: None,
-                servers: Vec::new(),
-            });
+                kind,
+                vec![leader],
+                value,
+                tick + 1 + rng.below(2),
+            ));
             continue;
         }
         if kind == NemesisKind::Quorum {
@@ -3220,14 +3222,7 @@ fn nemesis_loop(
                 &value,
                 started.err().map(|e| e.to_string()),
             );
-            in_force.push(Fault {
-                kind,
-                nodes,
-                value,
-                until_tick,
-                aim: None,
-                servers: Vec::new(),
-            });
+            in_force.push(Fault::new(kind, nodes, value, until_tick));
         };
         push(kind, nodes.clone(), started, "", &mut in_force);
         if session_faults {
@@ -3827,14 +3822,12 @@ fn start_quorum_fault(
         record("quorum-step", &step.value, step.error);
     })?;
     record("start-quorum", &started.value, None);
-    Some(Fault {
-        kind: NemesisKind::Quorum,
-        nodes: started.nodes,
-        value: started.value,
-        until_tick: tick + started.shape.ticks(),
-        aim: None,
-        servers: Vec::new(),
-    })
+    Some(Fault::new(
+        NemesisKind::Quorum,
+        started.nodes,
+        started.value,
+        tick + started.shape.ticks(),
+    ))
 }
 
 fn busy_nodes(in_force: &[Fault]) -> Vec<NodeId> {
